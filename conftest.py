@@ -1,0 +1,3 @@
+"""Loads the conformance harness (a pytest plugin) for every test of this repository."""
+
+pytest_plugins = ["harness.plugin"]

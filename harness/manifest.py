@@ -1,0 +1,196 @@
+"""The system-under-test (SUT) manifest: which programs to run and what they claim to support.
+
+Format (TOML), documented in docs/sut-manifest.md; the reference implementation's own manifest,
+implementation/sut.toml, is the default and a worked example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import string
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "implementation" / "sut.toml"
+PROGRAMS = ("exchange_connector", "market_maker", "live_server")
+PLACEHOLDERS = frozenset(
+    {
+        "python",  # the interpreter running the suite
+        "grpc_port",  # the port the program's gRPC server must listen on (127.0.0.1)
+        "http_port",  # the port live_server's HTTP server must listen on (127.0.0.1)
+        "metrics_port",  # the port of the connector's /metrics endpoint
+        "upstream",  # host:port of the harness's mock exchange (ExchangeService)
+        "connector",  # host:port of the exchange_connector under test
+        "config",  # path of the program's config file, written from its `config` template
+        "tls_cert",  # server certificate (PEM), when the test enables TLS
+        "tls_key",  # server private key (PEM)
+        "tls_ca",  # CA that signed the server certificate (PEM), for clients
+        "token",  # bearer token, when the test enables token auth
+        "workdir",  # a private scratch folder for this program
+        "root",  # the folder holding the manifest
+    }
+)
+READINESS = ("grpc-health", "http", "log")
+CAPABILITIES = frozenset({"tls", "token_auth", "metrics", "websocket", "dashboard", "reflection", "health_command"})
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message is one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: tuple[str, ...]
+    ready: str  # "grpc-health", "http:/health" or "log:<event>"
+    config: str | None = None  # a config file template
+    tls_args: tuple[str, ...] = ()
+    token_args: tuple[str, ...] = ()
+    health_command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    stop_timeout_s: float = 10.0
+
+    def render(self, template: str, values: Mapping[str, Any]) -> str:
+        return template.format_map(_Strict(values, self.name))
+
+    def render_command(self, values: Mapping[str, Any], *, tls: bool = False, token: bool = False) -> list[str]:
+        args = list(self.command)
+        if tls:
+            args += self.tls_args
+        if token:
+            args += self.token_args
+        return [self.render(arg, values) for arg in args]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    path: Path
+    digest: str
+    programs: Mapping[str, Program]
+    capabilities: frozenset[str]
+    events: Mapping[str, str]
+    known_failures: Mapping[str, str]
+    description: str = ""
+
+    def has_capability(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def program(self, name: str) -> Program:
+        return self.programs[name]
+
+    def event(self, name: str) -> str:
+        return self.events.get(name, name)
+
+
+DEFAULT_EVENTS = {
+    "ready": "ready",
+    "account_update": "account_update",
+    "position_update": "position_update",
+    "reconnect": "reconnect",
+}
+
+
+class _Strict(dict[str, Any]):
+    def __init__(self, values: Mapping[str, Any], program: str) -> None:
+        super().__init__(values)
+        self._program = program
+
+    def __missing__(self, key: str) -> Any:
+        raise ManifestError(f"{self._program}: placeholder {{{key}}} has no value in this test")
+
+
+def _placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ManifestError(f"{where} must be a list of strings")
+    return tuple(raw)
+
+
+def _program(name: str, raw: Any, root: Path) -> Program:
+    where = f"programs.{name}"
+    if not isinstance(raw, dict):
+        raise ManifestError(f"missing table [{where}]")
+    if "command" not in raw:
+        raise ManifestError(f"{where}: missing key 'command'")
+    command = _strings(raw["command"], f"{where}.command")
+    if not command:
+        raise ManifestError(f"{where}.command is empty")
+    ready = str(raw.get("ready", "grpc-health" if name == "exchange_connector" else "http:/health"))
+    if ready.split(":", 1)[0] not in READINESS:
+        raise ManifestError(f"{where}.ready {ready!r} is not one of grpc-health, http:<path>, log:<event>")
+    program = Program(
+        name=name,
+        command=command,
+        ready=ready,
+        config=raw.get("config"),
+        tls_args=_strings(raw.get("tls_args", []), f"{where}.tls_args"),
+        token_args=_strings(raw.get("token_args", []), f"{where}.token_args"),
+        health_command=_strings(raw.get("health_command", []), f"{where}.health_command"),
+        env={str(k): str(v) for k, v in dict(raw.get("env", {})).items()},
+        stop_timeout_s=float(raw.get("stop_timeout_s", 10.0)),
+    )
+    texts = [*program.command, *program.tls_args, *program.token_args, *program.health_command]
+    texts += [program.config or "", *program.env.values()]
+    for text in texts:
+        unknown = _placeholders(text) - PLACEHOLDERS
+        if unknown:
+            raise ManifestError(f"{where}: unknown placeholder {{{sorted(unknown)[0]}}} in {text!r}")
+    executable = command[0]
+    if "{" not in executable:
+        resolved = root / executable if "/" in executable else None
+        if not (shutil.which(executable) or (resolved and resolved.exists())):
+            raise ManifestError(f"{where}: command not found: {executable}")
+    return program
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid TOML: {exc}") from None
+    if "name" not in raw:
+        raise ManifestError(f"{path}: missing key 'name'")
+    programs_raw = raw.get("programs")
+    if not isinstance(programs_raw, dict):
+        raise ManifestError(f"{path}: missing table [programs]")
+    unknown_programs = set(programs_raw) - set(PROGRAMS)
+    if unknown_programs:
+        raise ManifestError(f"{path}: unknown program {sorted(unknown_programs)[0]!r} (known: {', '.join(PROGRAMS)})")
+    root = path.resolve().parent
+    programs = {name: _program(name, programs_raw.get(name), root) for name in PROGRAMS}
+    capabilities = frozenset(_strings(raw.get("capabilities", []), "capabilities"))
+    unknown_caps = capabilities - CAPABILITIES
+    if unknown_caps:
+        raise ManifestError(
+            f"{path}: unknown capability {sorted(unknown_caps)[0]!r} (known: {', '.join(sorted(CAPABILITIES))})"
+        )
+    known_failures = raw.get("known_failures", {})
+    if not isinstance(known_failures, dict) or not all(isinstance(v, str) and v for v in known_failures.values()):
+        raise ManifestError(f"{path}: [known_failures] maps scenario IDs to a non-empty reason")
+    return Manifest(
+        name=str(raw["name"]),
+        path=path.resolve(),
+        digest=hashlib.sha256(data).hexdigest(),
+        programs=programs,
+        capabilities=capabilities,
+        events={**DEFAULT_EVENTS, **{str(k): str(v) for k, v in dict(raw.get("events", {})).items()}},
+        known_failures={str(k): v for k, v in known_failures.items()},
+        description=str(raw.get("description", "")),
+    )

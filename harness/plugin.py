@@ -1,0 +1,326 @@
+"""The conformance harness as a pytest plugin: options, markers, scenario selection, results."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import catalogue as catalogue_module
+from harness.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
+from harness.results import Metric, RunResults, TestOutcome
+
+LEVEL_MARKERS = {
+    "unit": "spec level 1: one component in isolation, no network I/O",
+    "integration": "spec level 2: components over real loopback gRPC",
+    "e2e": "spec level 3: the programs running as processes",
+    "perf": "spec level 4: benchmarks and load (quick form by default, full with -m perf)",
+    "soak": "spec §7: long stability run (needs SOAK_TEST=1)",
+}
+NOT_APPLICABLE = "not applicable:"
+RESULTS_KEY = pytest.StashKey[RunResults]()
+MANIFEST_KEY = pytest.StashKey[Manifest]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "exchange gRPC conformance suite")
+    group.addoption(
+        "--sut",
+        metavar="PATH",
+        type=_existing_file("--sut"),
+        default=None,
+        help="system-under-test manifest (TOML); default: the reference implementation's",
+    )
+    group.addoption(
+        "--scenario",
+        metavar="SELECTOR",
+        action="append",
+        default=[],
+        help="run only the scenarios of a spec section (e.g. 4.2) or one scenario ID (e.g. 4.2.1.b); repeatable",
+    )
+    group.addoption(
+        "--report-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("reports"),
+        help="where the conformance report and measured figures are written (default: reports/)",
+    )
+    group.addoption(
+        "--list-scenarios",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="write every collected test's scenario IDs and markers as JSON to PATH",
+    )
+    group.addoption(
+        "--load-duration",
+        metavar="SECONDS",
+        type=_positive_float("--load-duration"),
+        default=None,
+        help="duration of the §6.3 load test (default: 20 s in the quick run, 300 s with -m perf)",
+    )
+    group.addoption(
+        "--soak-duration",
+        metavar="DURATION",
+        default=os.environ.get("SOAK_DURATION", "24h"),
+        help="duration of the §7.1 soak test, e.g. 10m, 2h (default: $SOAK_DURATION or 24h)",
+    )
+
+
+def _existing_file(flag: str) -> Any:
+    def parse(value: str) -> Path:
+        path = Path(value)
+        if not path.is_file():
+            raise pytest.UsageError(f"{flag}: no such file: {value}")
+        return path
+
+    return parse
+
+
+def _positive_float(flag: str) -> Any:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise pytest.UsageError(f"{flag}: {value!r} is not a number") from None
+        if number <= 0:
+            raise pytest.UsageError(f"{flag}: must be positive, got {value}")
+        return number
+
+    return parse
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, help_text in LEVEL_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {help_text}")
+    config.addinivalue_line(
+        "markers", "scenario(*ids): the spec scenario IDs (specs/scenarios.yaml) this test verifies"
+    )
+    config.addinivalue_line(
+        "markers", "requires(*capabilities): SUT capabilities the test needs (not applicable otherwise)"
+    )
+    path = config.getoption("sut") or DEFAULT_MANIFEST
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as exc:
+        raise pytest.UsageError(f"--sut: {exc}") from None
+    config.stash[MANIFEST_KEY] = manifest
+    results = RunResults(sut_name=manifest.name, sut_digest=manifest.digest)
+    config.stash[RESULTS_KEY] = results
+
+
+def scenario_ids(item: pytest.Item) -> list[str]:
+    ids: list[str] = []
+    for mark in item.iter_markers("scenario"):
+        ids.extend(str(arg) for arg in mark.args)
+    return ids
+
+
+def item_levels(item: pytest.Item) -> list[str]:
+    return [name for name in LEVEL_MARKERS if item.get_closest_marker(name) is not None]
+
+
+def _explicit_markexpr(config: pytest.Config) -> str:
+    return str(config.getoption("markexpr") or "")
+
+
+def perf_mode(config: pytest.Config) -> str:
+    """'full' when the run asked for perf explicitly (-m perf), 'quick' otherwise."""
+    return "full" if "perf" in _explicit_markexpr(config) else "quick"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    listing = config.getoption("list_scenarios")
+    if listing is not None:
+        records = [
+            {"nodeid": item.nodeid, "path": str(item.path), "scenarios": scenario_ids(item), "levels": item_levels(item)}
+            for item in items
+        ]
+        listing.write_text(json.dumps(records, indent=1), encoding="utf-8")
+
+    selectors: list[str] = config.getoption("scenario")
+    markexpr = _explicit_markexpr(config)
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        ids = scenario_ids(item)
+        for sid in ids:
+            item.user_properties.append(("scenario", sid))
+        if selectors and not any(_matches(sid, sel) for sid in ids for sel in selectors):
+            dropped.append(item)
+        elif "soak" not in markexpr and item.get_closest_marker("soak") is not None:
+            dropped.append(item)  # soak runs only when asked for: -m soak
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def _matches(scenario_id: str, selector: str) -> bool:
+    return scenario_id == selector or scenario_id.startswith(selector + ".")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("requires")
+    if marker is None:
+        return
+    manifest = item.config.stash[MANIFEST_KEY]
+    missing = [cap for cap in marker.args if not manifest.has_capability(str(cap))]
+    if missing:
+        pytest.skip(f"{NOT_APPLICABLE} SUT {manifest.name!r} does not claim {', '.join(missing)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        report.user_properties.append(("duration_s", report.duration))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    results = _RESULTS.get("results")
+    if results is None:
+        return
+    props = dict(p for p in report.user_properties if p[0] != "scenario" and p[0] != "metric")
+    ids = [str(v) for k, v in report.user_properties if k == "scenario"]
+    for key, value in report.user_properties:
+        if key == "metric":
+            results.add_metric(Metric(**json.loads(str(value))))
+    outcome = _classify(report)
+    if outcome is None:
+        return
+    status, reason = outcome
+    results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, float(props.get("duration_s", 0.0))))
+
+
+def _classify(report: pytest.TestReport) -> tuple[str, str] | None:
+    if report.when == "call":
+        if hasattr(report, "wasxfail"):
+            return "known-failure", str(report.wasxfail)
+        if report.failed:
+            return "failed", _first_line(report.longreprtext)
+        if report.skipped:
+            return _skip(report)
+        return "passed", ""
+    if report.when == "setup" and report.failed:
+        return "error", _first_line(report.longreprtext)
+    if report.when == "setup" and report.skipped:
+        return _skip(report)
+    if report.when == "teardown" and report.failed:
+        return "error", "teardown: " + _first_line(report.longreprtext)
+    return None
+
+
+def _skip(report: pytest.TestReport) -> tuple[str, str]:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if reason.startswith(NOT_APPLICABLE):
+        return "not-applicable", reason[len(NOT_APPLICABLE) :].strip()
+    return "skipped", reason
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("E ")]
+    return (lines[0][2:].strip() if lines else text.strip().splitlines()[-1] if text.strip() else "")[:300]
+
+
+_RESULTS: dict[str, RunResults] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _RESULTS["results"] = session.config.stash[RESULTS_KEY]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workerinput") or config.getoption("collectonly"):
+        return
+    results = config.stash[RESULTS_KEY]
+    if not results.outcomes:
+        return
+    from harness.report import write_reports
+
+    write_reports(results, catalogue_module.load(), config.getoption("report_dir"))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    results = config.stash[RESULTS_KEY]
+    status = results.scenario_status()
+    if not status:
+        return
+    from harness.report import summary_lines
+
+    terminalreporter.section("conformance: per-scenario summary")
+    for line in summary_lines(results, catalogue_module.load()):
+        terminalreporter.write_line(line)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def sut(pytestconfig: pytest.Config) -> Manifest:
+    """The system under test: the programs named by --sut (the reference by default)."""
+    return pytestconfig.stash[MANIFEST_KEY]
+
+
+@pytest.fixture
+def free_port() -> Any:
+    """A callable that returns a loopback port free right now and not handed to another test."""
+    from harness.ports import free_port as allocate
+
+    return allocate
+
+
+class MetricRecorder:
+    """Records measured figures; they reach the conformance report and the results file."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+
+    def record(self, name: str, value: float, unit: str = "") -> None:
+        metric = Metric(name, float(value), unit, scenario_ids(self._item), self._item.nodeid)
+        self._item.user_properties.append(("metric", json.dumps(metric.__dict__)))
+        print(f"[metric] {name} = {value:.4g} {unit}")
+
+
+@pytest.fixture
+def metrics(request: pytest.FixtureRequest) -> MetricRecorder:
+    """Record a measured figure: metrics.record("get_account_p50_ms", 0.41, "ms")."""
+    return MetricRecorder(request.node)
+
+
+@pytest.fixture
+def load_duration(pytestconfig: pytest.Config) -> float:
+    chosen = pytestconfig.getoption("load_duration")
+    if chosen is not None:
+        return float(chosen)
+    return 300.0 if perf_mode(pytestconfig) == "full" else 20.0
+
+
+@pytest.fixture
+def run_mode(pytestconfig: pytest.Config) -> str:
+    """'full' under -m perf, 'quick' in the default run."""
+    return perf_mode(pytestconfig)
+
+
+@pytest.fixture
+def soak_duration(pytestconfig: pytest.Config) -> float:
+    from harness.durations import parse_duration
+
+    if os.environ.get("SOAK_TEST") != "1":
+        pytest.skip("environment: set SOAK_TEST=1 to run the soak test")
+    return parse_duration(str(pytestconfig.getoption("soak_duration")))
+
+
+__all__ = ["MetricRecorder", "item_levels", "scenario_ids"]

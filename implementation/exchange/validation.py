@@ -1,0 +1,71 @@
+"""Validation of the contract's values: decimal strings, symbols, sides and margin types.
+
+Money travels as decimal strings; a value that is not one (a float rendering such as "1e-05",
+"NaN", an empty string) is rejected, never forwarded.
+"""
+
+from __future__ import annotations
+
+import re
+
+from implementation._pb import exchange_pb2 as pb
+from implementation.exchange.errors import InvalidData, InvalidRequest
+
+DECIMAL = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+SYMBOL = re.compile(r"^[A-Z0-9]{1,32}$")
+MAX_SYMBOL_LENGTH = 32
+ACCOUNT_DECIMALS = (
+    "total_balance",
+    "available_balance",
+    "equity",
+    "unrealized_pnl",
+    "margin_used",
+    "margin_level",
+    "leverage",
+)
+POSITION_DECIMALS = ("size", "entry_price", "mark_price", "leverage", "unrealized_pnl", "liquidation")
+SIDES = frozenset({"LONG", "SHORT"})
+MARGIN_TYPES = frozenset({"ISOLATED", "CROSS"})
+
+
+def is_decimal(value: str) -> bool:
+    return bool(DECIMAL.match(value))
+
+
+def check_symbol(symbol: str) -> str:
+    """The symbol if it is empty (all symbols) or a plausible instrument name; else InvalidRequest."""
+    if symbol and not SYMBOL.match(symbol):
+        shown = symbol if len(symbol) <= 40 else symbol[:40] + "..."
+        raise InvalidRequest(
+            f"symbol {shown!r} is not a valid instrument name "
+            f"(expected 1-{MAX_SYMBOL_LENGTH} upper-case letters and digits, e.g. 'BTCUSDT', or empty for all)"
+        )
+    return symbol
+
+
+def validate_account(account: pb.Account) -> pb.Account:
+    """The account unchanged if every field is well formed; else InvalidData naming the field."""
+    for name in ACCOUNT_DECIMALS:
+        value = getattr(account, name)
+        if not is_decimal(value):
+            raise InvalidData(f"account field {name} has value {value!r}: not a decimal string")
+    if not account.HasField("updated_at"):
+        raise InvalidData("account field updated_at is missing")
+    return account
+
+
+def validate_position(position: pb.Position) -> pb.Position:
+    """The position unchanged if every field is well formed; else InvalidData naming the field."""
+    if not SYMBOL.match(position.symbol):
+        raise InvalidData(f"position field symbol has value {position.symbol!r}: not an instrument name")
+    if position.side not in SIDES:
+        raise InvalidData(f"position {position.symbol} field side has value {position.side!r}: not LONG or SHORT")
+    if position.margin_type not in MARGIN_TYPES:
+        raise InvalidData(
+            f"position {position.symbol} field margin_type has value {position.margin_type!r}: not ISOLATED or CROSS"
+        )
+    for name in POSITION_DECIMALS:
+        value = getattr(position, name)
+        if not is_decimal(value):
+            raise InvalidData(f"position {position.symbol} field {name} has value {value!r}: not a decimal string")
+    return position
