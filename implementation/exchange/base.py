@@ -1,7 +1,7 @@
 """The Exchange interface: what the connector needs from the one exchange it is connected to.
 
 An adapter holds ONE connection to its exchange. Streams follow the spec's shape
-(`StartAccountStream(ctx, callback) error`): the coroutine delivers every update to `callback`
+(`StartAccountStream(ctx, callback) error`, here `run_account_stream(callback)`): the coroutine delivers every update to `callback`
 in order and runs until it is cancelled (then it raises CancelledError) or the exchange fails
 (then it raises ExchangeError).
 """
@@ -31,8 +31,8 @@ class Exchange(Protocol):
     async def get_positions(self, symbol: str = "") -> list[pb.Position]:
         """The open positions, of one symbol or (empty) all."""
 
-    async def start_account_stream(self, callback: AccountCallback) -> None:
+    async def run_account_stream(self, callback: AccountCallback) -> None:
         """Deliver every account update to `callback` until cancelled or failed."""
 
-    async def start_position_stream(self, callback: PositionCallback) -> None:
+    async def run_position_stream(self, callback: PositionCallback) -> None:
         """Deliver every position update (all symbols) to `callback` until cancelled or failed."""
