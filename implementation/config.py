@@ -1,0 +1,236 @@
+"""Configuration files of the client programs (market_maker, live_server): YAML checked by pydantic.
+
+Every problem becomes one ConfigError line naming the file, the key and the value, e.g.
+``config error in mm.yaml: key 'exchange_grpc_address': field required``. The programs print
+it and exit with code 2.
+
+Any key can also come from the environment, which wins over the file: the program's prefix
+plus the key path in upper snake case, e.g. MARKET_MAKER_EXCHANGE_GRPC_ADDRESS,
+LIVE_SERVER_LISTEN, LIVE_SERVER_TLS_CA_FILE, MARKET_MAKER_LOG_LEVEL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MARKET_MAKER_ENV_PREFIX = "MARKET_MAKER_"
+LIVE_SERVER_ENV_PREFIX = "LIVE_SERVER_"
+CONFIG_ERROR_EXIT_CODE = 2
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; str() is one line naming the file, key and value."""
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; ValueError saying what is wrong."""
+    match = _HOST_PORT.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not host:port (e.g. '127.0.0.1:50051' or '[::1]:50051')")
+    port = int(match.group("port"))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value!r} has port {port}, expected 0-65535")
+    return match.group("ipv6") or match.group("host"), port
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class TlsSettings(_Strict):
+    """Server verification (ca_file) and, for mutual TLS, the client's own certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file not found: {str(value)!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class LogSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class ClientSettings(_Strict):
+    """What both client programs need to reach the connector."""
+
+    exchange_grpc_address: str
+    tls: TlsSettings | None = None
+    token: str | None = Field(default=None, min_length=1)
+    log: LogSettings = LogSettings()
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    call_timeout: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("exchange_grpc_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host, port = split_host_port(value)
+        if port == 0:
+            raise ValueError(f"{value!r} has port 0; the connector's port is needed")
+        return value
+
+
+class MarketMakerConfig(ClientSettings):
+    current_exchange: Literal["remote"]
+    # Where the program writes its heartbeat for `market_maker health` (optional).
+    health_file: Path | None = None
+
+
+class LiveServerConfig(ClientSettings):
+    exchange_type: Literal["remote"]
+    listen: str = "127.0.0.1:8080"
+    ws_queue_size: int = Field(default=256, ge=1, le=100_000)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+ConfigT = TypeVar("ConfigT", bound=ClientSettings)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; ConfigError for unreadable or malformed files."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config error in {path}: cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error in {path}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config error in {path}: {_yaml_problem(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error in {path}: expected a mapping of keys at the top, got {_kind(data)}")
+    return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"malformed YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"malformed YAML: {problem}"
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def env_overrides(model: type[BaseModel], prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Values from PREFIX_KEY (and PREFIX_SECTION_KEY for nested sections) variables."""
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        nested = _nested_model(annotation)
+        if nested is not None:
+            section = env_overrides(nested, f"{prefix}{name.upper()}_", environ)
+            if section:
+                found[name] = section
+        elif f"{prefix}{name.upper()}" in environ:
+            found[name] = environ[f"{prefix}{name.upper()}"]
+    return found
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", (annotation,))
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def describe_errors(error: ValidationError) -> str:
+    """pydantic's errors as "key 'a.b': what is wrong (got 'value')", joined with '; '."""
+    parts: list[str] = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"])
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+            continue
+        message = str(item["msg"])
+        message = message.removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        if kind == "missing":
+            parts.append(f"key '{key}': field required")
+        elif kind.startswith("literal") or kind.endswith("_type") or kind.endswith("_parsing"):
+            parts.append(f"key '{key}': {message}, got {_shown(item.get('input'))}")
+        elif key:
+            parts.append(f"key '{key}': {message}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def load_config(
+    model: type[ConfigT],
+    path: Path | None,
+    *,
+    env_prefix: str,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigT:
+    """The program's settings from the YAML file (if any) and the environment; ConfigError if unusable."""
+    where = str(path) if path is not None else "environment"
+    data = read_yaml(path) if path is not None else {}
+    data = _merge(data, env_overrides(model, env_prefix, os.environ if environ is None else environ))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config error in {where}: {describe_errors(exc)}") from None
