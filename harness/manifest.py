@@ -40,7 +40,18 @@ PLACEHOLDERS = frozenset(
     }
 )
 READINESS = ("grpc-health", "http", "log")
-CAPABILITIES = frozenset({"tls", "token_auth", "metrics", "websocket", "dashboard", "reflection", "health_command"})
+CAPABILITIES = frozenset(
+    {
+        "tls",  # TLS on the connector (server cert; clients with a CA file)
+        "token_auth",  # bearer-token auth on the connector, health exempt
+        "metrics",  # a Prometheus /metrics endpoint on the connector
+        "websocket",  # live_server's /ws feed
+        "dashboard",  # live_server's dashboard page at /
+        "reflection",  # gRPC server reflection on the connector
+        "health_command",  # a health subcommand usable by container health checks
+        "reference_library",  # the Python reference library itself (white-box tests)
+    }
+)
 
 
 class ManifestError(ValueError):

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MARKET_MAKER_ENV_PREFIX = "MARKET_MAKER_"
 LIVE_SERVER_ENV_PREFIX = "LIVE_SERVER_"
@@ -55,8 +63,14 @@ class TlsSettings(_Strict):
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
-    def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+    def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        # Relative paths are relative to the config file, so a config folder can be moved whole.
+        base = (info.context or {}).get("base")
+        if base is not None and not value.is_absolute():
+            value = Path(base) / value
+        if not value.is_file():
             raise ValueError(f"file not found: {str(value)!r}")
         return value
 
@@ -147,6 +161,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        problem += f" ({context} at line {context_mark.line + 1})"
     if mark is not None:
         return f"malformed YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return f"malformed YAML: {problem}"
@@ -231,6 +248,6 @@ def load_config(
     data = read_yaml(path) if path is not None else {}
     data = _merge(data, env_overrides(model, env_prefix, os.environ if environ is None else environ))
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"base": path.parent if path is not None else None})
     except ValidationError as exc:
         raise ConfigError(f"config error in {where}: {describe_errors(exc)}") from None
