@@ -31,7 +31,9 @@ def check_agreement(records: Iterable[Mapping[str, Any]], catalogue: Catalogue) 
                 problems.append(f"{nodeid}: names scenario {sid!r}, which is not in specs/scenarios.yaml")
                 continue
             if not scenario.needs_test:
-                problems.append(f"{nodeid}: names {sid}, a {scenario.kind} that is derived, not tested directly")
+                problems.append(
+                    f"{nodeid}: names {sid}, a {scenario.kind} that is derived, not tested directly"
+                )
                 continue
             tested.add(sid)
             if levels and scenario.level not in levels:
@@ -40,7 +42,9 @@ def check_agreement(records: Iterable[Mapping[str, Any]], catalogue: Catalogue) 
                 )
     for scenario in catalogue.testable():
         if scenario.id in tested and scenario.pending:
-            problems.append(f"{scenario.id}: marked pending in the catalogue but a test carries it; drop 'pending'")
+            problems.append(
+                f"{scenario.id}: marked pending in the catalogue but a test carries it; drop 'pending'"
+            )
         elif scenario.id not in tested and not scenario.pending:
             problems.append(f"{scenario.id}: no test carries this catalogue ID ({scenario.title})")
     for scenario in catalogue.scenarios:

@@ -73,7 +73,9 @@ class Program:
     def render(self, template: str, values: Mapping[str, Any]) -> str:
         return template.format_map(_Strict(values, self.name))
 
-    def render_command(self, values: Mapping[str, Any], *, tls: bool = False, token: bool = False) -> list[str]:
+    def render_command(
+        self, values: Mapping[str, Any], *, tls: bool = False, token: bool = False
+    ) -> list[str]:
         args = list(self.command)
         if tls:
             args += self.tls_args
@@ -178,22 +180,26 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from None
     if "name" not in raw:
         raise ManifestError(f"{path}: missing key 'name'")
-    programs_raw = raw.get("programs")
-    if not isinstance(programs_raw, dict):
-        raise ManifestError(f"{path}: missing table [programs]")
-    unknown_programs = set(programs_raw) - set(PROGRAMS)
-    if unknown_programs:
-        raise ManifestError(f"{path}: unknown program {sorted(unknown_programs)[0]!r} (known: {', '.join(PROGRAMS)})")
-    root = path.resolve().parent
-    programs = {name: _program(name, programs_raw.get(name), root) for name in PROGRAMS}
     capabilities = frozenset(_strings(raw.get("capabilities", []), "capabilities"))
     unknown_caps = capabilities - CAPABILITIES
     if unknown_caps:
         raise ManifestError(
             f"{path}: unknown capability {sorted(unknown_caps)[0]!r} (known: {', '.join(sorted(CAPABILITIES))})"
         )
+    programs_raw = raw.get("programs")
+    if not isinstance(programs_raw, dict):
+        raise ManifestError(f"{path}: missing table [programs]")
+    unknown_programs = set(programs_raw) - set(PROGRAMS)
+    if unknown_programs:
+        raise ManifestError(
+            f"{path}: unknown program {sorted(unknown_programs)[0]!r} (known: {', '.join(PROGRAMS)})"
+        )
+    root = path.resolve().parent
+    programs = {name: _program(name, programs_raw.get(name), root) for name in PROGRAMS}
     known_failures = raw.get("known_failures", {})
-    if not isinstance(known_failures, dict) or not all(isinstance(v, str) and v for v in known_failures.values()):
+    if not isinstance(known_failures, dict) or not all(
+        isinstance(v, str) and v for v in known_failures.values()
+    ):
         raise ManifestError(f"{path}: [known_failures] maps scenario IDs to a non-empty reason")
     return Manifest(
         name=str(raw["name"]),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +112,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if unknown:
         raise pytest.UsageError(f"--sut: [known_failures] names {unknown[0]!r}, which is not a scenario ID")
     config.stash[MANIFEST_KEY] = manifest
-    results = RunResults(sut_name=manifest.name, sut_digest=manifest.digest)
-    config.stash[RESULTS_KEY] = results
+    config.stash[RESULTS_KEY] = RunResults(sut_name=manifest.name, sut_digest=manifest.digest)
+    config.pluginmanager.register(_Recorder(config), "conformance-recorder")
 
 
 def scenario_ids(item: pytest.Item) -> list[str]:
@@ -137,11 +136,18 @@ def perf_mode(config: pytest.Config) -> str:
     return "full" if "perf" in _explicit_markexpr(config) else "quick"
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     listing = config.getoption("list_scenarios")
     if listing is not None:
         records = [
-            {"nodeid": item.nodeid, "path": str(item.path), "scenarios": scenario_ids(item), "levels": item_levels(item)}
+            {
+                "nodeid": item.nodeid,
+                "path": str(item.path),
+                "scenarios": scenario_ids(item),
+                "levels": item_levels(item),
+            }
             for item in items
         ]
         listing.write_text(json.dumps(records, indent=1), encoding="utf-8")
@@ -185,33 +191,61 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"{NOT_APPLICABLE} SUT {manifest.name!r} does not claim {', '.join(missing)}")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        report.user_properties.append(("duration_s", report.duration))
+class _Recorder:
+    """Gathers outcomes and figures as tests finish; writes the report (controller only)."""
 
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.results = config.stash[RESULTS_KEY]
+        self._last_save = 0.0
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    results = _RESULTS.get("results")
-    if results is None:
-        return
-    props = dict(p for p in report.user_properties if p[0] != "scenario" and p[0] != "metric")
-    ids = [str(v) for k, v in report.user_properties if k == "scenario"]
-    for key, value in report.user_properties:
-        if key == "metric":
-            results.add_metric(Metric(**json.loads(str(value))))
-    outcome = _classify(report)
-    if outcome is None:
-        return
-    status, reason = outcome
-    results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, float(props.get("duration_s", 0.0))))
+    @property
+    def _is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        ids = [str(v) for k, v in report.user_properties if k == "scenario"]
+        for key, value in report.user_properties:
+            if key == "metric" and report.when == "call":
+                self.results.add_metric(Metric(**json.loads(str(value))))
+        outcome = _classify(report)
+        if outcome is None:
+            return
+        status, reason = outcome
+        self.results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, report.duration))
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        """Keep the JSON report current while the run goes on, so an interrupted run leaves its results."""
+        now = time.monotonic()
+        if self._is_worker or now - self._last_save < 2.0:
+            return
+        self._last_save = now
+        report_dir: Path = self.config.getoption("report_dir")
+        self.results.write_json(report_dir / "conformance-report.json", catalogue_module.load())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._is_worker or self.config.getoption("collectonly") or not self.results.outcomes:
+            return
+        from harness.report import write_reports
+
+        write_reports(self.results, catalogue_module.load(), self.config.getoption("report_dir"))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._is_worker or not self.results.scenario_status():
+            return
+        from harness.report import summary_lines
+
+        terminalreporter.section("conformance: per-scenario summary")
+        for line in summary_lines(self.results, catalogue_module.load()):
+            terminalreporter.write_line(line)
 
 
 def _classify(report: pytest.TestReport) -> tuple[str, str] | None:
     if report.when == "call":
         if hasattr(report, "wasxfail"):
+            if report.passed:  # strict xfail that passed: the known-failures list is stale
+                return "failed", f"listed as a known failure but passed: {report.wasxfail}"
             return "known-failure", str(report.wasxfail)
         if report.failed:
             return "failed", _first_line(report.longreprtext)
@@ -238,40 +272,6 @@ def _skip(report: pytest.TestReport) -> tuple[str, str]:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip().startswith("E ")]
     return (lines[0][2:].strip() if lines else text.strip().splitlines()[-1] if text.strip() else "")[:300]
-
-
-_RESULTS: dict[str, RunResults] = {}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _RESULTS["results"] = session.config.stash[RESULTS_KEY]
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    config = session.config
-    if hasattr(config, "workerinput") or config.getoption("collectonly"):
-        return
-    results = config.stash[RESULTS_KEY]
-    if not results.outcomes:
-        return
-    from harness.report import write_reports
-
-    write_reports(results, catalogue_module.load(), config.getoption("report_dir"))
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        return
-    results = config.stash[RESULTS_KEY]
-    status = results.scenario_status()
-    if not status:
-        return
-    from harness.report import summary_lines
-
-    terminalreporter.section("conformance: per-scenario summary")
-    for line in summary_lines(results, catalogue_module.load()):
-        terminalreporter.write_line(line)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

@@ -86,7 +86,13 @@ def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
         "|---|---|---|---|",
     ]
     for criterion, measured, verdict in criteria_rows(results, catalogue):
-        target = str(criterion.target) if criterion.target else "100 %" if "pass" in criterion.title else "verified"
+        target = (
+            str(criterion.target)
+            if criterion.target
+            else "100 %"
+            if "pass" in criterion.title
+            else "verified"
+        )
         out.append(f"| {criterion.title} | {target} | {measured} | {verdict} |")
     out += ["", "## Scenarios", "", "| ID | Level | Title | Status | Reason |", "|---|---|---|---|---|"]
     for row in data["scenarios"]:
@@ -107,3 +113,6 @@ def write_reports(results: RunResults, catalogue: Catalogue, directory: Path) ->
     directory.mkdir(parents=True, exist_ok=True)
     results.write_json(directory / "conformance-report.json", catalogue)
     (directory / "conformance-report.md").write_text(render_markdown(results, catalogue), encoding="utf-8")
+    from harness.report_html import render_html
+
+    (directory / "conformance-report.html").write_text(render_html(results, catalogue), encoding="utf-8")

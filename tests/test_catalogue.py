@@ -131,7 +131,10 @@ def test_meta_check_passes_when_all_agree() -> None:
     [
         ("scenarios: 3", "must be a mapping with a 'scenarios' list"),
         ("scenarios: [{id: 1.1.1.a, section: '1', title: t, criterion: c, level: fast}]", "level 'fast'"),
-        ("scenarios: [{id: a, section: '1', title: t, criterion: c, level: unit}, {id: a, section: '1', title: t, criterion: c, level: unit}]", "duplicate id"),
+        (
+            "scenarios: [{id: a, section: '1', title: t, criterion: c, level: unit}, {id: a, section: '1', title: t, criterion: c, level: unit}]",
+            "duplicate id",
+        ),
         ("scenarios: [{id: a, section: '1', level: unit}]", "missing title, criterion"),
     ],
 )

@@ -14,7 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(60)
 def test_generated_code_is_fresh() -> None:
     done = subprocess.run(
-        [sys.executable, "tools/gen_proto.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "tools/gen_proto.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, f"implementation/_pb is stale:\n{done.stderr}"
 
@@ -60,7 +64,11 @@ def test_every_proto_field_is_documented() -> None:
     undocumented = []
     for number, line in enumerate(text):
         stripped = line.strip()
-        is_field = stripped.endswith(";") and "=" in stripped and not stripped.startswith(("//", "syntax", "package", "import", "option"))
+        is_field = (
+            stripped.endswith(";")
+            and "=" in stripped
+            and not stripped.startswith(("//", "syntax", "package", "import", "option"))
+        )
         if is_field and not text[number - 1].strip().startswith("//"):
             undocumented.append(f"line {number + 1}: {stripped}")
     assert not undocumented, "fields without a comment:\n" + "\n".join(undocumented)

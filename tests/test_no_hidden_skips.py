@@ -39,8 +39,10 @@ def hidden_skips(source: str, filename: str) -> list[str]:
         if not isinstance(node, ast.Call) or _name(node) not in SKIPPING_CALLS:
             continue
         owner = node.func.value if isinstance(node.func, ast.Attribute) else None
-        if isinstance(owner, ast.Name) and owner.id not in ("pytest",) and not (
-            isinstance(owner, ast.Attribute) and owner.attr == "mark"
+        if (
+            isinstance(owner, ast.Name)
+            and owner.id not in ("pytest",)
+            and not (isinstance(owner, ast.Attribute) and owner.attr == "mark")
         ):
             continue
         reason = _reason(node)
