@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from implementation.exchange.remote_address import check_address
+
 MARKET_MAKER_ENV_PREFIX = "MARKET_MAKER_"
 LIVE_SERVER_ENV_PREFIX = "LIVE_SERVER_"
 CONFIG_ERROR_EXIT_CODE = 2
@@ -104,10 +106,7 @@ class ClientSettings(_Strict):
     @field_validator("exchange_grpc_address")
     @classmethod
     def _address(cls, value: str) -> str:
-        host, port = split_host_port(value)
-        if port == 0:
-            raise ValueError(f"{value!r} has port 0; the connector's port is needed")
-        return value
+        return check_address(value)
 
 
 class MarketMakerConfig(ClientSettings):
@@ -242,11 +241,14 @@ def load_config(
     *,
     env_prefix: str,
     environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> ConfigT:
-    """The program's settings from the YAML file (if any) and the environment; ConfigError if unusable."""
+    """The program's settings from the YAML file (if any), the environment and then `overrides`
+    (command-line options, nested like the file); ConfigError if unusable."""
     where = str(path) if path is not None else "environment"
     data = read_yaml(path) if path is not None else {}
     data = _merge(data, env_overrides(model, env_prefix, os.environ if environ is None else environ))
+    data = _merge(data, dict(overrides or {}))
     try:
         return model.model_validate(data, context={"base": path.parent if path is not None else None})
     except ValidationError as exc:

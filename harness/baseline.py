@@ -1,0 +1,301 @@
+"""The bare baseline: an ExchangeService with the same contract and no logic at all.
+
+Every benchmark measures it with the same client code as the connector under test, in the same
+run, so each figure can also be given as a ratio to what grpcio alone achieves on this machine.
+
+* GetAccount / GetPositions answer a fixed §8 account / position list.
+* SubscribeAccount / SubscribePositions write tagged updates (see harness.loadgen) in a tight
+  ``await context.write(...)`` loop. The request's metadata says how many and how fast:
+  ``x-bench-count`` (0 or absent: until the client cancels), ``x-bench-rate`` (updates/s; 0 or
+  absent: as fast as possible) and ``x-bench-run`` (the run number in the tags). A connector
+  ignores this metadata, so the client code is the same for both.
+
+Runs in-process on its own thread and loop (``BaselineServer``), or as a program
+(``python -m harness.baseline --port 0``, which prints one JSON line ``{"event": "ready", "port": N}``
+on stdout once serving; ``BaselineProcess`` starts and stops it for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from harness.loadgen import Schedule, tagged_account, tagged_position
+from implementation._pb import exchange_pb2 as pb
+from implementation._pb import exchange_pb2_grpc as pb_grpc
+
+COUNT_KEY = "x-bench-count"
+RATE_KEY = "x-bench-rate"
+RUN_KEY = "x-bench-run"
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How many tagged updates a baseline stream writes, how fast, and with which run number."""
+
+    count: int = 0
+    rate: float = 0.0
+    run: int = 1
+
+    @classmethod
+    def from_metadata(cls, metadata: Sequence[tuple[str, Any]] | None) -> StreamPlan:
+        values = {str(key): str(value) for key, value in (metadata or ())}
+        return cls(
+            count=int(values.get(COUNT_KEY, 0)),
+            rate=float(values.get(RATE_KEY, 0.0)),
+            run=int(values.get(RUN_KEY, 1)),
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((COUNT_KEY, str(self.count)), (RATE_KEY, repr(self.rate)), (RUN_KEY, str(self.run)))
+
+
+FIXED_ACCOUNT = tagged_account(1, 0)
+FIXED_POSITIONS = pb.GetPositionsResponse(positions=[tagged_position(1, 0), tagged_position(1, 0, "ETHUSDT")])
+
+
+class BaselineServicer(pb_grpc.ExchangeServiceServicer):
+    async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Account:
+        return FIXED_ACCOUNT
+
+    async def GetPositions(
+        self, request: pb.GetPositionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetPositionsResponse:
+        return FIXED_POSITIONS
+
+    async def SubscribeAccount(  # type: ignore[override]
+        self, request: pb.SubscribeAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        plan = StreamPlan.from_metadata(context.invocation_metadata())
+        await _write_stream(context, plan, lambda seq: tagged_account(plan.run, seq))
+
+    async def SubscribePositions(  # type: ignore[override]
+        self, request: pb.SubscribePositionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        plan = StreamPlan.from_metadata(context.invocation_metadata())
+        symbol = request.symbol or "BTCUSDT"
+        await _write_stream(context, plan, lambda seq: tagged_position(plan.run, seq, symbol))
+
+
+async def _write_stream(
+    context: grpc.aio.ServicerContext[Any, Any], plan: StreamPlan, make: Callable[[int], Any]
+) -> None:
+    loop = asyncio.get_running_loop()
+    schedule = Schedule(plan.rate)
+    started = loop.time()
+    seq = 0
+    while plan.count == 0 or seq < plan.count:
+        seq += 1
+        if plan.rate > 0:
+            delay = schedule.due_at(seq) - (loop.time() - started)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await context.write(make(seq))
+
+
+def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
+    """An event loop of the chosen kind ('auto': uvloop when installed, as the connector prefers)."""
+    if choice not in LOOPS:
+        raise ValueError(f"loop {choice!r} is not one of {', '.join(LOOPS)}")
+    if choice != "asyncio":
+        try:
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+    return asyncio.new_event_loop()
+
+
+async def serve(host: str, port: int, ready: Callable[[int], None], stopping: asyncio.Event) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_ExchangeServiceServicer_to_server(BaselineServicer(), server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        ready(bound)
+        await stopping.wait()
+    finally:
+        await server.stop(0.5)
+
+
+class BaselineServer:
+    """The baseline in this process, on its own thread and event loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, loop: str = "auto") -> None:
+        self.host, self.port, self.loop_kind = host, port, loop
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> BaselineServer:
+        if self._thread is not None:
+            return self
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="baseline-server", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout) or self._error is not None:
+            self.stop()
+            raise RuntimeError(f"baseline server did not start on {self.address}: {self._error!r}")
+        return self
+
+    def _run(self, started: threading.Event) -> None:
+        loop = new_event_loop(self.loop_kind)
+        self._loop = loop
+
+        def ready(port: int) -> None:
+            self.port = port
+            started.set()
+
+        async def main() -> None:
+            self._stopping = asyncio.Event()
+            await serve(self.host, self.port, ready, self._stopping)
+
+        try:
+            loop.run_until_complete(main())
+        except BaseException as error:
+            self._error = error
+            started.set()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self) -> None:
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        self._thread = None
+        if thread is None:
+            return
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
+        thread.join(10.0)
+
+    def __enter__(self) -> BaselineServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class BaselineProcess:
+    """The baseline as a separate program, so it is measured over loopback exactly like the connector."""
+
+    def __init__(self, host: str = "127.0.0.1", loop: str = "auto", log_path: Path | None = None) -> None:
+        self.host, self.loop_kind, self.log_path = host, loop, log_path
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("baseline process not started")
+        return self._process.pid
+
+    def start(self, timeout: float = 15.0) -> BaselineProcess:
+        command = [sys.executable, "-m", "harness.baseline", "--host", self.host, "--port", "0"]
+        command += ["--loop", self.loop_kind]
+        log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=_repo_root())
+        finally:
+            log.close()
+        try:
+            self.port = self._read_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read_ready(self, timeout: float) -> int:
+        assert self._process is not None and self._process.stdout is not None
+        readable, _, _ = select.select([self._process.stdout], [], [], timeout)
+        line = self._process.stdout.readline() if readable else b""
+        if not line:
+            code = self._process.poll()
+            state = f"exited with code {code}" if code is not None else f"silent for {timeout} s"
+            raise RuntimeError(f"baseline program not ready: {state}")
+        return int(json.loads(line)["port"])
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        return code
+
+    def __enter__(self) -> BaselineProcess:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _repo_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.baseline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port)")
+    parser.add_argument("--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop when installed)")
+    args = parser.parse_args(argv)
+    loop = new_event_loop(args.loop)
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+
+        def ready(port: int) -> None:
+            event = {"event": "ready", "port": port, "pid": os.getpid(), "loop": type(loop).__module__}
+            print(json.dumps(event), flush=True)
+
+        await serve(args.host, args.port, ready, stopping)
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0
+
+
+__all__ = ["BaselineProcess", "BaselineServer", "StreamPlan"]
+
+if __name__ == "__main__":
+    sys.exit(main())

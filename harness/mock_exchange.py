@@ -1,0 +1,303 @@
+"""The spec's mock exchange (§4.3) served over gRPC as an ExchangeService.
+
+A test controls it from its own thread (trigger updates, set the data the unary calls return,
+make calls fail, end streams) while the server runs on a dedicated thread with its own event
+loop, so it keeps serving even while the test blocks. A connector running as a separate program
+reaches it through its `grpc` exchange adapter; the mock counts the distinct peers that called it
+("only ONE exchange connection") and the streams open per topic. It also serves grpc.health.v1
+(SERVING), so a launcher can probe it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from harness.mock_service import (
+    TOPICS,
+    MockBook,
+    MockExchangeService,
+    StreamEnd,
+    check_topic,
+    copy_message,
+    spec_account,
+    spec_positions,
+)
+from implementation._pb import exchange_pb2 as pb
+from implementation._pb import exchange_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "opensqt.exchange.v1.ExchangeService"
+
+__all__ = ["TOPICS", "MockExchangeServer", "MockExchangeViolation", "spec_account", "spec_positions"]
+
+
+class MockExchangeViolation(AssertionError):
+    """Something went wrong inside the mock exchange while a test used it."""
+
+
+class MockExchangeServer:
+    """An ExchangeService whose data and failures the test controls; every method is thread-safe."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port  # the bound port once started; a restart binds the same one
+        self._book = MockBook()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._grace = 1.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, timeout: float = 10.0) -> MockExchangeServer:
+        """Serve on a new thread; returns once the port is bound. Harmless when already started."""
+        if self._thread is not None:
+            return self
+        started = threading.Event()
+        failure: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._run, args=(started, failure), name="mock-exchange", daemon=True
+        )
+        thread.start()
+        if not started.wait(timeout):
+            raise MockExchangeViolation(f"mock exchange did not start within {timeout} s on {self.address}")
+        if failure:
+            thread.join()
+            raise RuntimeError(f"mock exchange cannot serve on {self.address}: {failure[0]}") from failure[0]
+        self._thread = thread
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        """End every open stream with UNAVAILABLE, stop serving and join the thread; idempotent."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or loop is None or stopping is None:
+            return
+        self._grace = grace
+        try:
+            loop.call_soon_threadsafe(stopping.set)
+        except RuntimeError:  # the loop already ended on its own
+            pass
+        thread.join(grace + 10.0)
+        if thread.is_alive():
+            self._book.record(f"server thread still running {grace + 10.0} s after stop()")
+        with self._book.lock:
+            self._thread = self._loop = self._stopping = None
+
+    def restart(self) -> None:
+        """Stop, then serve again on the same port (data and counters are kept)."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> MockExchangeServer:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(self, started: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(loop, started))
+        except BaseException as error:
+            if started.is_set():  # failed after start-up: the fixture reports it
+                self._book.record(f"server loop failed: {error!r}")
+            else:
+                failure.append(error)
+                started.set()
+        finally:
+            try:
+                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_ExchangeServiceServicer_to_server(MockExchangeService(self._book), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        try:
+            self.port = server.add_insecure_port(self.address)
+            await server.start()
+        except BaseException:
+            await server.stop(None)
+            raise
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        with self._book.lock:
+            self._loop, self._stopping = loop, asyncio.Event()
+        started.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await health_servicer.enter_graceful_shutdown()
+            self._book.end_all(grpc.StatusCode.UNAVAILABLE, "mock exchange stopping")
+            await server.stop(self._grace)
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback` on the server's loop after everything posted before (caller holds the lock)."""
+        if self._loop is None:
+            return  # not serving: the state changed, no stream is open to tell
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop closed meanwhile: no stream left to tell
+            pass
+
+    # ------------------------------------------------------------------ control
+
+    def set_account(self, account: pb.Account) -> None:
+        """What GetAccount returns from now on."""
+        with self._book.lock:
+            self._book.account = copy_message(account)
+
+    def set_positions(self, positions: Iterable[pb.Position]) -> None:
+        """What GetPositions returns from now on (filtered by the request's symbol)."""
+        with self._book.lock:
+            self._book.positions = [copy_message(position) for position in positions]
+
+    def trigger_account_update(self, account: pb.Account) -> None:
+        """Send `account` to every open SubscribeAccount stream; GetAccount returns it from now on."""
+        message = copy_message(account)
+        with self._book.lock:
+            self._book.account = message
+            self._post(self._book.deliver, "account", message)
+
+    def trigger_position_update(self, position: pb.Position) -> None:
+        """Send `position` to every open SubscribePositions stream that wants its symbol. It replaces
+        the position of that symbol in what GetPositions returns (a new symbol is added at the end)."""
+        message = copy_message(position)
+        with self._book.lock:
+            positions = self._book.positions
+            index = next((i for i, p in enumerate(positions) if p.symbol == message.symbol), None)
+            if index is None:
+                self._book.positions = [*positions, message]
+            else:
+                self._book.positions = [*positions[:index], message, *positions[index + 1 :]]
+            self._post(self._book.deliver, "positions", message)
+
+    def fail_calls(self, code: grpc.StatusCode | None, details: str = "") -> None:
+        """While set, unary calls and new streams fail with `code`; None serves normally again."""
+        if code is grpc.StatusCode.OK:
+            raise ValueError("fail_calls needs an error status code, got OK (None stops failing)")
+        with self._book.lock:
+            self._book.failure = (
+                None if code is None else StreamEnd(code, details or f"mock exchange: {code.name}")
+            )
+
+    def end_streams(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, details: str = "") -> None:
+        """End every open stream with this status, after the updates already triggered (OK: end cleanly)."""
+        with self._book.lock:
+            self._post(
+                self._book.end_all, code, details or f"mock exchange ended the stream with {code.name}"
+            )
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def connection_count(self) -> int:
+        """Distinct peers (client TCP connections) that ever called an ExchangeService method.
+
+        A reconnect is a new peer. gRPC channels of one process that share a target and options share
+        one connection (the global subchannel pool), so they count once.
+        """
+        with self._book.lock:
+            return len(self._book.peers)
+
+    @property
+    def peers(self) -> list[str]:
+        """The distinct peers seen, in order of their first call (e.g. "ipv4:127.0.0.1:40312")."""
+        with self._book.lock:
+            return list(self._book.peers)
+
+    @property
+    def active_peers(self) -> list[str]:
+        """The distinct peers that hold an open stream right now."""
+        with self._book.lock:
+            peers = {s.peer for topic in TOPICS for s in self._book.streams[topic]}
+        return sorted(peers)
+
+    @property
+    def calls(self) -> Counter[str]:
+        """Calls received by method name (GetAccount, GetPositions, SubscribeAccount, SubscribePositions)."""
+        with self._book.lock:
+            return Counter(self._book.calls)
+
+    def subscriptions(self, topic: str) -> int:
+        """Streams of `topic` ("account" or "positions") open right now."""
+        check_topic(topic)
+        with self._book.lock:
+            return len(self._book.streams[topic])
+
+    def total_subscriptions(self, topic: str) -> int:
+        """Streams of `topic` ever opened."""
+        check_topic(topic)
+        with self._book.lock:
+            return self._book.totals[topic]
+
+    def wait_for_subscriptions(self, topic: str, n: int, timeout: float = 5.0) -> int:
+        """Block until at least `n` streams of `topic` are open; how many are. TimeoutError says what is."""
+        check_topic(topic)
+        book = self._book
+        with book.lock:
+            if not book.lock.wait_for(lambda: len(book.streams[topic]) >= n, timeout):
+                raise TimeoutError(self._shortfall(topic, n, timeout))
+            return len(book.streams[topic])
+
+    async def wait_for_subscriptions_async(self, topic: str, n: int, timeout: float = 5.0) -> int:
+        """wait_for_subscriptions for async tests: the caller's event loop keeps running meanwhile."""
+        check_topic(topic)
+        deadline = time.monotonic() + timeout
+        while self.subscriptions(topic) < n:
+            if time.monotonic() >= deadline:
+                with self._book.lock:
+                    raise TimeoutError(self._shortfall(topic, n, timeout))
+            await asyncio.sleep(0.01)
+        return self.subscriptions(topic)
+
+    def _shortfall(self, topic: str, n: int, timeout: float) -> str:
+        book = self._book
+        return (
+            f"mock exchange: expected at least {n} open {topic!r} subscription(s) within {timeout} s, "
+            f"got {len(book.streams[topic])} (ever opened: {book.totals[topic]}; "
+            f"calls: {dict(book.calls) or 'none'})"
+        )
+
+    @property
+    def violations(self) -> list[str]:
+        """What went wrong inside the mock (an exception in a handler, a server that would not stop)."""
+        with self._book.lock:
+            return list(self._book.violations)
+
+    def raise_violations(self) -> None:
+        """Raise MockExchangeViolation listing the violations, if there are any."""
+        found = self.violations
+        if found:
+            listing = "\n".join(f"  - {problem}" for problem in found)
+            raise MockExchangeViolation(
+                f"mock exchange recorded {len(found)} protocol violation(s):\n{listing}"
+            )

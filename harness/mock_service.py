@@ -1,0 +1,216 @@
+"""The mock exchange's ExchangeService handlers and the book they keep (what is open, who called).
+
+MockExchangeServer (harness/mock_exchange.py) runs these on its own thread and event loop; the
+test reads and changes the book from its thread, so every access to it holds the book's lock.
+Only the generated contract code is used: the mock shares no code with an implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from implementation._pb import exchange_pb2 as pb
+from implementation._pb import exchange_pb2_grpc as pb_grpc
+
+TOPICS = ("account", "positions")
+SYMBOL = re.compile(r"^[A-Z0-9]{1,32}$")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# fmt: off
+_SPEC_ACCOUNT = {
+    "total_balance": "10000.00", "available_balance": "5000.00", "equity": "9500.00", "unrealized_pnl": "-500.00",
+    "margin_used": "5000.00", "margin_level": "190.00", "leverage": "10.0",
+}
+_SPEC_POSITIONS = (
+    {"symbol": "BTCUSDT", "side": "LONG", "size": "0.5", "entry_price": "40000.00", "mark_price": "41000.00",
+     "leverage": "10", "unrealized_pnl": "500.00", "liquidation": "36000.00", "margin_type": "ISOLATED"},
+    {"symbol": "ETHUSDT", "side": "SHORT", "size": "10.0", "entry_price": "3000.00", "mark_price": "2900.00",
+     "leverage": "5", "unrealized_pnl": "1000.00", "liquidation": "3500.00", "margin_type": "CROSS"},
+)
+# fmt: on
+
+
+def spec_account() -> pb.Account:
+    """The account of the spec's §8.1, stamped now."""
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return pb.Account(**_SPEC_ACCOUNT, updated_at=stamp)
+
+
+def spec_positions() -> list[pb.Position]:
+    """The two positions of the spec's §8.2."""
+    return [pb.Position(**fields) for fields in _SPEC_POSITIONS]
+
+
+def copy_message(message: Any) -> Any:
+    """A private copy, so the test may change its message after triggering it."""
+    duplicate = type(message)()
+    duplicate.CopyFrom(message)
+    return duplicate
+
+
+def check_topic(topic: str) -> None:
+    if topic not in TOPICS:
+        raise ValueError(f"unknown topic {topic!r}: expected one of {', '.join(TOPICS)}")
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """A status to end a stream (or fail a call) with."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open stream: its topic, its symbol filter and the updates waiting to be written."""
+
+    topic: str
+    symbol: str
+    peer: str
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+
+    def wants(self, message: Any) -> bool:
+        return self.topic == "account" or not self.symbol or message.symbol == self.symbol
+
+
+class MockBook:
+    """The mock's state: the data the unary calls return, the open streams, the counters."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.account = spec_account()
+        self.positions = spec_positions()
+        self.failure: StreamEnd | None = None
+        self.streams: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
+        self.totals: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.peers: list[str] = []
+        self.violations: list[str] = []
+
+    def seen(self, method: str, peer: str) -> StreamEnd | None:
+        """Count the call and its peer; the failure to answer with, if one is set."""
+        with self.lock:
+            self.calls[method] += 1
+            if peer not in self.peers:
+                self.peers.append(peer)
+            return self.failure
+
+    def open(self, topic: str, symbol: str, peer: str) -> Subscription:
+        subscription = Subscription(topic, symbol, peer)
+        with self.lock:
+            self.streams[topic].add(subscription)
+            self.totals[topic] += 1
+            self.lock.notify_all()
+        return subscription
+
+    def close(self, subscription: Subscription) -> None:
+        with self.lock:
+            self.streams[subscription.topic].discard(subscription)
+            self.lock.notify_all()
+
+    def current_account(self) -> pb.Account:
+        with self.lock:
+            return self.account
+
+    def current_positions(self, symbol: str) -> list[pb.Position]:
+        with self.lock:
+            return [p for p in self.positions if not symbol or p.symbol == symbol]
+
+    def record(self, problem: str) -> None:
+        with self.lock:
+            self.violations.append(problem)
+
+    def deliver(self, topic: str, message: Any) -> None:
+        """Queue `message` for every open stream of `topic` that wants it (on the server's loop)."""
+        with self.lock:
+            subscriptions = list(self.streams[topic])
+        for subscription in subscriptions:
+            if subscription.wants(message):
+                subscription.queue.put_nowait(message)
+
+    def end_all(self, code: grpc.StatusCode, details: str) -> None:
+        """Queue the end of every open stream, after the updates queued before (on the server's loop)."""
+        with self.lock:
+            subscriptions = [s for topic in TOPICS for s in self.streams[topic]]
+        for subscription in subscriptions:
+            subscription.queue.put_nowait(StreamEnd(code, details))
+
+
+class MockExchangeService(pb_grpc.ExchangeServiceServicer):
+    """The RPC handlers. An unexpected exception in one is recorded in the book as a violation."""
+
+    def __init__(self, book: MockBook) -> None:
+        self._book = book
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
+        try:
+            await self._admit("GetAccount", context)
+            return self._book.current_account()
+        except Exception as error:
+            self._violation("GetAccount", error, context)
+            raise
+
+    async def GetPositions(
+        self, request: pb.GetPositionsRequest, context: Context
+    ) -> pb.GetPositionsResponse:
+        try:
+            await self._admit("GetPositions", context, request.symbol)
+            return pb.GetPositionsResponse(positions=self._book.current_positions(request.symbol))
+        except Exception as error:
+            self._violation("GetPositions", error, context)
+            raise
+
+    async def SubscribeAccount(self, request: pb.SubscribeAccountRequest, context: Context) -> None:  # type: ignore[override]
+        await self._stream("SubscribeAccount", "account", "", context)
+
+    async def SubscribePositions(self, request: pb.SubscribePositionsRequest, context: Context) -> None:  # type: ignore[override]
+        await self._stream("SubscribePositions", "positions", request.symbol, context)
+
+    async def _admit(self, method: str, context: Context, symbol: str = "") -> None:
+        failure = self._book.seen(method, context.peer())
+        if failure is not None:
+            await context.abort(failure.code, failure.details)
+        if symbol and not SYMBOL.match(symbol):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"symbol {symbol[:40]!r} is not a valid instrument name (1-32 upper-case letters and digits)",
+            )
+
+    async def _stream(self, method: str, topic: str, symbol: str, context: Context) -> None:
+        try:
+            await self._admit(method, context, symbol)
+            subscription = self._book.open(topic, symbol, context.peer())
+            try:
+                # headers at once: a client can tell the subscription is established before any update
+                await context.send_initial_metadata(())
+                while True:
+                    item = await subscription.queue.get()
+                    if isinstance(item, StreamEnd):
+                        if item.code is not grpc.StatusCode.OK:
+                            await context.abort(item.code, item.details)
+                        return
+                    await context.write(item)
+            finally:
+                self._book.close(subscription)
+        except Exception as error:
+            self._violation(method, error, context)
+            raise
+
+    def _violation(self, method: str, error: Exception, context: Context) -> None:
+        if isinstance(error, grpc.aio.AbortError):
+            return  # a status the mock chose to send
+        if context.cancelled():
+            return  # the client went away mid-call: normal for a stream
+        last = traceback.format_exception_only(type(error), error)[-1].strip()
+        self._book.record(f"{method} from {context.peer()}: handler raised {last}")

@@ -1,0 +1,143 @@
+"""What the two client programs (market_maker, live_server) share: the RemoteExchange built from
+the config, the log events of state changes, the stop signals and the event loop runner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from implementation.config import ClientSettings, ConfigError, load_config
+from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
+from implementation.logs import configure_logging, log_event
+from implementation.state import LiveState, StateChange, message_fields
+
+ConfigT = TypeVar("ConfigT", bound=ClientSettings)
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A restarted connector is found within ~2 s (gRPC's own channel backoff follows this cap too).
+CLIENT_RECONNECT = ReconnectPolicy(initial_backoff=0.1, max_backoff=2.0)
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Options that override the config file (so a launcher can add TLS or a token to any config)."""
+    group = parser.add_argument_group("overrides of the config file")
+    group.add_argument("--exchange-grpc-address", metavar="HOST:PORT", help="the exchange connector")
+    group.add_argument(
+        "--tls-ca", metavar="FILE", help="CA that signed the connector's certificate (enables TLS)"
+    )
+    group.add_argument("--tls-cert", metavar="FILE", help="client certificate, for mutual TLS")
+    group.add_argument("--tls-key", metavar="FILE", help="client private key, for mutual TLS")
+    group.add_argument("--token", help="bearer token the connector expects")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    group.add_argument("--log-format", choices=["json", "text"])
+
+
+def connection_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if args.exchange_grpc_address is not None:
+        found["exchange_grpc_address"] = args.exchange_grpc_address
+    if args.token is not None:
+        found["token"] = args.token
+    if getattr(args, "listen", None) is not None:  # live_server only
+        found["listen"] = args.listen
+    # Paths from the command line are relative to the working directory, not to the config file.
+    tls = {key: str(Path(value).absolute()) for key, value in
+           (("ca_file", args.tls_ca), ("cert_file", args.tls_cert), ("key_file", args.tls_key)) if value}  # fmt: skip
+    if tls:
+        found["tls"] = tls
+    log = {key: value for key, value in (("level", args.log_level), ("format", args.log_format)) if value}
+    if log:
+        found["log"] = log
+    return found
+
+
+def load_or_exit(
+    program: str,
+    model: type[ConfigT],
+    args: argparse.Namespace,
+    env_prefix: str,
+    config_path: Path | None = None,
+) -> ConfigT | int:
+    """The config from --config, the environment and the options; or exit code 2 after printing
+    the one-line problem to stderr."""
+    path = config_path if config_path is not None else args.config
+    overrides = connection_overrides(args) if hasattr(args, "tls_ca") else {}
+    try:
+        return load_config(model, path, env_prefix=env_prefix, overrides=overrides)
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return 2
+
+
+def setup_logging(settings: ClientSettings) -> None:
+    configure_logging(level=settings.log.level, format=settings.log.format)
+    # The HTTP server's own chatter (startup banners, per-request lines) is not our log's business.
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def build_exchange(settings: ClientSettings, logger: logging.Logger) -> RemoteExchange:
+    tls = settings.tls
+    return RemoteExchange(
+        settings.exchange_grpc_address,
+        connect_timeout=settings.connect_timeout,
+        call_timeout=settings.call_timeout,
+        tls_ca=tls.ca_file if tls else None,
+        tls_cert=tls.cert_file if tls else None,
+        tls_key=tls.key_file if tls else None,
+        token=settings.token,
+        reconnect=CLIENT_RECONNECT,
+        logger=logger,
+    )
+
+
+class UpdateLog:
+    """Logs every state change as one JSON line: "ready" once, then "account_update" and
+    "position_update" with every field as a string (a resync logs the whole state, with
+    source="resync"), and "connector_lost" when the connection drops."""
+
+    def __init__(self, state: LiveState, logger: logging.Logger) -> None:
+        self._state = state
+        self._log = logger
+        self.ready_logged = False
+        state.add_listener(self)
+
+    def __call__(self, change: StateChange) -> None:
+        if change.kind == "account" and change.account is not None:
+            log_event(self._log, "account_update", source="stream", **message_fields(change.account))
+        elif change.kind == "position" and change.position is not None:
+            log_event(self._log, "position_update", source="stream", **message_fields(change.position))
+        elif change.kind == "snapshot":
+            if change.account is not None:
+                log_event(self._log, "account_update", source="resync", **message_fields(change.account))
+            for position in change.positions:
+                log_event(self._log, "position_update", source="resync", **message_fields(position))
+            if not self.ready_logged and self._state.ready:
+                self.ready_logged = True
+                log_event(self._log, "ready", positions=str(len(change.positions)))
+        elif change.kind == "status" and not self._state.connected and self.ready_logged:
+            log_event(self._log, "connector_lost", level=logging.WARNING, reason=self._state.reason)
+
+
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (a second signal changes nothing: the stop is under way)."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it is installed (it cuts the cost of every gRPC message), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

@@ -1,0 +1,75 @@
+"""Bearer-token authentication for the grpc.aio server (health checks and reflection stay open)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+# Probes and tooling must work without the token: Docker health checks, grpcurl list/describe.
+EXEMPT_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+MISSING = "missing bearer token"
+INVALID = "invalid bearer token"
+
+Handler = grpc.RpcMethodHandler[Any, Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+
+
+def _presented_token(metadata: Any) -> str | None:
+    """The token of the first `authorization: Bearer <token>` header; "" for another scheme."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def _refusal(handler: Handler, details: str) -> Handler:
+    """A handler of the same shape as `handler` that ends the call with UNAUTHENTICATED `details`."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse, **serializers)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse, **serializers)
+    return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>` (UNAUTHENTICATED, saying which problem)."""
+
+    def __init__(self, token: str) -> None:
+        if not token or token != token.strip() or any(c in token for c in "\r\n"):
+            raise ValueError("the bearer token must be a non-empty single word without surrounding spaces")
+        self._expected = token.encode()
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
+            return handler
+        presented = _presented_token(handler_call_details.invocation_metadata)
+        if presented is None:
+            return _refusal(handler, MISSING)
+        if not hmac.compare_digest(presented.encode(), self._expected):
+            return _refusal(handler, INVALID)
+        return handler
+
+
+__all__ = ["INVALID", "MISSING", "BearerTokenInterceptor"]

@@ -1,0 +1,436 @@
+"""The broadcast hub: one upstream subscription per topic, fanned out to any number of subscribers.
+
+- The upstream subscriptions (account and positions) start when the hub starts, i.e. at server
+  start-up, not with the first subscriber: the connector is then SERVING only once its upstream
+  really works, the first client gets its first update with no start-up delay, and the "one
+  connection, one subscription per topic" rule holds at every moment, with or without clients.
+- Every valid update goes, in the order the exchange produced it, into the bounded queue of each
+  subscriber (positions: only those that want its symbol). An update that fails validation is
+  logged and dropped, never forwarded.
+- A subscriber whose queue is full is dropped at once: it is removed, its queue is freed, and its
+  stream ends with RESOURCE_EXHAUSTED (logged, counted). The fan-out never waits for anyone.
+- When the upstream fails, every subscriber's stream ends with UNAVAILABLE (the updates in between
+  would be lost, so clients must resynchronise), new subscriptions are refused with UNAVAILABLE,
+  the owner is told NOT_SERVING, and the hub probes the exchange with exponential backoff; once it
+  answers, both subscriptions are opened again and the owner is told SERVING.
+- A subscription is an async context manager; leaving it, by any exception included, removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import grpc
+
+from implementation._pb import exchange_pb2 as pb
+from implementation.exchange.base import Exchange
+from implementation.exchange.errors import InvalidData
+from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.validation import validate_account, validate_position
+from implementation.logs import log_event
+
+ACCOUNT = "account"
+POSITIONS = "positions"
+TOPICS = (ACCOUNT, POSITIONS)
+DEFAULT_QUEUE_SIZE = 1024
+# The upstream counts as recovered (backoff starts from the beginning again) after this long up.
+STABLE_AFTER_S = 5.0
+SHUTTING_DOWN = "shutting down"
+
+Message = pb.Account | pb.Position
+ServingCallback = Callable[[bool], Awaitable[None]]
+_log = logging.getLogger("implementation.exchange.hub")
+
+
+class SubscriptionEnded(Exception):
+    """The hub ended a subscription; the stream ends with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass
+class TopicStats:
+    """Counters of one topic, read by the metrics endpoint."""
+
+    published: int = 0  # valid upstream updates fanned out
+    invalid: int = 0  # upstream updates rejected by validation
+    sent: int = 0  # messages written to subscribers (counted by the server's stream loop)
+    dropped: int = 0  # subscribers ended with RESOURCE_EXHAUSTED
+
+
+class Subscription:
+    """One subscriber: a bounded mailbox filled by the fan-out, read by one stream loop.
+
+    Use as `async with hub.subscribe(...) as sub:` and `await sub.next()` (or `async for`);
+    next() raises SubscriptionEnded once the hub ends it and the queue is drained."""
+
+    __slots__ = ("_end", "_hub", "_items", "_waiter", "capacity", "peer", "symbol", "topic")
+
+    def __init__(self, hub: Hub, topic: str, symbol: str, peer: str, capacity: int) -> None:
+        self._hub = hub
+        self.topic = topic
+        self.symbol = symbol  # positions only: "" = every symbol
+        self.peer = peer
+        self.capacity = capacity
+        self._items: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._end: tuple[grpc.StatusCode, str] | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._items)
+
+    @property
+    def ended(self) -> bool:
+        return self._end is not None
+
+    def put_nowait(self, message: Message) -> bool:
+        """Queue `message`; False (nothing queued) when the queue is full or the subscription ended."""
+        if len(self._items) >= self.capacity or self._end is not None:
+            return False
+        self._items.append(message)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    def end(self, code: grpc.StatusCode, details: str, *, discard: bool) -> None:
+        """End with this status once the queue is drained (at once when `discard`); first end wins."""
+        if self._end is not None:
+            return
+        self._end = (code, details)
+        if discard:
+            self._items.clear()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> Message:
+        """The next update, waiting for one; SubscriptionEnded when the hub ended this subscription."""
+        items = self._items
+        while not items:
+            if self._end is not None:
+                raise SubscriptionEnded(*self._end)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return items.popleft()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.next()
+
+    async def __aenter__(self) -> Subscription:
+        self._hub._add(self)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._hub._remove(self, exc)
+
+
+class Hub:
+    """Owns the exchange connection and its two upstream subscriptions; fans updates out."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        backoff: ReconnectPolicy | None = None,
+        on_serving: ServingCallback | None = None,
+        stable_after: float = STABLE_AFTER_S,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.exchange = exchange
+        self.queue_size = queue_size
+        self.backoff = backoff or ReconnectPolicy()
+        self.stats = {topic: TopicStats() for topic in TOPICS}
+        self.upstream_connections = 0  # 1 while the exchange connection is up
+        self.upstream_reconnects = 0  # times the upstream subscriptions were opened again after a failure
+        self._subscribers: dict[str, dict[Subscription, None]] = {topic: {} for topic in TOPICS}
+        self._upstream_open = dict.fromkeys(TOPICS, 0)
+        self._on_serving = on_serving
+        self._stable_after = stable_after
+        self._serving = False
+        self._down_reason = "the upstream exchange is not connected yet"
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._serving_changed: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def serving(self) -> bool:
+        """True while the upstream subscriptions are open and subscribers are accepted."""
+        return self._serving
+
+    @property
+    def upstream_subscriptions(self) -> dict[str, int]:
+        """Upstream subscriptions open right now, by topic (at most 1 each)."""
+        return dict(self._upstream_open)
+
+    def subscriber_count(self, topic: str) -> int:
+        return len(self._subscribers[_check_topic(topic)])
+
+    async def wait_serving(self, timeout: float = 5.0) -> None:
+        """Return once serving; TimeoutError naming the reason otherwise."""
+        deadline = time.monotonic() + timeout
+        while not self._serving:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"hub not serving after {timeout} s: {self._down_reason}")
+            changed = self._serving_changed or asyncio.Event()
+            self._serving_changed = changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect to the exchange and open the upstream subscriptions, in the background."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name="hub-upstream")
+
+    def close_subscribers(self, details: str = SHUTTING_DOWN) -> None:
+        """End every subscription with UNAVAILABLE `details` and refuse new ones from now on."""
+        self._closed = True
+        self._end_all(grpc.StatusCode.UNAVAILABLE, details)
+
+    async def stop(self) -> None:
+        """Close subscribers, cancel the upstream subscriptions, close the exchange; idempotent."""
+        self.close_subscribers()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.upstream_connections or task is not None:
+            self.upstream_connections = 0
+            try:
+                await self.exchange.close()
+            except Exception as exc:  # closing must not stop the shutdown
+                log_event(_log, "upstream_close_failed", level=logging.WARNING, reason=_describe(exc))
+
+    # ------------------------------------------------------------------ subscribers
+
+    def subscribe(self, topic: str, *, symbol: str = "", peer: str = "") -> Subscription:
+        """A subscription to `topic`, registered when its `async with` block is entered."""
+        return Subscription(self, _check_topic(topic), symbol, peer, self.queue_size)
+
+    def _add(self, sub: Subscription) -> None:
+        if self._closed:
+            raise SubscriptionEnded(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        if not self._serving:
+            raise SubscriptionEnded(
+                grpc.StatusCode.UNAVAILABLE, f"upstream exchange unavailable: {self._down_reason}"
+            )
+        subscribers = self._subscribers[sub.topic]
+        subscribers[sub] = None
+        log_event(
+            _log,
+            "subscriber_added",
+            topic=sub.topic,
+            symbol=sub.symbol,
+            peer=sub.peer,
+            subscribers=len(subscribers),
+        )
+
+    def _remove(self, sub: Subscription, exc: BaseException | None) -> None:
+        subscribers = self._subscribers[sub.topic]
+        subscribers.pop(sub, None)
+        if exc is None:
+            reason = "ended"
+        elif isinstance(exc, asyncio.CancelledError):
+            reason = "client gone"  # the client cancelled or disconnected
+        elif isinstance(exc, SubscriptionEnded):
+            reason = exc.code.name
+        else:
+            reason = _describe(exc)
+        sub.end(grpc.StatusCode.CANCELLED, reason, discard=True)
+        log_event(
+            _log, "subscriber_removed", topic=sub.topic, symbol=sub.symbol, peer=sub.peer,
+            reason=reason, subscribers=len(subscribers),
+        )  # fmt: skip
+
+    def _drop(self, sub: Subscription) -> None:
+        """The subscriber's queue is full: remove it and end its stream with RESOURCE_EXHAUSTED."""
+        self._subscribers[sub.topic].pop(sub, None)
+        self.stats[sub.topic].dropped += 1
+        sub.end(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"subscriber fell more than {sub.capacity} {sub.topic} updates behind and was dropped; "
+            "resynchronise (GetAccount/GetPositions) and subscribe again",
+            discard=True,
+        )
+        log_event(
+            _log, "subscriber_dropped", level=logging.WARNING, topic=sub.topic, symbol=sub.symbol,
+            peer=sub.peer, queue_size=sub.capacity,
+        )  # fmt: skip
+
+    def _end_all(self, code: grpc.StatusCode, details: str) -> None:
+        for subscribers in self._subscribers.values():
+            for sub in subscribers:
+                sub.end(code, details, discard=False)
+            subscribers.clear()
+
+    # ------------------------------------------------------------------ fan-out (the hot path)
+
+    def publish_account(self, account: pb.Account) -> None:
+        """Fan one upstream account update out to every account subscriber (after validation)."""
+        stats = self.stats[ACCOUNT]
+        try:
+            validate_account(account)
+        except InvalidData as exc:
+            self._reject(ACCOUNT, stats, exc)
+            return
+        stats.published += 1
+        full = [sub for sub in self._subscribers[ACCOUNT] if not sub.put_nowait(account)]
+        for sub in full:
+            self._drop(sub)
+
+    def publish_position(self, position: pb.Position) -> None:
+        """Fan one upstream position update out to the subscribers of its symbol (after validation)."""
+        stats = self.stats[POSITIONS]
+        try:
+            validate_position(position)
+        except InvalidData as exc:
+            self._reject(POSITIONS, stats, exc)
+            return
+        stats.published += 1
+        symbol = position.symbol
+        full = [
+            sub
+            for sub in self._subscribers[POSITIONS]
+            if (not sub.symbol or sub.symbol == symbol) and not sub.put_nowait(position)
+        ]
+        for sub in full:
+            self._drop(sub)
+
+    @staticmethod
+    def _reject(topic: str, stats: TopicStats, exc: InvalidData) -> None:
+        stats.invalid += 1
+        log_event(_log, "upstream_invalid_data", level=logging.ERROR, topic=topic, reason=str(exc))
+
+    # ------------------------------------------------------------------ upstream supervision
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        connected_once = False
+        while True:
+            try:
+                if connected_once:
+                    await self.exchange.get_account()  # is the upstream answering again?
+                else:
+                    await self.exchange.connect()
+            except Exception as exc:
+                attempt += 1
+                self._down_reason = _describe(exc)
+                delay = self.backoff.delay(attempt)
+                log_event(
+                    _log, "upstream_unavailable", level=logging.WARNING, reason=self._down_reason,
+                    attempt=attempt, retry_in_s=round(delay, 3),
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            self.upstream_connections = 1
+            if connected_once:
+                self.upstream_reconnects += 1
+            log_event(_log, "upstream_connected", reconnect=connected_once, attempt=attempt)
+            connected_once = True
+            started = time.monotonic()
+            failure = await self._run_upstream()
+            if time.monotonic() - started >= self._stable_after:
+                attempt = 0
+            attempt += 1
+            self.upstream_connections = 0
+            self._down_reason = failure
+            log_event(_log, "upstream_lost", level=logging.ERROR, reason=failure)
+            await self._set_serving(False)
+            self._end_all(grpc.StatusCode.UNAVAILABLE, f"upstream exchange unavailable: {failure}")
+            await asyncio.sleep(self.backoff.delay(attempt))
+
+    async def _run_upstream(self) -> str:
+        """Run both upstream subscriptions until one ends; why it ended."""
+        loop = asyncio.get_running_loop()
+        streams = {
+            ACCOUNT: loop.create_task(
+                self.exchange.run_account_stream(self.publish_account), name="upstream-account"
+            ),
+            POSITIONS: loop.create_task(
+                self.exchange.run_position_stream(self.publish_position), name="upstream-positions"
+            ),
+        }
+        try:
+            for topic in TOPICS:
+                self._upstream_open[topic] = 1
+            await asyncio.sleep(0)  # let both streams register before subscribers are accepted
+            if not any(task.done() for task in streams.values()):
+                await self._set_serving(True)
+            done, _ = await asyncio.wait(streams.values(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in streams.values():
+                task.cancel()
+            await asyncio.gather(*streams.values(), return_exceptions=True)
+            for topic in TOPICS:
+                self._upstream_open[topic] = 0
+        topic, ended = next((topic, task) for topic, task in streams.items() if task in done)
+        if ended.cancelled():
+            return f"the upstream {topic} stream was cancelled"
+        error = ended.exception()
+        if error is None:
+            return f"the upstream {topic} stream ended"
+        return f"{topic} stream: {_describe(error)}"
+
+    async def _set_serving(self, serving: bool) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        changed, self._serving_changed = self._serving_changed, None
+        if changed is not None:
+            changed.set()
+        if self._on_serving is not None:
+            await self._on_serving(serving)
+
+
+def _check_topic(topic: str) -> str:
+    if topic not in TOPICS:
+        raise ValueError(f"topic {topic!r} is not one of {', '.join(TOPICS)}")
+    return topic
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+__all__ = [
+    "ACCOUNT",
+    "DEFAULT_QUEUE_SIZE",
+    "POSITIONS",
+    "TOPICS",
+    "Hub",
+    "Subscription",
+    "SubscriptionEnded",
+    "TopicStats",
+]

@@ -1,0 +1,151 @@
+"""§6.1 stream throughput (one subscriber) and fan-out to 15 subscribers, each with the bare baseline.
+
+Method (harness/fanout.py): subscribers are raw grpc.aio stubs in the test process, one channel
+(connection) each. Every update carries a run/sequence tag and its send time (harness/loadgen.py),
+so each subscriber checks it got every update once and in order, and records each update's
+end-to-end latency in an HdrHistogram.
+
+* Connector: a thread triggers tagged updates on the harness mock exchange (the connector's
+  upstream). Priming updates go first until every subscriber got one, so the measured run starts
+  only when the connector has registered them all.
+* Baseline: the bare server writes the same tagged updates itself (count and rate in metadata).
+* One-subscriber throughput: the baseline writes in a tight loop; the connector is fed as fast as
+  the path sustains with at most 256 updates in flight (so its bounded subscriber queue is never
+  the thing measured). Rate = updates received / (first send stamp .. last receipt).
+* Fan-out: paced at 100, 1,000 and 10,000 updates/s (-m perf; the default run measures only 100/s,
+  briefly). The 10,000/s point is a burst of 1,000 updates: it measures the saturated aggregate
+  delivery rate without overrunning a 1,024-message subscriber queue.
+
+Server CPU per delivered message (psutil, on the server process) and the test process's own CPU are
+recorded too: when the test process is near 100 % the figure is bounded by the client side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from harness.baseline import BaselineProcess, StreamPlan
+from harness.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource, measure_stream
+from harness.perfresults import PerfRecorder
+from harness.plugin import perf_mode
+from harness.procwatch import ProcessStats, ProcessWatch
+
+pytestmark = pytest.mark.perf
+
+STREAM_UPDATES = {"quick": 5_000, "full": 50_000}
+THROUGHPUT_TARGET = 1_000.0
+SUBSCRIBERS = 15
+
+
+@dataclass(frozen=True)
+class FanoutPoint:
+    rate: int  # updates/s offered
+    count: int  # updates sent
+
+
+FANOUT_POINTS = {
+    "quick": [FanoutPoint(100, 200)],
+    "full": [FanoutPoint(100, 1_000), FanoutPoint(1_000, 5_000), FanoutPoint(10_000, 1_000)],
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fanout" in metafunc.fixturenames:
+        points = FANOUT_POINTS[perf_mode(metafunc.config)]
+        metafunc.parametrize("fanout", points, ids=[f"{point.rate}-per-s" for point in points])
+
+
+async def _measured(
+    address: str, source: UpdateSource, plan: StreamPlan, pid: int, **options: Any
+) -> tuple[StreamRun, ProcessStats]:
+    with ProcessWatch(pid, interval=0.25) as watch:
+        run = await measure_stream(address, source, plan, **options)
+        return run, watch.stop()
+
+
+def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: ProcessStats) -> None:
+    server_cpu_s = server.cpu_avg_pct * server.elapsed_s / 100
+    if run.received:
+        perf.record(f"{prefix}_server_cpu_us_per_msg", 1e6 * server_cpu_s / run.received, "us")
+    if run.elapsed_s > 0:
+        perf.record(f"{prefix}_client_cpu_pct", 100 * run.client_cpu_s / run.elapsed_s, "%")
+
+
+@pytest.mark.scenario("6.1.2.a")
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_one_subscriber_receives_over_1000_updates_per_second(
+    connector: Any, mock_exchange: Any, baseline_program: BaselineProcess, perf: PerfRecorder, run_mode: str
+) -> None:
+    plan = StreamPlan(count=STREAM_UPDATES[run_mode], run=1)
+    bare, bare_server = await _measured(baseline_program.address, BaselineSource(), plan, baseline_program.pid)
+    sut, sut_server = await _measured(
+        connector.address, MockExchangeSource(mock_exchange), plan, connector.pid, windowed=True, timeout=120
+    )
+    rate = perf.record("stream_msgs_per_s", sut.deliveries_per_s, "msg/s")
+    perf.record("baseline_stream_msgs_per_s", bare.deliveries_per_s, "msg/s")
+    perf.record_ratio("stream_throughput_ratio", sut.deliveries_per_s, bare.deliveries_per_s)
+    _record_costs(perf, "stream", sut, sut_server)
+    _record_costs(perf, "baseline_stream", bare, bare_server)
+    perf.detail("updates", plan.count)
+
+    assert bare.lost == 0, f"baseline lost updates (the measurement itself is broken): {bare.problems[:3]}"
+    assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
+        f"6.1.2.a: expected all {plan.count} updates once and in order, got {sut.lost} lost, "
+        f"{sut.reordered} reordered, {sut.duplicates} duplicated: {sut.problems[:3]}"
+    )
+    assert rate > THROUGHPUT_TARGET, (
+        f"6.1.2.a: expected more than {THROUGHPUT_TARGET:.0f} msg/s to one subscriber, got {rate:.0f} msg/s "
+        f"(bare grpcio baseline: {bare.deliveries_per_s:.0f} msg/s)"
+    )
+
+
+@pytest.mark.scenario("6.1.2.x1")
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_fan_out_delivers_every_update_to_15_subscribers(
+    connector: Any,
+    mock_exchange: Any,
+    baseline_program: BaselineProcess,
+    perf: PerfRecorder,
+    fanout: FanoutPoint,
+) -> None:
+    plan = StreamPlan(count=fanout.count, rate=fanout.rate, run=1)
+    options: dict[str, Any] = {"subscribers": SUBSCRIBERS, "timeout": 120}
+    bare, bare_server = await _measured(
+        baseline_program.address, BaselineSource(), plan, baseline_program.pid, **options
+    )
+    sut, sut_server = await _measured(
+        connector.address, MockExchangeSource(mock_exchange), plan, connector.pid, **options
+    )
+    prefix = f"fanout_{fanout.rate}"
+    for name, value in sut.figures(prefix).items():
+        perf.record(name, value, _unit(name))
+    for name, value in bare.figures(f"baseline_{prefix}").items():
+        perf.record(name, value, _unit(name))
+    perf.record_ratio(f"{prefix}_deliveries_ratio", sut.deliveries_per_s, bare.deliveries_per_s)
+    if sut.latency.count and bare.latency.count:
+        perf.record_ratio(f"{prefix}_p99_ratio", sut.latency.p_ms(99), bare.latency.p_ms(99))
+    _record_costs(perf, prefix, sut, sut_server)
+    _record_costs(perf, f"baseline_{prefix}", bare, bare_server)
+    perf.detail(f"{prefix}_statuses", sut.statuses)
+    if sut.pacing is not None:
+        perf.detail(f"{prefix}_generator_max_lag_ms", round(sut.pacing.max_lag_s * 1000, 3))
+
+    assert bare.lost == 0, f"baseline lost updates (the measurement itself is broken): {bare.problems[:3]}"
+    assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
+        f"6.1.2.x1: expected each of {plan.count} updates at {fanout.rate}/s delivered once and in order to "
+        f"each of {SUBSCRIBERS} subscribers, got {sut.lost} lost, {sut.reordered} reordered, "
+        f"{sut.duplicates} duplicated (streams: {sut.statuses}): {sut.problems[:3]}"
+    )
+
+
+def _unit(name: str) -> str:
+    if name.endswith("_per_s"):
+        return "msg/s"
+    if name.endswith("_ms"):
+        return "ms"
+    return "msgs"
