@@ -9,6 +9,10 @@ run, so each figure can also be given as a ratio to what grpcio alone achieves o
   ``x-bench-count`` (0 or absent: until the client cancels), ``x-bench-rate`` (updates/s; 0 or
   absent: as fast as possible) and ``x-bench-run`` (the run number in the tags). A connector
   ignores this metadata, so the client code is the same for both.
+* ``x-bench-group: N`` (N > 1, with a count) makes N streams of the same plan a fan-out group:
+  once all N have subscribed, one paced generator builds each update once and queues it to every
+  member, each member writing from its own queue. That is the least any fan-out server does, so
+  the connector's fan-out is compared with fan-out, not with N unrelated streams.
 
 Runs in-process on its own thread and loop (``BaselineServer``), or as a program
 (``python -m harness.baseline --port 0``, which prints one JSON line ``{"event": "ready", "port": N}``
@@ -42,6 +46,7 @@ from implementation._pb import exchange_pb2_grpc as pb_grpc
 COUNT_KEY = "x-bench-count"
 RATE_KEY = "x-bench-rate"
 RUN_KEY = "x-bench-run"
+GROUP_KEY = "x-bench-group"
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -52,6 +57,7 @@ class StreamPlan:
     count: int = 0
     rate: float = 0.0
     run: int = 1
+    group: int = 1  # streams that share one generator (a fan-out group)
 
     @classmethod
     def from_metadata(cls, metadata: Sequence[tuple[str, Any]] | None) -> StreamPlan:
@@ -60,17 +66,52 @@ class StreamPlan:
             count=int(values.get(COUNT_KEY, 0)),
             rate=float(values.get(RATE_KEY, 0.0)),
             run=int(values.get(RUN_KEY, 1)),
+            group=int(values.get(GROUP_KEY, 1)),
         )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((COUNT_KEY, str(self.count)), (RATE_KEY, repr(self.rate)), (RUN_KEY, str(self.run)))
+        return (
+            (COUNT_KEY, str(self.count)),
+            (RATE_KEY, repr(self.rate)),
+            (RUN_KEY, str(self.run)),
+            (GROUP_KEY, str(self.group)),
+        )
 
 
 FIXED_ACCOUNT = tagged_account(1, 0)
 FIXED_POSITIONS = pb.GetPositionsResponse(positions=[tagged_position(1, 0), tagged_position(1, 0, "ETHUSDT")])
 
 
+class _FanOutGroup:
+    """Streams sharing one paced generator; each update is built once and queued to every member."""
+
+    def __init__(self, plan: StreamPlan) -> None:
+        self.plan = plan
+        self.queues: list[asyncio.Queue[pb.Account | None]] = []
+
+    async def generate(self) -> None:
+        loop = asyncio.get_running_loop()
+        schedule = Schedule(self.plan.rate)
+        started = loop.time()
+        try:
+            for seq in range(1, self.plan.count + 1):
+                if self.plan.rate > 0:
+                    delay = schedule.due_at(seq) - (loop.time() - started)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                update = tagged_account(self.plan.run, seq)
+                for queue in self.queues:
+                    queue.put_nowait(update)
+        finally:
+            for queue in self.queues:
+                queue.put_nowait(None)
+
+
 class BaselineServicer(pb_grpc.ExchangeServiceServicer):
+    def __init__(self) -> None:
+        self._forming: dict[StreamPlan, _FanOutGroup] = {}
+        self._generators: set[asyncio.Task[None]] = set()
+
     async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Account:
         return FIXED_ACCOUNT
 
@@ -83,7 +124,22 @@ class BaselineServicer(pb_grpc.ExchangeServiceServicer):
         self, request: pb.SubscribeAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         plan = StreamPlan.from_metadata(context.invocation_metadata())
-        await _write_stream(context, plan, lambda seq: tagged_account(plan.run, seq))
+        if plan.group > 1 and plan.count > 0:
+            await self._fan_out_member(context, plan)
+        else:
+            await _write_stream(context, plan, lambda seq: tagged_account(plan.run, seq))
+
+    async def _fan_out_member(self, context: grpc.aio.ServicerContext[Any, Any], plan: StreamPlan) -> None:
+        group = self._forming.setdefault(plan, _FanOutGroup(plan))
+        queue: asyncio.Queue[pb.Account | None] = asyncio.Queue()
+        group.queues.append(queue)
+        if len(group.queues) >= plan.group:  # complete: start its generator, a later group starts afresh
+            del self._forming[plan]
+            task = asyncio.create_task(group.generate())
+            self._generators.add(task)
+            task.add_done_callback(self._generators.discard)
+        while (update := await queue.get()) is not None:
+            await context.write(update)
 
     async def SubscribePositions(  # type: ignore[override]
         self, request: pb.SubscribePositionsRequest, context: grpc.aio.ServicerContext[Any, Any]

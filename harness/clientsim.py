@@ -16,7 +16,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag
+from harness.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag, tagged_account
+from harness.mock_exchange import MockExchangeServer
 from harness.probes import LatencyRecorder
 from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.remote import RemoteExchange
@@ -169,6 +170,36 @@ def make_clients(
 
 async def start_all(clients: Sequence[SimulatedClient], timeout: float = 15.0) -> None:
     await asyncio.wait_for(asyncio.gather(*(client.start() for client in clients)), timeout)
+
+
+async def prime(mock: MockExchangeServer, clients: Sequence[SimulatedClient], timeout: float = 15.0) -> None:
+    """Send priming account updates until every client got one: all are registered with the connector."""
+    deadline = time.monotonic() + timeout
+    seq = 0
+    while not all(client.primed.is_set() for client in clients):
+        if time.monotonic() > deadline:
+            waiting = [client.name for client in clients if not client.primed.is_set()]
+            raise TimeoutError(
+                f"{len(waiting)} of {len(clients)} clients got no account update within {timeout} s of "
+                f"subscribing ({', '.join(waiting[:5])}): expected the connector to forward each update to all"
+            )
+        seq += 1
+        mock.trigger_account_update(tagged_account(PRIMING_RUN, seq))
+        await asyncio.sleep(0.02)
+
+
+async def wait_delivered(
+    clients: Sequence[SimulatedClient], accounts: int, positions: int = 0, timeout: float = 10.0
+) -> bool:
+    """True once every client has the account and position updates up to those numbers (False on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(
+            c.accounts.received >= accounts and c.positions.received >= positions for c in clients
+        ):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def stop_all(clients: Sequence[SimulatedClient]) -> None:

@@ -17,6 +17,7 @@ cost several times what each costs alone, which would measure the harness instea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from array import array
@@ -194,7 +195,7 @@ class BaselineSource:
         return plan.metadata()
 
     async def prepare(self, primed: Callable[[], int], subscribers: int, timeout: float) -> None:
-        return None
+        return None  # the baseline starts a fan-out group's updates once all its members subscribed
 
     async def generate(self, plan: StreamPlan, window: Window | None, stop: threading.Event) -> PacingReport | None:
         return None
@@ -310,8 +311,10 @@ async def measure_stream(
 
     windowed=True sends as fast as the path sustains (at most WINDOW updates in flight, meant for one
     subscriber); otherwise at the plan's rate. isolated=True reads in a separate process; False in
-    this one (quicker to start, for small runs). Nothing is left running on return.
+    this one (quicker to start, for small runs). Nothing is left running on return. The subscribers
+    form one fan-out group (for the baseline: one generator feeding them all).
     """
+    plan = dataclasses.replace(plan, group=subscribers)
     if isolated:
         from harness.streamworker import measure_isolated
 

@@ -74,6 +74,7 @@ class RunningProgram:
         self.stdout_path = self.log.stdout_path
         self._process = process
         self._event_names = event_names
+        self.exit_observed = False  # the test stopped, killed or waited for it: its exit is accounted for
 
     @property
     def pid(self) -> int:
@@ -154,9 +155,11 @@ class RunningProgram:
     def wait(self, timeout: float) -> int:
         """Wait for the program to exit on its own; its exit code. TimeoutError names the program."""
         try:
-            return self._process.wait(timeout)
+            code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"{self.name} (pid {self.pid}) still running after {timeout} s") from None
+        self.exit_observed = True
+        return code
 
     def stop(self, timeout: float | None = None) -> int:
         """SIGTERM, then wait up to `timeout` s (default: the manifest's stop_timeout_s) for the exit code.
@@ -165,6 +168,7 @@ class RunningProgram:
         says so. Whatever it started that is still running is killed too. Stopping twice is harmless.
         """
         limit = self.stop_timeout_s if timeout is None else timeout
+        self.exit_observed = True
         if self._process.poll() is None:
             with suppress(ProcessLookupError):
                 self._process.send_signal(signal.SIGTERM)
@@ -184,6 +188,7 @@ class RunningProgram:
 
     def kill(self) -> int:
         """SIGKILL the program and everything it started; its exit code (-9 unless it had exited)."""
+        self.exit_observed = True
         self._kill_group()
         code = self._process.wait()
         _RUNNING.discard(self)
@@ -224,6 +229,7 @@ class ProgramLauncher:
         self.manifest = manifest
         self.workdir = workdir
         self.ready_timeout_s = ready_timeout_s
+        self.require_clean_exit = True
         self.programs: list[RunningProgram] = []
         self._starts = 0
 
@@ -319,13 +325,38 @@ class ProgramLauncher:
         return await asyncio.to_thread(lambda: self.start(name, values, **options))
 
     def stop_all(self) -> None:
-        """Stop every program, last started first; ProgramStopFailed names those that had to be killed."""
+        """Stop every program, last started first, and check each ended cleanly.
+
+        ProgramStopFailed names every program that had to be killed, that exited with a code other
+        than 0 after SIGTERM, or that died during the test with a non-zero code the test never read
+        (through stop(), kill() or wait()). Set `require_clean_exit = False` to check only the first.
+        """
         failures = []
         for program in reversed(self.programs):
+            if program.exit_observed:  # the test has read its exit: only make sure nothing is left
+                program.kill()
+                continue
+            died_during_test = program.returncode is not None
             try:
-                program.stop()
+                code = program.stop()
             except ProgramStopFailed as failure:
                 failures.append(str(failure))
+                continue
+            if not self.require_clean_exit or code == 0:
+                continue
+            if died_during_test:
+                failures.append(
+                    f"{program.name} (pid {program.pid}) {describe_exit(code)} during the test, "
+                    f"unexpectedly (nothing stopped it); {program.tail()}"
+                )
+            else:
+                how = describe_exit(code)
+                if code == -signal.SIGTERM:
+                    how = "was ended by SIGTERM's default action (no handler installed?)"
+                failures.append(
+                    f"{program.name} (pid {program.pid}) {how} after SIGTERM, "
+                    f"expected a clean exit with code 0; {program.tail()}"
+                )
         if failures:
             raise ProgramStopFailed("\n".join(failures))
 
@@ -339,10 +370,10 @@ class ProgramLauncher:
 def _wait_ready(program: RunningProgram, readiness: Readiness, timeout: float) -> None:
     started = time.monotonic()
     while True:
-        if program.returncode is None:
-            remaining = timeout - (time.monotonic() - started)
-            if readiness.check(max(0.05, min(1.0, remaining))):
-                return
+        exited = program.returncode is not None  # read first: a program may log "ready", then exit
+        remaining = timeout - (time.monotonic() - started)
+        if readiness.check(0.05 if exited else max(0.05, min(1.0, remaining))):
+            return
         exit_code = program.returncode
         if exit_code is not None:
             reason = f"{program.name} {describe_exit(exit_code)} before becoming ready"

@@ -3,6 +3,7 @@ log event; the one-line reasons a start fails; SIGTERM, kill, and nothing left r
 
 from __future__ import annotations
 
+import re
 import socket
 import textwrap
 import time
@@ -27,9 +28,11 @@ def log(event, **values):
     line = {"ts": time.time(), "level": "info", "logger": "tiny", "event": event, **values}
     print(json.dumps(line), file=sys.stderr, flush=True)
 
+# the handler first: SIGTERM may come as soon as "ready" is logged
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
 def until_sigterm():
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.wait(0.05):
         pass
     log("shutdown_complete")
@@ -63,6 +66,20 @@ elif mode == "log":
     for balance in ("1", "2", "3"):
         log("account_update", total_balance=balance)
     until_sigterm()
+elif mode == "term-exit-1":
+    log("ready")
+    until_sigterm()
+    log("shutdown_failed", level="error", message="could not flush state")
+    sys.exit(1)
+elif mode == "no-handler":
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    log("ready")
+    time.sleep(60)
+elif mode == "crash":
+    log("ready")
+    time.sleep(0.1)
+    log("upstream_lost", level="error", message="no route to exchange")
+    sys.exit(4)
 elif mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -184,9 +201,9 @@ def test_nothing_listening_is_reported_as_connection_refused(launcher: ProgramLa
     with pytest.raises(ProgramNotReady) as failure:
         launcher.start("exchange_connector", {"grpc_port": port}, extra_args=["silent"], ready_timeout=1.0)
     message = str(failure.value)
-    assert message.startswith(f"exchange_connector: connection refused on 127.0.0.1:{port} after 1."), (
-        f"expected 'connection refused' first, got {message!r}"
-    )
+    assert re.match(
+        rf"exchange_connector: connection refused on 127\.0\.0\.1:{port} after 1\.\d s ", message
+    ), f"expected 'connection refused' first, got {message!r}"
     assert "s (nothing listening); last log lines" in message and '"event": "starting"' in message
     assert not _running_children(), f"expected the silent program killed, got {_running_children()}"
 
@@ -194,10 +211,11 @@ def test_nothing_listening_is_reported_as_connection_refused(launcher: ProgramLa
 def test_not_serving_times_out_naming_the_health_status(launcher: ProgramLauncher) -> None:
     with pytest.raises(ProgramNotReady) as failure:
         launcher.start(
-            "exchange_connector", {"grpc_port": free_port()}, extra_args=["not-serving"], ready_timeout=1.5
+            "exchange_connector", {"grpc_port": free_port()}, extra_args=["not-serving"], ready_timeout=3.0
         )
     message = str(failure.value)
-    assert message.startswith("exchange_connector: readiness timed out after 1."), f"got {message!r}"
+    # 3 s: time enough, even on a loaded machine, for the program to be listening and answer
+    assert re.match(r"exchange_connector: readiness timed out after 3\.\d s ", message), f"got {message!r}"
     assert "s (health NOT_SERVING); last log lines" in message, f"expected the health status, got {message!r}"
     assert not _running_children(), f"expected the program killed, got {_running_children()}"
 
@@ -208,9 +226,9 @@ def test_http_readiness_waits_for_200_and_reports_the_last_answer(launcher: Prog
     assert program.http_url == f"http://127.0.0.1:{port}"
     assert program.stop() == 0
     with pytest.raises(ProgramNotReady) as failure:
-        launcher.start("live_server", {"http_port": free_port()}, extra_args=["503"], ready_timeout=1.5)
+        launcher.start("live_server", {"http_port": free_port()}, extra_args=["503"], ready_timeout=2.0)
     message = str(failure.value)
-    assert message.startswith("live_server: readiness timed out after 1."), f"got {message!r}"
+    assert re.match(r"live_server: readiness timed out after 2\.\d s ", message), f"got {message!r}"
     assert 'GET /health answered 503: {"status": "not ready", "reason": "no data yet"}' in message, message
 
 
@@ -240,6 +258,58 @@ def test_sigterm_ignoring_program_is_killed_with_its_children_and_reported(launc
     ), f"got {message!r}"
     assert gone(program.pid), f"expected pid {program.pid} killed"
     assert gone(child), f"expected its child {child} killed with the process group"
+
+
+def test_without_waiting_for_readiness_the_exit_code_is_read_with_wait(launcher: ProgramLauncher) -> None:
+    failing = launcher.start(
+        "exchange_connector", {"grpc_port": free_port()}, extra_args=["exit3"], wait_ready=False
+    )
+    assert failing.wait(10) == 3, f"expected exit code 3, got {failing.returncode}"
+    assert failing.state == f"pid {failing.pid}, exited with code 3"
+    silent = launcher.start(
+        "exchange_connector", {"grpc_port": free_port()}, extra_args=["silent"], wait_ready=False
+    )
+    with pytest.raises(
+        TimeoutError, match=rf"exchange_connector \(pid {silent.pid}\) still running after 0.1 s"
+    ):
+        silent.wait(0.1)
+    assert silent.kill() == -9
+    assert silent.state == f"pid {silent.pid}, was killed by signal SIGKILL"
+
+
+def test_teardown_requires_exit_code_0_after_sigterm(launcher: ProgramLauncher) -> None:
+    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "term-exit-1"})
+    with pytest.raises(ProgramStopFailed) as failure:
+        launcher.stop_all()
+    message = str(failure.value)
+    assert message.startswith(
+        f"market_maker (pid {program.pid}) exited with code 1 after SIGTERM, expected a clean exit with code 0;"
+    ), f"got {message!r}"
+    assert "could not flush state" in message, f"expected the last log lines, got {message!r}"
+
+
+def test_teardown_names_a_program_without_a_sigterm_handler(launcher: ProgramLauncher) -> None:
+    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "no-handler"})
+    with pytest.raises(ProgramStopFailed) as failure:
+        launcher.stop_all()
+    assert str(failure.value).startswith(
+        f"market_maker (pid {program.pid}) was ended by SIGTERM's default action (no handler installed?) "
+        "after SIGTERM, expected a clean exit with code 0;"
+    ), f"got {failure.value}"
+
+
+def test_teardown_reports_a_program_that_died_during_the_test(launcher: ProgramLauncher) -> None:
+    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "crash"})
+    deadline = time.monotonic() + 10
+    while program.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with pytest.raises(ProgramStopFailed) as failure:
+        launcher.stop_all()
+    message = str(failure.value)
+    assert message.startswith(
+        f"market_maker (pid {program.pid}) exited with code 4 during the test, unexpectedly (nothing stopped it);"
+    ), f"got {message!r}"
+    assert "no route to exchange" in message, f"expected the last log lines, got {message!r}"
 
 
 def test_a_failing_test_leaves_nothing_running_and_shows_the_logs(pytester: pytest.Pytester) -> None:

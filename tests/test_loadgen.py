@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from harness.baseline import BaselineServer, StreamPlan
-from harness.fanout import BaselineSource, MockExchangeSource, measure_stream
+from harness.fanout import BaselineSource, MockExchangeSource, Window, measure_stream
 from harness.loadgen import (
     PacingReport,
     Schedule,
@@ -290,21 +290,29 @@ def test_the_baseline_answers_unary_calls_and_paced_streams() -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_stream_measurement_of_the_baseline_sees_every_update() -> None:
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "worker-process"])
+async def test_stream_measurement_of_the_baseline_sees_every_update(isolated: bool) -> None:
     with BaselineServer() as server:
-        run = await measure_stream(server.address, BaselineSource(), StreamPlan(count=300, run=2), subscribers=3)
+        run = await measure_stream(
+            server.address, BaselineSource(), StreamPlan(count=300, run=2), subscribers=3, isolated=isolated
+        )
     assert (run.received, run.lost, run.reordered) == (900, 0, 0), run.problems
     assert run.statuses == {"complete": 3}
-    assert run.latency.count == 900 and run.deliveries_per_s > 0
+    assert run.latency.count == 900 and run.deliveries_per_s > 0 and run.client_cpu_s > 0
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_stream_measurement_through_the_mock_exchange_primes_then_paces() -> None:
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "worker-process"])
+async def test_stream_measurement_through_the_mock_exchange_primes_then_paces(isolated: bool) -> None:
     with MockExchangeServer() as mock:
         source = MockExchangeSource(mock)
-        paced = await measure_stream(mock.address, source, StreamPlan(count=100, rate=1000, run=5), subscribers=3)
-        windowed = await measure_stream(mock.address, source, StreamPlan(count=500, run=6), windowed=True)
+        paced = await measure_stream(
+            mock.address, source, StreamPlan(count=100, rate=1000, run=5), subscribers=3, isolated=isolated
+        )
+        windowed = await measure_stream(
+            mock.address, source, StreamPlan(count=500, run=6), windowed=True, isolated=isolated
+        )
     assert (paced.received, paced.lost) == (300, 0), paced.problems
     assert paced.pacing is not None and paced.pacing.sent == 100
     assert (windowed.received, windowed.lost) == (500, 0), windowed.problems
@@ -313,9 +321,7 @@ async def test_stream_measurement_through_the_mock_exchange_primes_then_paces() 
 class DroppingSource(MockExchangeSource):
     """Skips every tenth update: the measurement must report each one as lost."""
 
-    async def generate(
-        self, plan: StreamPlan, window: threading.Semaphore | None, stop: threading.Event
-    ) -> PacingReport | None:
+    async def generate(self, plan: StreamPlan, window: Window | None, stop: threading.Event) -> PacingReport | None:
         def send(seq: int) -> None:
             if seq % 10:
                 self.mock.trigger_account_update(tagged_account(plan.run, seq))
@@ -328,7 +334,8 @@ class DroppingSource(MockExchangeSource):
 async def test_stream_measurement_reports_lost_updates() -> None:
     with MockExchangeServer() as mock:
         run = await measure_stream(
-            mock.address, DroppingSource(mock), StreamPlan(count=50, run=7), subscribers=2, timeout=1.0
-        )
+            mock.address, DroppingSource(mock), StreamPlan(count=50, run=7), subscribers=2, timeout=1.0,
+            isolated=False,
+        )  # fmt: skip
     assert run.lost == 10, f"expected 5 lost updates x 2 subscribers, got {run.lost}"
     assert "lost (first missing [10, 20, 30, 40, 50])" in run.problems[0]

@@ -3,8 +3,9 @@
 Streams follow the spec's Go mock: run_account_stream(callback) registers the callback and blocks
 until cancelled; trigger_account_update(account) calls every registered callback at once. On top
 of the spec it keeps the state the unary calls return (a trigger updates it too), counts
-connect() calls, and fails on demand: fail_with(error) makes every call raise `error` and ends
-the running streams with it, until fail_with(None). Use it from the event loop's own thread.
+connect() calls, fails on demand (fail_with(error) makes every call raise `error` and ends the
+running streams with it, until fail_with(None)) and answers slowly on demand (hold_calls() makes
+the unary calls wait until release_calls()). Use it from the event loop's own thread.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class MockExchange:
         self._position_callbacks: list[PositionCallback] = []
         self._failure: BaseException | None = None
         self._wakers: set[asyncio.Future[None]] = set()
+        self._released: asyncio.Event | None = None  # set: calls answer; unset: they wait
 
     # ------------------------------------------------------------------ control
 
@@ -63,6 +65,16 @@ class MockExchange:
     def set_positions(self, positions: Iterable[pb.Position]) -> None:
         """What get_positions returns from now on (no update is delivered)."""
         self.positions = list(positions)
+
+    def hold_calls(self) -> None:
+        """From now on get_account/get_positions wait (a slow exchange) until release_calls()."""
+        if self._released is None or self._released.is_set():
+            self._released = asyncio.Event()
+
+    def release_calls(self) -> None:
+        """Let the held calls, and every later one, answer."""
+        if self._released is not None:
+            self._released.set()
 
     def fail_with(self, error: BaseException | None) -> None:
         """From now on every call raises `error` and running streams end with it; None: work again."""
@@ -97,10 +109,12 @@ class MockExchange:
 
     async def get_account(self) -> pb.Account:
         self._call("get_account")
+        await self._held()
         return self.account
 
     async def get_positions(self, symbol: str = "") -> list[pb.Position]:
         self._call("get_positions")
+        await self._held()
         return [p for p in self.positions if not symbol or p.symbol == symbol]
 
     async def run_account_stream(self, callback: AccountCallback) -> None:
@@ -116,6 +130,11 @@ class MockExchange:
     def _call(self, method: str) -> None:
         self.calls[method] += 1
         self._raise_if_failing()
+
+    async def _held(self) -> None:
+        if self._released is not None and not self._released.is_set():
+            await self._released.wait()
+            self._raise_if_failing()
 
     def _raise_if_failing(self) -> None:
         if self._failure is not None:

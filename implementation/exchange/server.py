@@ -157,6 +157,8 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
             stats = self._hub.stats[topic]
             try:
                 async with self._hub.subscribe(topic, symbol=symbol, peer=context.peer()) as subscription:
+                    # headers now: the client can tell the subscription is in place before any update
+                    await context.send_initial_metadata(())
                     write = context.write
                     next_message = subscription.next
                     while True:

@@ -292,7 +292,7 @@ async def test_account_stream_reconnects_after_server_restart(
                     lambda: len(received) == 1, 5.0, "4.1.1.d: expected the update before the kill"
                 )
 
-                first.stop(grace=0)
+                first.stop()  # ends its streams with UNAVAILABLE, then closes the port
                 first.raise_violations()
                 await eventually(
                     lambda: bool(events(caplog, "stream_broken")), 5.0, "4.1.1.d: expected break logged"

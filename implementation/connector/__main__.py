@@ -1,0 +1,114 @@
+"""exchange_connector: serve one exchange to many clients over gRPC.
+
+    python -m implementation.connector serve [--listen HOST:PORT] [--exchange sim|grpc|mock] ...
+    python -m implementation.connector health [--address HOST:PORT] [--tls-ca F] [--timeout 2]
+
+Exit codes: 0 after SIGTERM/SIGINT (graceful shutdown) or a SERVING health check; 1 when the
+program cannot run (port in use) or the health check fails; 2 for a bad flag, environment
+variable or unreadable file, with one line on stderr saying which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from implementation.connector.cli import PROGRAM, HealthSettings, ServeSettings, UsageError, parse
+from implementation.connector.health import check_health
+from implementation.connector.metrics import MetricsServer
+from implementation.exchange.base import Exchange
+from implementation.exchange.mock import MockExchange
+from implementation.exchange.server import ExchangeServer, ListenError
+from implementation.exchange.sim import SimExchange
+from implementation.exchange.upstream import GrpcExchange
+from implementation.logs import configure_logging, log_event
+
+_log = logging.getLogger(PROGRAM)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def build_exchange(settings: ServeSettings) -> Exchange:
+    """The exchange adapter the settings name."""
+    if settings.exchange == "grpc":
+        assert settings.upstream is not None, "checked by the command line"
+        return GrpcExchange(
+            settings.upstream,
+            connect_timeout=settings.upstream_connect_timeout,
+            tls_ca=settings.upstream_ca,
+            tls_cert=settings.upstream_cert,
+            tls_key=settings.upstream_key,
+            token=settings.upstream_token,
+        )
+    if settings.exchange == "mock":
+        return MockExchange()
+    return SimExchange(seed=settings.sim_seed, interval=settings.sim_interval, symbols=settings.sim_symbols)
+
+
+async def serve(settings: ServeSettings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for number in STOP_SIGNALS:
+        loop.add_signal_handler(number, stop.set)
+    server = ExchangeServer(
+        build_exchange(settings),
+        token=settings.token,
+        tls=settings.tls,
+        grace_period=settings.grace_period,
+        queue_size=settings.queue_size,
+    )
+    metrics = MetricsServer(server.hub) if settings.metrics_listen else None
+    log_event(
+        _log, "starting", exchange=settings.exchange, upstream=settings.upstream, listen=settings.listen
+    )
+    try:
+        await server.start(settings.listen)
+        if metrics is not None and settings.metrics_listen:
+            try:
+                port = metrics.start(settings.metrics_listen)
+            except OSError as exc:
+                raise ListenError(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}"
+                ) from None
+            log_event(_log, "metrics_listening", address=settings.metrics_listen, port=port)
+        await stop.wait()
+    except ListenError as exc:
+        log_event(_log, "failed", level=logging.ERROR, reason=str(exc))
+        await server.stop(0)
+        return 1
+    finally:
+        for number in STOP_SIGNALS:
+            loop.remove_signal_handler(number)
+        if metrics is not None:
+            metrics.stop()
+    await server.stop()
+    return 0
+
+
+def run(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (less CPU per message), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we run
+        return asyncio.run(coroutine)
+    return int(uvloop.run(coroutine))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(settings, HealthSettings):
+        return check_health(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    return run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

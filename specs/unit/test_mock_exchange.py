@@ -1,0 +1,121 @@
+"""§4.3 MockExchange: the spec's controllable exchange (implementation/exchange/mock.py).
+
+Unit level: the mock alone, in the test's event loop, no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from implementation._pb import exchange_pb2 as pb
+from implementation.exchange.errors import ExchangeUnavailable
+from implementation.exchange.mock import MockExchange
+from implementation.exchange.testdata import test_account as spec_account
+from implementation.exchange.testdata import test_positions as spec_positions
+
+pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library"), pytest.mark.timeout(10)]
+
+
+async def settle() -> None:
+    """Let started tasks run up to their first wait."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.scenario("4.3.1.a")
+@pytest.mark.asyncio
+async def test_stream_registration_blocks_until_cancelled() -> None:
+    mock = MockExchange()
+    received: list[pb.Account] = []
+    stream = asyncio.create_task(mock.run_account_stream(received.append))
+    await settle()
+    assert not stream.done(), "4.3.1.a: expected run_account_stream to block while not cancelled, it returned"
+    assert mock.account_streams == 1, f"4.3.1.a: expected 1 registered account stream, got {mock.account_streams}"
+
+    stream.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stream
+    assert mock.account_streams == 0, (
+        f"4.3.1.a: expected the callback unregistered after cancellation, got {mock.account_streams} streams"
+    )
+    mock.trigger_account_update(spec_account(equity="1.00"))
+    assert received == [], f"4.3.1.a: expected no delivery after cancellation, got {len(received)} update(s)"
+
+
+@pytest.mark.scenario("4.3.1.b")
+@pytest.mark.asyncio
+async def test_trigger_account_update_reaches_every_callback() -> None:
+    mock = MockExchange()
+    first: list[pb.Account] = []
+    second: list[pb.Account] = []
+    streams = [
+        asyncio.create_task(mock.run_account_stream(first.append)),
+        asyncio.create_task(mock.run_account_stream(second.append)),
+    ]
+    await settle()
+    updates = [spec_account(equity=f"{n}.00") for n in range(1, 4)]
+    for update in updates:
+        mock.trigger_account_update(update)
+    try:
+        assert first == updates, f"4.3.1.b: expected callback 1 to get {len(updates)} updates in order, got {first}"
+        assert second == updates, f"4.3.1.b: expected callback 2 to get {len(updates)} updates in order, got {second}"
+        current = await mock.get_account()
+        assert current == updates[-1], f"4.3.1.b: expected get_account to return the last update, got {current}"
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+
+
+@pytest.mark.scenario("4.3.1.c")
+@pytest.mark.asyncio
+async def test_trigger_position_update_reaches_every_callback_and_mock_fails_on_demand() -> None:
+    mock = MockExchange()
+    await mock.connect()
+    first: list[pb.Position] = []
+    second: list[pb.Position] = []
+    streams = [
+        asyncio.create_task(mock.run_position_stream(first.append)),
+        asyncio.create_task(mock.run_position_stream(second.append)),
+    ]
+    await settle()
+    moved = pb.Position()
+    moved.CopyFrom(spec_positions()[1])
+    moved.mark_price = "2950.00"
+    mock.trigger_position_update(moved)
+    assert first == [moved] and second == [moved], (
+        f"4.3.1.c: expected both position callbacks to get the ETHUSDT update, got {first} and {second}"
+    )
+    eth = await mock.get_positions("ETHUSDT")
+    assert eth == [moved], f"4.3.1.c: expected get_positions('ETHUSDT') to return the update, got {eth}"
+
+    mock.fail_with(ExchangeUnavailable("exchange down for the test"))
+    results = await asyncio.wait_for(asyncio.gather(*streams, return_exceptions=True), 2.0)
+    assert all(isinstance(r, ExchangeUnavailable) for r in results), (
+        f"4.3.1.c: expected both running streams to end with ExchangeUnavailable, got {results!r}"
+    )
+    for call in (mock.get_account(), mock.get_positions(), mock.connect(), mock.run_account_stream(first.append)):
+        with pytest.raises(ExchangeUnavailable, match="exchange down for the test"):
+            await call
+    assert mock.position_streams == 0, f"4.3.1.c: expected no stream left registered, got {mock.position_streams}"
+
+    mock.fail_with(None)
+    await mock.connect()
+    assert await mock.get_account() is not None
+    assert mock.connections == 2, f"4.3.1.c: expected 2 successful connect() calls counted, got {mock.connections}"
+    assert mock.calls["connect"] == 3, f"4.3.1.c: expected 3 connect() calls in all, got {mock.calls['connect']}"
+
+
+@pytest.mark.scenario("4.3.1.c")
+@pytest.mark.asyncio
+async def test_held_calls_wait_until_released() -> None:
+    mock = MockExchange()
+    mock.hold_calls()
+    pending = asyncio.create_task(mock.get_account())
+    await settle()
+    assert not pending.done(), "4.3.1.c: expected a held get_account to wait, it answered"
+    mock.release_calls()
+    account = await asyncio.wait_for(pending, 1.0)
+    assert account == mock.account, f"4.3.1.c: expected the account after release, got {account}"
