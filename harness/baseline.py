@@ -60,7 +60,8 @@ class StreamPlan:
     group: int = 1  # streams that share one generator (a fan-out group)
 
     @classmethod
-    def from_metadata(cls, metadata: Sequence[tuple[str, Any]] | None) -> StreamPlan:
+    def from_metadata(cls, metadata: Any) -> StreamPlan:
+        """The plan in a call's metadata (pairs of key and value); defaults for what is absent."""
         values = {str(key): str(value) for key, value in (metadata or ())}
         return cls(
             count=int(values.get(COUNT_KEY, 0)),
@@ -112,7 +113,9 @@ class BaselineServicer(pb_grpc.ExchangeServiceServicer):
         self._forming: dict[StreamPlan, _FanOutGroup] = {}
         self._generators: set[asyncio.Task[None]] = set()
 
-    async def GetAccount(self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.Account:
+    async def GetAccount(
+        self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Account:
         return FIXED_ACCOUNT
 
     async def GetPositions(
@@ -211,7 +214,9 @@ class BaselineServer:
         if self._thread is not None:
             return self
         started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(started,), name="baseline-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(started,), name="baseline-server", daemon=True
+        )
         self._thread.start()
         if not started.wait(timeout) or self._error is not None:
             self.stop()
@@ -252,7 +257,9 @@ class BaselineServer:
     def __enter__(self) -> BaselineServer:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -277,7 +284,7 @@ class BaselineProcess:
     def start(self, timeout: float = 15.0) -> BaselineProcess:
         command = [sys.executable, "-m", "harness.baseline", "--host", self.host, "--port", "0"]
         command += ["--loop", self.loop_kind]
-        log = open(self.log_path or os.devnull, "ab")  # noqa: SIM115 - handed to the child, closed below
+        log = open(self.log_path or os.devnull, "ab")
         try:
             self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=_repo_root())
         finally:
@@ -317,7 +324,9 @@ class BaselineProcess:
     def __enter__(self) -> BaselineProcess:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -329,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.baseline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port)")
-    parser.add_argument("--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop when installed)")
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop when installed)"
+    )
     args = parser.parse_args(argv)
     loop = new_event_loop(args.loop)
 

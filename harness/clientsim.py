@@ -139,7 +139,10 @@ class SimulatedClient:
 
     def reset_interval(self) -> LatencyRecorder:
         """The update latencies since the last reset; starts a new interval."""
-        finished, self.interval_latency = self.interval_latency, LatencyRecorder(f"{self.name} updates (interval)")
+        finished, self.interval_latency = (
+            self.interval_latency,
+            LatencyRecorder(f"{self.name} updates (interval)"),
+        )
         return finished
 
     def counts(self, accounts_sent: int | None = None, positions_sent: int | None = None) -> ClientCounts:
@@ -194,9 +197,7 @@ async def wait_delivered(
     """True once every client has the account and position updates up to those numbers (False on timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(
-            c.accounts.received >= accounts and c.positions.received >= positions for c in clients
-        ):
+        if all(c.accounts.received >= accounts and c.positions.received >= positions for c in clients):
             return True
         await asyncio.sleep(0.05)
     return False

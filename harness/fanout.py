@@ -32,6 +32,7 @@ from harness.loadgen import (
     PRIMING_RUN,
     PacingReport,
     SequenceTracker,
+    Window,
     account_tag,
     run_paced,
     run_windowed,
@@ -43,14 +44,6 @@ from implementation._pb import exchange_pb2 as pb
 from implementation._pb import exchange_pb2_grpc as pb_grpc
 
 WINDOW = 256  # updates in flight when sending "as fast as the path sustains"; below any sane queue bound
-
-
-class Window(Protocol):
-    """A semaphore (threading's, or multiprocessing's across processes)."""
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
-
-    def release(self) -> None: ...
 
 
 class AccountSubscriber:
@@ -185,7 +178,9 @@ class UpdateSource(Protocol):
 
     async def prepare(self, primed: Callable[[], int], subscribers: int, timeout: float) -> None: ...
 
-    async def generate(self, plan: StreamPlan, window: Window | None, stop: threading.Event) -> PacingReport | None: ...
+    async def generate(
+        self, plan: StreamPlan, window: Window | None, stop: threading.Event
+    ) -> PacingReport | None: ...
 
 
 class BaselineSource:
@@ -197,7 +192,9 @@ class BaselineSource:
     async def prepare(self, primed: Callable[[], int], subscribers: int, timeout: float) -> None:
         return None  # the baseline starts a fan-out group's updates once all its members subscribed
 
-    async def generate(self, plan: StreamPlan, window: Window | None, stop: threading.Event) -> PacingReport | None:
+    async def generate(
+        self, plan: StreamPlan, window: Window | None, stop: threading.Event
+    ) -> PacingReport | None:
         return None
 
 
@@ -224,7 +221,9 @@ class MockExchangeSource:
             self.mock.trigger_account_update(tagged_account(PRIMING_RUN, self._priming_seq))
             await asyncio.sleep(0.02)
 
-    async def generate(self, plan: StreamPlan, window: Window | None, stop: threading.Event) -> PacingReport | None:
+    async def generate(
+        self, plan: StreamPlan, window: Window | None, stop: threading.Event
+    ) -> PacingReport | None:
         def send(seq: int) -> None:
             self.mock.trigger_account_update(tagged_account(plan.run, seq))
 

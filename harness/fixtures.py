@@ -46,7 +46,8 @@ def leak_probe() -> LeakProbe:
 
 @pytest.fixture
 def launcher(sut: Manifest, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProgramLauncher]:
-    """A ProgramLauncher for the SUT manifest; every program it started is stopped after the test."""
+    """A ProgramLauncher for the SUT manifest. After the test every program it started gets SIGTERM;
+    the test then fails for a program that had to be killed, exited non-zero, or died unnoticed."""
     programs = ProgramLauncher(sut, tmp_path / "programs")
     request.node.stash[LAUNCHER_KEY] = programs
     try:

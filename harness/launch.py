@@ -248,7 +248,9 @@ class ProgramLauncher:
         """Start program `name` with the placeholder `values` and wait until it is ready.
 
         A `config` value names a config file the test wrote itself; otherwise the manifest's config
-        template is rendered to {workdir}/config.yaml. Raises ProgramNotReady with a one-line reason.
+        template is rendered to {workdir}/config.yaml. The program runs in {workdir}, a fresh folder;
+        a relative command path is taken from the manifest's folder. Raises ProgramNotReady with a
+        one-line reason (the program is then killed).
         """
         program = self.manifest.program(name)
         self._starts += 1
@@ -268,6 +270,8 @@ class ProgramLauncher:
             filled["config"] = str(config_path)
             config_path.write_text(program.render(program.config, filled), encoding="utf-8")
         args = program.render_command(filled, tls=tls, token=token) + list(extra_args)
+        if "/" in args[0] and not Path(args[0]).is_absolute():  # relative to the manifest, not to cwd
+            args[0] = str(self.manifest.path.parent / args[0])
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         child_env.update({key: program.render(value, filled) for key, value in program.env.items()})
         child_env.update(env or {})

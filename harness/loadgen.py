@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -250,11 +251,19 @@ def run_paced(
     return PacingReport(sent, clock() - started, max_lag)
 
 
+class Window(Protocol):
+    """A semaphore: threading's, or multiprocessing's when the receiver is another process."""
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 def run_windowed(
     send: Callable[[int], object],
     *,
     count: int,
-    window: threading.Semaphore,
+    window: Window,
     first: int = 1,
     stop: threading.Event | None = None,
     timeout: float = 10.0,
@@ -298,7 +307,7 @@ def measure_unary(
     (channel set-up, first-call allocations) are not recorded.
     """
     recorders = {name: LatencyRecorder(name) for name in calls}
-    for name, call in calls.items():
+    for call in calls.values():
         for _ in range(warmup):
             call()
     done = 0

@@ -80,7 +80,10 @@ class MockExchangeServer:
             raise MockExchangeViolation(f"mock exchange did not start within {timeout} s on {self.address}")
         if failure:
             thread.join()
-            raise RuntimeError(f"mock exchange cannot serve on {self.address}: {failure[0]}") from failure[0]
+            hint = " (is the port in use?)" if "bind" in str(failure[0]).lower() else ""
+            raise RuntimeError(
+                f"mock exchange cannot serve on {self.address}{hint}: {failure[0]}"
+            ) from failure[0]
         self._thread = thread
         return self
 

@@ -5,7 +5,8 @@ SOAK_ACCOUNT_INTERVAL / SOAK_POSITION_INTERVAL, in seconds). Clients: market_mak
 live_server-like simulated clients in the test process (harness/clientsim.py; every delivery timed
 and sequence-checked), plus the SUT's real market_maker and live_server programs. Every
 SOAK_RESTART_INTERVAL seconds on average (uniformly 0.5x to 1.5x), one client or program, chosen at
-random, is stopped and started again, as a deployment would do; a program must exit cleanly.
+random, is stopped and started again, as a deployment would do; a program must exit cleanly. No
+restart happens in the first and last snapshot intervals, whose latencies are compared.
 
 Every SOAK_SNAPSHOT_INTERVAL seconds a snapshot goes to a JSON lines file: the connector's RSS,
 threads, fds and CPU, the test process's RSS, threads, asyncio tasks and fds, the cumulative
@@ -33,6 +34,7 @@ from harness.mock_exchange import MockExchangeServer
 from harness.probes import ResourceSnapshot
 
 RUN = 1
+RESTART_ALLOWANCE_S = 10.0  # a program restart takes a few seconds; none may spill into the last interval
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -211,8 +213,14 @@ class SoakRun:
         self.mock.trigger_position_update(tagged_position(RUN, self.positions_sent))
 
     async def _restarts(self) -> None:
+        # The first and last snapshot intervals stay free of restarts: comparing their latency then
+        # shows drift of the steady state (leaks, growing queues), not the cost of one restart.
+        quiet = self.config.snapshot_interval_s
         while True:
             await asyncio.sleep(self.config.restart_interval_s * self.rng.uniform(0.5, 1.5))
+            elapsed = time.monotonic() - self._started
+            if elapsed < quiet or elapsed > self.config.duration_s - quiet - RESTART_ALLOWANCE_S:
+                continue
             choices = len(self.clients) + len(self.programs)
             pick = self.rng.randrange(choices)
             if pick < len(self.clients):

@@ -32,6 +32,7 @@ RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
 NOT_READY_REPEAT_S = 10.0
 RECONNECT_SETTLE_S = 0.05
+PROBE_TIMEOUT_S = 2.0
 _RETRYABLE = (ExchangeError, grpc.aio.AioRpcError, OSError, asyncio.TimeoutError)
 
 
@@ -70,11 +71,7 @@ class StateFollower:
         }
         while True:
             if not all(handle.connected for handle in self._handles.values()):
-                self._not_ready(
-                    f"connection to the exchange connector at {self.address} lost; reconnecting"
-                    if self._synced.is_set()
-                    else f"subscribing to the exchange connector at {self.address}"
-                )
+                await self._streams_down(loop.time())
             elif not self._state.connected and loop.time() >= self._next_retry:
                 # Streams are up but no read has succeeded since (first start, or a failed read).
                 await self._resync("retry" if self._synced.is_set() else "start")
@@ -96,6 +93,24 @@ class StateFollower:
             except _RETRYABLE as exc:
                 self._not_ready(_reason(exc, self.address))
                 await asyncio.sleep(self._backoff())
+
+    async def _streams_down(self, now: float) -> None:
+        """Say why the streams are down: the streams keep retrying by themselves, but only a call
+        tells the cause (refused connection, a wrong token, ...); ask one now and then."""
+        reason = (
+            f"connection to the exchange connector at {self.address} lost; reconnecting"
+            if self._synced.is_set()
+            else f"subscribing to the exchange connector at {self.address}"
+        )
+        if now >= self._next_retry:
+            self._backoff()
+            try:
+                await self._exchange.get_account(timeout=PROBE_TIMEOUT_S)
+            except _RETRYABLE as exc:
+                reason = f"{reason}: {_reason(exc, self.address)}"
+        elif self._state.reason.startswith(reason):
+            reason = self._state.reason  # keep the last known cause until the next probe
+        self._not_ready(reason)
 
     def _backoff(self) -> float:
         delay = self._retry_s

@@ -80,7 +80,9 @@ async def test_every_subscriber_gets_every_update_in_order(hub: Hub, mock: MockE
 
 
 @pytest.mark.asyncio
-async def test_one_upstream_subscription_per_topic_however_many_subscribers(hub: Hub, mock: MockExchange) -> None:
+async def test_one_upstream_subscription_per_topic_however_many_subscribers(
+    hub: Hub, mock: MockExchange
+) -> None:
     subs = [hub.subscribe(ACCOUNT) for _ in range(10)] + [hub.subscribe(POSITIONS) for _ in range(10)]
     for sub in subs:
         await sub.__aenter__()

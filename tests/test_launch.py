@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -310,6 +311,20 @@ def test_teardown_reports_a_program_that_died_during_the_test(launcher: ProgramL
         f"market_maker (pid {program.pid}) exited with code 4 during the test, unexpectedly (nothing stopped it);"
     ), f"got {message!r}"
     assert "no route to exchange" in message, f"expected the last log lines, got {message!r}"
+
+
+def test_a_relative_command_path_is_taken_from_the_manifest_folder(tmp_path: Path) -> None:
+    script = tmp_path / "program.py"
+    script.write_text(f"#!{sys.executable}\n" + PROGRAM)
+    script.chmod(0o755)
+    path = tmp_path / "relative.toml"
+    path.write_text(MANIFEST.replace('"{python}", "{root}/program.py"', '"./program.py"'))
+    launcher = ProgramLauncher(load_manifest(path), tmp_path / "run")
+    try:
+        program = launcher.start("exchange_connector", {"grpc_port": free_port()}, extra_args=["serving"])
+        assert program.args[0] == str(script), f"expected {script}, got {program.args[0]}"
+    finally:
+        launcher.stop_all()
 
 
 def test_a_failing_test_leaves_nothing_running_and_shows_the_logs(pytester: pytest.Pytester) -> None:

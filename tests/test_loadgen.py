@@ -48,7 +48,9 @@ def test_a_tag_round_trips_and_survives_dropped_trailing_zeros() -> None:
     assert parse_tag("0.000000001") == (0, 1)
 
 
-@pytest.mark.parametrize("text", ["10000.00x", "10000", "-1.000000001", "1.0000000001", "", "abc.def", "1e-05"])
+@pytest.mark.parametrize(
+    "text", ["10000.00x", "10000", "-1.000000001", "1.0000000001", "", "abc.def", "1e-05"]
+)
 def test_values_that_are_not_tags_read_as_none(text: str) -> None:
     assert parse_tag(text) is None, f"expected {text!r} not to read as a tag"
 
@@ -170,7 +172,9 @@ def test_a_late_generator_catches_up_in_a_burst() -> None:
 
     run_paced(lambda seq: times.append(clock.now), rate=1000, count=200, clock=clock, sleep=slow_sleep)
     assert len(times) == 200
-    assert times[-1] <= 0.25, f"expected the 200 updates sent within ~0.2 s despite late wake-ups, got {times[-1]}"
+    assert times[-1] <= 0.25, (
+        f"expected the 200 updates sent within ~0.2 s despite late wake-ups, got {times[-1]}"
+    )
 
 
 def test_windowed_sending_waits_for_the_receiver_and_gives_up_when_nothing_arrives() -> None:
@@ -282,7 +286,10 @@ def test_the_baseline_answers_unary_calls_and_paced_streams() -> None:
         assert len(stub.GetPositions(pb.GetPositionsRequest(), timeout=5).positions) == 2
         plan = StreamPlan(count=20, rate=200, run=4)
         started = time.perf_counter()
-        tags = [account_tag(a) for a in stub.SubscribeAccount(pb.SubscribeAccountRequest(), metadata=plan.metadata())]
+        tags = [
+            account_tag(a)
+            for a in stub.SubscribeAccount(pb.SubscribeAccountRequest(), metadata=plan.metadata())
+        ]
         elapsed = time.perf_counter() - started
     assert tags == [(4, seq) for seq in range(1, 21)]
     assert elapsed >= 0.09, f"expected 20 updates at 200/s to take ~0.095 s, took {elapsed:.3f} s"
@@ -321,7 +328,9 @@ async def test_stream_measurement_through_the_mock_exchange_primes_then_paces(is
 class DroppingSource(MockExchangeSource):
     """Skips every tenth update: the measurement must report each one as lost."""
 
-    async def generate(self, plan: StreamPlan, window: Window | None, stop: threading.Event) -> PacingReport | None:
+    async def generate(
+        self, plan: StreamPlan, window: Window | None, stop: threading.Event
+    ) -> PacingReport | None:
         def send(seq: int) -> None:
             if seq % 10:
                 self.mock.trigger_account_update(tagged_account(plan.run, seq))

@@ -4,6 +4,7 @@ clean stop, and protocol violations surfacing in the test."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import textwrap
 import threading
 from collections.abc import AsyncIterable, AsyncIterator
@@ -252,3 +253,15 @@ def test_the_fixture_reraises_violations_at_teardown(pytester: pytest.Pytester) 
     result = pytester.runpytest("--report-dir", str(pytester.path / "reports"))
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*MockExchangeViolation: mock exchange recorded 1 protocol violation(s):*"])
+
+
+def test_a_port_in_use_is_named() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(
+            RuntimeError, match=rf"mock exchange cannot serve on 127\.0\.0\.1:{port} \(is the port in use\?\)"
+        ):
+            MockExchangeServer(port=port).start()
+    assert not [t for t in threading.enumerate() if t.name == "mock-exchange"], "expected no thread left"

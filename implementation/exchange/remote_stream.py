@@ -123,7 +123,14 @@ class _Buffer(Generic[T]):
 
 class StreamHandle(Generic[T]):
     """A background subscription. Iterate it with `async for` (when no callback was given),
-    stop it with `await handle.cancel()` or by leaving `async with handle:`."""
+    stop it with `await handle.cancel()` or by leaving `async with handle:` (so cancelling the
+    task that owns the `async with` stops it too).
+
+    `connected` turns true when the server sends the stream's headers (or its first message).
+    After a subscription that followed a failure, on_reconnect runs in that same event-loop step,
+    before any message of the new subscription is delivered: an owner that resynchronises there
+    (get_account()) cannot miss the gap, and live updates resume after its resync.
+    """
 
     def __init__(
         self,

@@ -25,7 +25,8 @@ from implementation.exchange.remote import LOGGER_NAME, ReconnectPolicy, RemoteE
 from implementation.exchange.testdata import test_account as spec_account
 from implementation.exchange.testdata import test_positions as spec_positions
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+# White-box tests of the reference client library: not applicable to another SUT.
+pytestmark = [pytest.mark.integration, pytest.mark.requires("reference_library"), pytest.mark.asyncio]
 
 # Backoff short enough that a test sees several attempts, long enough to prove they are spaced.
 QUICK_RETRY = ReconnectPolicy(initial_backoff=0.05, max_backoff=0.5)

@@ -35,9 +35,10 @@ def test_get_account_latency_p50_and_p99_over_loopback(
     connector: Any, baseline_program: BaselineProcess, perf: PerfRecorder, run_mode: str
 ) -> None:
     request = pb.GetAccountRequest()
-    with grpc.insecure_channel(connector.address) as sut_channel, grpc.insecure_channel(
-        baseline_program.address
-    ) as baseline_channel:
+    with (
+        grpc.insecure_channel(connector.address) as sut_channel,
+        grpc.insecure_channel(baseline_program.address) as baseline_channel,
+    ):
         sut = pb_grpc.ExchangeServiceStub(sut_channel)
         baseline = pb_grpc.ExchangeServiceStub(baseline_channel)
         recorders = measure_unary(

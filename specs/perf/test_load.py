@@ -94,5 +94,7 @@ async def test_load_of_15_clients_at_100_updates_per_second(
             f"got {cpu:.1f} % (peak {server.cpu_peak_pct:.1f} %)"
         )
     if not rss < RSS_TARGET_MB:
-        failures.append(f"6.3.1.d: expected the connector's RSS below {RSS_TARGET_MB:.0f} MB, got {rss:.1f} MB")
+        failures.append(
+            f"6.3.1.d: expected the connector's RSS below {RSS_TARGET_MB:.0f} MB, got {rss:.1f} MB"
+        )
     assert not failures, "; ".join(failures)

@@ -68,8 +68,12 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
         server_after = ResourceSnapshot.take(connector.pid)
         client_after = ResourceSnapshot.take()
 
-        server_growth = perf.record("memory_server_growth_mb", server_after.rss_mb - server_before.rss_mb, "MB")
-        client_growth = perf.record("memory_client_growth_mb", client_after.rss_mb - client_before.rss_mb, "MB")
+        server_growth = perf.record(
+            "memory_server_growth_mb", server_after.rss_mb - server_before.rss_mb, "MB"
+        )
+        client_growth = perf.record(
+            "memory_client_growth_mb", client_after.rss_mb - client_before.rss_mb, "MB"
+        )
         perf.record("memory_growth_mb", max(server_growth, client_growth), "MB")
         perf.record("memory_server_threads_delta", server_after.threads - server_before.threads, "threads")
         perf.record("memory_server_fds_delta", server_after.fds - server_before.fds, "fds")
@@ -91,6 +95,8 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
         await asyncio.to_thread(
             assert_no_growth, server_before, server_after, label="6.2.1.b connector (threads, fds)"
         )
-        await assert_no_growth_async(client_before, client_after, label="6.2.1.b clients (threads, tasks, fds)")
+        await assert_no_growth_async(
+            client_before, client_after, label="6.2.1.b clients (threads, tasks, fds)"
+        )
     finally:
         await stop_all(clients)

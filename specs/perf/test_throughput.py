@@ -81,7 +81,9 @@ async def test_one_subscriber_receives_over_1000_updates_per_second(
     connector: Any, mock_exchange: Any, baseline_program: BaselineProcess, perf: PerfRecorder, run_mode: str
 ) -> None:
     plan = StreamPlan(count=STREAM_UPDATES[run_mode], run=1)
-    bare, bare_server = await _measured(baseline_program.address, BaselineSource(), plan, baseline_program.pid)
+    bare, bare_server = await _measured(
+        baseline_program.address, BaselineSource(), plan, baseline_program.pid
+    )
     sut, sut_server = await _measured(
         connector.address, MockExchangeSource(mock_exchange), plan, connector.pid, windowed=True, timeout=120
     )

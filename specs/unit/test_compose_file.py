@@ -207,8 +207,8 @@ def test_client_configs_are_mounted_and_point_at_the_connector(
     config_path = command[command.index("--config") + 1]
     mounts = {}
     for volume in services[name].get("volumes", []):
-        source, target = str(volume).split(":")[:2]
-        mounts[target] = source
+        host_path, target = str(volume).split(":")[:2]
+        mounts[target] = host_path
     assert config_path in mounts, f"[{SID}] {name}: expected {config_path} mounted, got mounts {mounts}"
     source = (COMPOSE_FILE.parent / mounts[config_path]).resolve()
     assert source.is_file(), f"[{SID}] {name}: expected the config file {source} to exist, got none"
@@ -225,6 +225,13 @@ def test_client_configs_are_mounted_and_point_at_the_connector(
     assert host in names and port == "50051", (
         f"[{SID}] {name}: expected exchange_grpc_address at the connector ({sorted(names)}:50051), got {host}:{port}"
     )
+    if name == "market_maker":
+        # `market_maker health --config` reads the heartbeat file the running program writes
+        heartbeat = str(config.get("health_file", ""))
+        writable = [str(path).split(":")[0] for path in services[name].get("tmpfs", [])]
+        assert heartbeat and (
+            not services[name].get("read_only") or any(heartbeat.startswith(path + "/") for path in writable)
+        ), f"[{SID}] market_maker: expected health_file on a writable path ({writable}), got {heartbeat!r}"
     if name == "live_server":
         assert str(config.get("listen", "")).endswith(":8080"), (
             f"[{SID}] live_server: expected listen on container port 8080, got {config.get('listen')!r}"

@@ -32,7 +32,9 @@ async def test_stream_registration_blocks_until_cancelled() -> None:
     stream = asyncio.create_task(mock.run_account_stream(received.append))
     await settle()
     assert not stream.done(), "4.3.1.a: expected run_account_stream to block while not cancelled, it returned"
-    assert mock.account_streams == 1, f"4.3.1.a: expected 1 registered account stream, got {mock.account_streams}"
+    assert mock.account_streams == 1, (
+        f"4.3.1.a: expected 1 registered account stream, got {mock.account_streams}"
+    )
 
     stream.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -59,10 +61,16 @@ async def test_trigger_account_update_reaches_every_callback() -> None:
     for update in updates:
         mock.trigger_account_update(update)
     try:
-        assert first == updates, f"4.3.1.b: expected callback 1 to get {len(updates)} updates in order, got {first}"
-        assert second == updates, f"4.3.1.b: expected callback 2 to get {len(updates)} updates in order, got {second}"
+        assert first == updates, (
+            f"4.3.1.b: expected callback 1 to get {len(updates)} updates in order, got {first}"
+        )
+        assert second == updates, (
+            f"4.3.1.b: expected callback 2 to get {len(updates)} updates in order, got {second}"
+        )
         current = await mock.get_account()
-        assert current == updates[-1], f"4.3.1.b: expected get_account to return the last update, got {current}"
+        assert current == updates[-1], (
+            f"4.3.1.b: expected get_account to return the last update, got {current}"
+        )
     finally:
         for stream in streams:
             stream.cancel()
@@ -96,16 +104,27 @@ async def test_trigger_position_update_reaches_every_callback_and_mock_fails_on_
     assert all(isinstance(r, ExchangeUnavailable) for r in results), (
         f"4.3.1.c: expected both running streams to end with ExchangeUnavailable, got {results!r}"
     )
-    for call in (mock.get_account(), mock.get_positions(), mock.connect(), mock.run_account_stream(first.append)):
+    for call in (
+        mock.get_account(),
+        mock.get_positions(),
+        mock.connect(),
+        mock.run_account_stream(first.append),
+    ):
         with pytest.raises(ExchangeUnavailable, match="exchange down for the test"):
             await call
-    assert mock.position_streams == 0, f"4.3.1.c: expected no stream left registered, got {mock.position_streams}"
+    assert mock.position_streams == 0, (
+        f"4.3.1.c: expected no stream left registered, got {mock.position_streams}"
+    )
 
     mock.fail_with(None)
     await mock.connect()
     assert await mock.get_account() is not None
-    assert mock.connections == 2, f"4.3.1.c: expected 2 successful connect() calls counted, got {mock.connections}"
-    assert mock.calls["connect"] == 3, f"4.3.1.c: expected 3 connect() calls in all, got {mock.calls['connect']}"
+    assert mock.connections == 2, (
+        f"4.3.1.c: expected 2 successful connect() calls counted, got {mock.connections}"
+    )
+    assert mock.calls["connect"] == 3, (
+        f"4.3.1.c: expected 3 connect() calls in all, got {mock.calls['connect']}"
+    )
 
 
 @pytest.mark.scenario("4.3.1.c")

@@ -31,7 +31,8 @@ from implementation.exchange.remote import (
 )
 from implementation.exchange.testdata import test_account as spec_account
 
-pytestmark = pytest.mark.unit
+# White-box tests of the reference client library: not applicable to another SUT.
+pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library")]
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -58,7 +58,18 @@ async def wait_subscribers(server: ExchangeServer, topic: str, count: int, scena
     deadline = time.monotonic() + 5.0
     while server.hub.subscriber_count(topic) != count:
         if time.monotonic() > deadline:
-            pytest.fail(f"{scenario}: expected {count} {topic} subscribers, got {server.hub.subscriber_count(topic)}")
+            pytest.fail(
+                f"{scenario}: expected {count} {topic} subscribers, got {server.hub.subscriber_count(topic)}"
+            )
+        await asyncio.sleep(0.01)
+
+
+async def call_arrived(mock: MockExchange, scenario: str) -> None:
+    """Until the exchange has received get_account (the call is in flight)."""
+    deadline = time.monotonic() + 5.0
+    while not mock.calls["get_account"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{scenario}: the GetAccount call never reached the exchange")
         await asyncio.sleep(0.01)
 
 
@@ -77,10 +88,14 @@ async def stream_end(call: Any) -> grpc.aio.AioRpcError:
 
 @pytest.mark.scenario("3.2.1.a")
 @pytest.mark.asyncio
-async def test_start_binds_port_zero_reports_it_and_accepts_calls(server: ExchangeServer, mock: MockExchange) -> None:
+async def test_start_binds_port_zero_reports_it_and_accepts_calls(
+    server: ExchangeServer, mock: MockExchange
+) -> None:
     port = await server.start("127.0.0.1:0")
     assert port > 0 and server.port == port, f"3.2.1.a: expected the bound port reported, got {port}"
-    assert server.address == f"127.0.0.1:{port}", f"3.2.1.a: expected address 127.0.0.1:{port}, got {server.address}"
+    assert server.address == f"127.0.0.1:{port}", (
+        f"3.2.1.a: expected address 127.0.0.1:{port}, got {server.address}"
+    )
     await server.wait_serving(5.0)
     async with grpc.aio.insecure_channel(server.address) as channel:
         account = await pb_grpc.ExchangeServiceStub(channel).GetAccount(pb.GetAccountRequest(), timeout=5)
@@ -89,14 +104,18 @@ async def test_start_binds_port_zero_reports_it_and_accepts_calls(server: Exchan
             status = await health_status(channel, service)
             assert status == SERVING, f"3.2.1.a: expected health {service!r} SERVING, got {status}"
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = [s.name async for r in responses for s in r.list_services_response.service]
         assert SERVICE_NAME in names, f"3.2.1.a: expected reflection to list {SERVICE_NAME}, got {names}"
 
 
 @pytest.mark.scenario("3.2.1.a")
 @pytest.mark.asyncio
-async def test_start_binds_the_given_port_and_refuses_a_taken_one(server: ExchangeServer, free_port: Any) -> None:
+async def test_start_binds_the_given_port_and_refuses_a_taken_one(
+    server: ExchangeServer, free_port: Any
+) -> None:
     wanted = free_port()
     port = await server.start(f"127.0.0.1:{wanted}")
     assert port == wanted, f"3.2.1.a: expected port {wanted}, got {port}"
@@ -108,7 +127,9 @@ async def test_start_binds_the_given_port_and_refuses_a_taken_one(server: Exchan
 
 @pytest.mark.scenario("3.2.1.a")
 @pytest.mark.asyncio
-async def test_health_is_not_serving_until_the_upstream_is_up(server: ExchangeServer, mock: MockExchange) -> None:
+async def test_health_is_not_serving_until_the_upstream_is_up(
+    server: ExchangeServer, mock: MockExchange
+) -> None:
     mock.fail_with(ExchangeUnavailable("exchange still starting"))
     await server.start()
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -117,7 +138,9 @@ async def test_health_is_not_serving_until_the_upstream_is_up(server: ExchangeSe
         assert status == NOT_SERVING, f"3.2.1.a: expected NOT_SERVING before the upstream is up, got {status}"
         call = pb_grpc.ExchangeServiceStub(channel).SubscribeAccount(pb.SubscribeAccountRequest())
         error = await stream_end(call)
-        assert error.code() is grpc.StatusCode.UNAVAILABLE, f"3.2.1.a: expected UNAVAILABLE, got {error.code()}"
+        assert error.code() is grpc.StatusCode.UNAVAILABLE, (
+            f"3.2.1.a: expected UNAVAILABLE, got {error.code()}"
+        )
         assert "exchange still starting" in (error.details() or ""), f"3.2.1.a: got {error.details()!r}"
         mock.fail_with(None)
         await server.wait_serving(5.0)
@@ -175,12 +198,13 @@ async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailabl
         await wait_subscribers(server, "positions", 1, "3.2.1.c")
         mock.hold_calls()  # a call in flight keeps the server draining while we look
         in_flight = stub.GetAccount(pb.GetAccountRequest(), timeout=10)
-        while not mock.calls["get_account"]:
-            await asyncio.sleep(0.01)
+        await call_arrived(mock, "3.2.1.c")
 
         stopping = asyncio.create_task(server.stop(5.0))
         watched = await asyncio.wait_for(watch.read(), 5.0)
-        assert watched.status == NOT_SERVING, f"3.2.1.c: expected the health watch to see NOT_SERVING, got {watched}"
+        assert watched.status == NOT_SERVING, (
+            f"3.2.1.c: expected the health watch to see NOT_SERVING, got {watched}"
+        )
         for call in streams:
             error = await asyncio.wait_for(stream_end(call), 5.0)
             assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE, "shutting down"), (
@@ -190,12 +214,16 @@ async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailabl
         assert status == NOT_SERVING, f"3.2.1.c: expected NOT_SERVING while draining, got {status}"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.GetAccount(pb.GetAccountRequest(), timeout=5)
-        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, f"3.2.1.c: new calls refused, got {refused.value}"
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, (
+            f"3.2.1.c: new calls refused, got {refused.value}"
+        )
         assert not stopping.done(), "3.2.1.c: expected stop() to wait for the call in flight"
 
         mock.release_calls()
         answered = await in_flight
-        assert answered == mock.account, "3.2.1.c: expected the call in flight to complete during the grace period"
+        assert answered == mock.account, (
+            "3.2.1.c: expected the call in flight to complete during the grace period"
+        )
         started = time.monotonic()
         await asyncio.wait_for(stopping, 5.0)
         waited = time.monotonic() - started
@@ -211,8 +239,7 @@ async def test_shutdown_grace_period_is_bounded(server: ExchangeServer, mock: Mo
     async with grpc.aio.insecure_channel(server.address) as channel:
         mock.hold_calls()  # never released: the grace period has to end it
         stuck = pb_grpc.ExchangeServiceStub(channel).GetAccount(pb.GetAccountRequest(), timeout=20)
-        while not mock.calls["get_account"]:
-            await asyncio.sleep(0.01)
+        await call_arrived(mock, "3.2.1.c")
         started = time.monotonic()
         await asyncio.wait_for(server.stop(0.5), 10.0)
         took = time.monotonic() - started

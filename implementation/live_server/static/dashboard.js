@@ -55,6 +55,7 @@
     statusLabel.textContent = label;
     statusEl.title = detail;
     document.body.dataset.ws = socketOpen ? "open" : "closed";
+    document.body.dataset.stale = state === "connected" ? "false" : "true";
   }
 
   // ------------------------------------------------------------------ values
@@ -66,14 +67,15 @@
 
   function setValue(el, value, signed) {
     const text = value === undefined || value === null || value === "" ? "—" : String(value);
-    if (el.textContent === text) return;
+    const previous = el.textContent;
+    if (previous === text) return;
     el.textContent = text;
     if (signed) {
       el.classList.remove("positive", "negative");
       const cls = signClass(value);
       if (cls) el.classList.add(cls);
     }
-    flash(el);
+    if (previous !== "" && previous !== "—") flash(el); // a change, not the first fill
   }
 
   function flash(el) {
@@ -154,10 +156,11 @@
       pill = document.createElement("span");
       cell.appendChild(pill);
     }
-    if (pill.textContent !== value) {
+    const previous = pill.textContent;
+    if (previous !== value) {
       pill.textContent = value || "—";
       pill.className = `pill ${cls}`;
-      flash(cell);
+      if (previous) flash(cell);
     }
   }
 
@@ -193,6 +196,9 @@
         upstream = message.data.status || upstream;
         renderAccount(message.data.account);
         replacePositions(message.data.positions || []);
+        if (updates === 0) {
+          feedSummary.textContent = `Snapshot at ${new Date().toLocaleTimeString()} · waiting for updates`;
+        }
         break;
       case "account":
         renderAccount(message.data);

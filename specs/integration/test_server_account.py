@@ -1,0 +1,480 @@
+"""§4.2.1 ExchangeServer SubscribeAccount (and what every call shares: errors, auth, TLS, churn).
+
+Each test runs against the connector in-process and as a program (see conftest.py), fed by the
+harness's mock exchange over the `grpc` adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from harness.probes import assert_no_growth_async
+from harness.tls import TlsMaterial
+from implementation._pb import exchange_pb2 as pb
+from implementation.exchange.testdata import test_account as spec_account
+from implementation.exchange.testdata import test_positions as spec_positions
+
+if TYPE_CHECKING:
+    from conftest import ConnectorUnderTest, StartConnector
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+TOKEN = "conformance-token-4.2"
+# A client whose transport buffers almost nothing: it really stops reading when the test stops.
+SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+
+
+def position(symbol: str, mark: str) -> pb.Position:
+    """The spec's position of `symbol` at a new mark price."""
+    moved = pb.Position()
+    moved.CopyFrom(next(p for p in spec_positions() if p.symbol == symbol))
+    moved.mark_price = mark
+    return moved
+
+
+def account(n: int) -> pb.Account:
+    """A distinct, valid account per `n` (fixed timestamp, so equal messages compare equal)."""
+    update = spec_account(total_balance=f"{10000 + n}.00")
+    update.updated_at.FromSeconds(1_700_000_000 + n)
+    return update
+
+
+async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> list[Any]:
+    """The next `count` messages of a stream; fails naming the scenario when they do not come."""
+    messages: list[Any] = []
+
+    async def collect() -> None:
+        while len(messages) < count:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                pytest.fail(f"{scenario}: expected {count} messages, the stream ended after {len(messages)}")
+            messages.append(message)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"{scenario}: expected {count} messages within {timeout} s, got {len(messages)}")
+    return messages
+
+
+async def stream_end(
+    call: Any, scenario: str, timeout: float = 15.0
+) -> tuple[list[Any], grpc.aio.AioRpcError]:
+    """The messages still delivered, and the error status that ends the stream."""
+    messages: list[Any] = []
+
+    async def drain() -> grpc.aio.AioRpcError:
+        try:
+            async for message in call:
+                messages.append(message)
+        except grpc.aio.AioRpcError as error:
+            return error
+        pytest.fail(f"{scenario}: expected the stream to end with an error status, it ended OK")
+
+    try:
+        return messages, await asyncio.wait_for(drain(), timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(
+            f"{scenario}: expected the stream to end within {timeout} s ({len(messages)} messages read)"
+        )
+
+
+async def health(connector: ConnectorUnderTest) -> int:
+    reply = await health_pb2_grpc.HealthStub(connector.channel()).Check(
+        health_pb2.HealthCheckRequest(), timeout=5
+    )
+    return int(reply.status)
+
+
+async def eventually_serving(connector: ConnectorUnderTest, scenario: str, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (status := await health(connector)) != health_pb2.HealthCheckResponse.SERVING:
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{scenario}: expected health SERVING again within {timeout} s, got {status}")
+        await asyncio.sleep(0.1)
+
+
+def subscribe(connector: ConnectorUnderTest, channel: grpc.aio.Channel | None = None) -> Any:
+    return connector.stub(channel).SubscribeAccount(pb.SubscribeAccountRequest(), metadata=connector.metadata)
+
+
+# ---------------------------------------------------------------------------------------------- a, b
+
+
+@pytest.mark.scenario("4.2.1.a", "4.2.1.ac1")
+@pytest.mark.asyncio
+async def test_single_client_receives_account_updates(connector: ConnectorUnderTest) -> None:
+    call = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.a")
+    sent = [account(n) for n in range(5)]
+    for update in sent:
+        connector.mock.trigger_account_update(update)
+    received = await read(call, 5, "4.2.1.a")
+    for index, (got, expected) in enumerate(zip(received, sent, strict=True)):
+        assert got == expected, (
+            f"4.2.1.a: update {index}: expected {expected}, got {got} (field values must be identical)"
+        )
+    call.cancel()
+    await connector.wait_subscribers("account", 0, "4.2.1.a (the closed stream is cleaned up)")
+
+
+@pytest.mark.scenario("4.2.1.b", "4.2.1.ac2")
+@pytest.mark.asyncio
+async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscription(
+    connector: ConnectorUnderTest,
+) -> None:
+    calls = [subscribe(connector, connector.channel()) for _ in range(10)]
+    await connector.wait_subscribers("account", 10, "4.2.1.b")
+    sent = [account(n) for n in range(20)]
+    for update in sent:
+        connector.mock.trigger_account_update(update)
+    received = await asyncio.gather(*(read(call, 20, "4.2.1.b") for call in calls))
+    for client, messages in enumerate(received):
+        assert messages == sent, (
+            f"4.2.1.ac2: client {client}: expected the 20 updates in order, got {len(messages)}"
+        )
+    mock = connector.mock
+    upstream = (mock.connection_count, mock.subscriptions("account"), mock.subscriptions("positions"))
+    assert upstream == (1, 1, 1), (
+        f"4.2.1.b: expected ONE upstream connection and one subscription per topic with 10 subscribers, "
+        f"got connections={upstream[0]}, account={upstream[1]}, positions={upstream[2]} (peers: {mock.peers})"
+    )
+    ever = (mock.total_subscriptions("account"), mock.total_subscriptions("positions"))
+    assert ever == (1, 1), f"4.2.1.b: expected each upstream subscription opened once, got {ever}"
+
+
+# ---------------------------------------------------------------------------------------------- c, x6
+
+
+async def vanish_raw(address: str) -> None:
+    """Open SubscribeAccount by hand on a bare TCP connection and return with it open: the caller
+    then resets the connection (no RST_STREAM, no GOAWAY: the client just disappears)."""
+    host, port = address.rsplit(":", 1)
+
+    def literal(name: str, value: str) -> bytes:  # HPACK literal header field, never indexed
+        return b"\x10" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+    headers = b"".join(
+        literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/opensqt.exchange.v1.ExchangeService/SubscribeAccount"),
+            (":authority", address),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+
+    def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+        )
+
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + frame(4, 0, 0, b"")  # SETTINGS
+        + frame(1, 0x4, 1, headers)  # HEADERS, END_HEADERS
+        + frame(0, 0x1, 1, b"\x00\x00\x00\x00\x00")  # DATA: an empty request message, END_STREAM
+    )
+    await writer.drain()
+    _RAW.append((reader, writer))
+
+
+_RAW: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+
+def reset_raw() -> None:
+    """Reset every hand-made connection (SO_LINGER 0: an RST, as when a host drops off)."""
+    while _RAW:
+        _, writer = _RAW.pop()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+
+async def churn(connector: ConnectorUnderTest, rounds: int, clients: int, scenario: str, steady: Any) -> None:
+    """`rounds` times: `clients` subscribers connect, are seen by the server, and vanish (half reset
+    their TCP connection, half drop their channel); the steady subscriber gets one update a round."""
+    for number in range(rounds):
+        channels = [connector.channel() for _ in range(clients // 2)]
+        calls = [subscribe(connector, channel) for channel in channels]
+        for _ in range(clients - len(channels)):
+            await vanish_raw(connector.address)
+        await connector.wait_subscribers("account", 1 + clients, f"{scenario} round {number}")
+        reset_raw()
+        for channel in channels:
+            await channel.close()
+        del calls
+        await connector.wait_subscribers("account", 1, f"{scenario} round {number}: vanished clients removed")
+        connector.mock.trigger_account_update(account(number))
+        got = await read(steady, 1, scenario)
+        assert got == [account(number)], f"{scenario}: the steady subscriber must keep receiving, got {got}"
+
+
+@pytest.mark.scenario("4.2.1.c", "4.2.1.ac3")
+@pytest.mark.asyncio
+async def test_abrupt_disconnects_are_logged_and_cleaned_up(connector: ConnectorUnderTest) -> None:
+    steady = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.c")
+    await churn(connector, 1, 6, "4.2.1.c (warm-up)", steady)
+    before = connector.snapshot()
+    removed_before = len(connector.events("subscriber_removed"))
+    await churn(connector, 3, 6, "4.2.1.c", steady)
+    account_now = await connector.stub().GetAccount(
+        pb.GetAccountRequest(), timeout=5, metadata=connector.metadata
+    )
+    assert account_now.total_balance, "4.2.1.c: expected the server to keep answering after the disconnects"
+    removed = connector.events("subscriber_removed")[removed_before:]
+    assert len(removed) == 18, f"4.2.1.c: expected 18 logged disconnects, got {len(removed)}: {removed[-3:]}"
+    await assert_no_growth_async(
+        before, connector.snapshot(), threads=0, tasks=0, fds=0, settle_s=10.0, label="4.2.1.ac3"
+    )
+
+
+@pytest.mark.scenario("4.2.1.x6")
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_hundred_clients_connecting_and_vanishing_leave_no_growth(
+    connector: ConnectorUnderTest,
+) -> None:
+    steady = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.x6")
+    await churn(connector, 2, 10, "4.2.1.x6 (warm-up)", steady)
+    before = connector.snapshot()
+    await churn(connector, 10, 10, "4.2.1.x6", steady)
+    await assert_no_growth_async(
+        before, connector.snapshot(), threads=0, tasks=0, fds=0, rss_mb=16.0, settle_s=10.0, label="4.2.1.x6"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- d
+
+
+@pytest.mark.scenario("4.2.1.d", "4.2.1.ac4")
+@pytest.mark.asyncio
+async def test_exchange_errors_reach_clients_as_unavailable_then_service_recovers(
+    connector: ConnectorUnderTest,
+) -> None:
+    mock = connector.mock
+    call = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.d")
+    mock.fail_calls(grpc.StatusCode.UNAVAILABLE, "exchange under maintenance")
+    mock.end_streams(grpc.StatusCode.UNAVAILABLE, "exchange under maintenance")
+
+    _, ended = await stream_end(call, "4.2.1.d")
+    assert ended.code() is grpc.StatusCode.UNAVAILABLE, f"4.2.1.d: expected UNAVAILABLE, got {ended.code()}"
+    details = ended.details() or ""
+    assert "upstream" in details and "exchange under maintenance" in details, (
+        f"4.2.1.ac4: expected a message naming the upstream failure, got {details!r}"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=10, metadata=connector.metadata)
+    assert unary.value.code() is grpc.StatusCode.UNAVAILABLE, f"4.2.1.d: GetAccount: got {unary.value.code()}"
+    assert "exchange under maintenance" in (unary.value.details() or ""), (
+        f"4.2.1.ac4: got {unary.value.details()!r}"
+    )
+    _, refused = await stream_end(subscribe(connector), "4.2.1.d (new subscription while down)")
+    assert refused.code() is grpc.StatusCode.UNAVAILABLE, f"4.2.1.d: new subscription: got {refused.code()}"
+    status = await health(connector)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING, (
+        f"4.2.1.d: expected NOT_SERVING, got {status}"
+    )
+
+    mock.fail_calls(None)
+    await eventually_serving(connector, "4.2.1.d")
+    await mock.wait_for_subscriptions_async("account", 1, timeout=10.0)
+    again = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.d (after recovery)")
+    mock.trigger_account_update(account(7))
+    assert await read(again, 1, "4.2.1.d") == [account(7)], "4.2.1.d: expected updates to flow again"
+
+
+# ---------------------------------------------------------------------------------------------- x1 .. x5
+
+
+@pytest.mark.scenario("4.2.1.x1")
+@pytest.mark.asyncio
+async def test_slow_consumer_is_dropped_with_resource_exhausted_others_unaffected(
+    connector: ConnectorUnderTest,
+) -> None:
+    fast = subscribe(connector)
+    slow = subscribe(connector, connector.channel(options=SLOW_CLIENT_OPTIONS))  # never read until the end
+    await connector.wait_subscribers("account", 2, "4.2.1.x1")
+    total, window = 3000, 200
+    sent = [account(n) for n in range(total)]
+    received: list[pb.Account] = []
+    for start in range(0, total, window):
+        for update in sent[start : start + window]:
+            connector.mock.trigger_account_update(update)
+        received += await read(fast, window, "4.2.1.x1 (the reading subscriber)")
+    assert received == sent, f"4.2.1.x1: expected the reading subscriber to get all {total} updates in order"
+    assert await connector.dropped("account") == 1, (
+        f"4.2.1.x1: expected 1 subscriber dropped, got {await connector.dropped('account')}"
+    )
+    delivered, ended = await stream_end(slow, "4.2.1.x1 (the slow subscriber)")
+    assert ended.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, (
+        f"4.2.1.x1: expected the slow subscriber's stream to end with RESOURCE_EXHAUSTED, got {ended.code()}"
+    )
+    assert delivered == sent[: len(delivered)] and len(delivered) < total, (
+        f"4.2.1.x1: expected an in-order prefix of the updates before the status (no silent gap), "
+        f"got {len(delivered)} messages"
+    )
+    logged = connector.events("subscriber_dropped")
+    assert len(logged) == 1 and logged[0]["level"] == "warning", (
+        f"4.2.1.x1: expected one drop logged, got {logged}"
+    )
+    await connector.wait_subscribers("account", 1, "4.2.1.x1 (the dropped subscriber is removed)")
+
+
+INVALID_SYMBOLS = {
+    "lower-case": "btcusdt",
+    "punctuation": "BTC-USDT",
+    "non-ascii": "BTCUSD€",
+    "oversized-33": "A" * 33,
+    "oversized-64k": "B" * 65536,
+}
+
+
+@pytest.mark.scenario("4.2.1.x2")
+@pytest.mark.asyncio
+@pytest.mark.parametrize("symbol", INVALID_SYMBOLS.values(), ids=INVALID_SYMBOLS.keys())
+async def test_invalid_symbols_are_rejected_with_invalid_argument(
+    connector: ConnectorUnderTest, symbol: str
+) -> None:
+    stub = connector.stub()
+    shown = symbol[:20]
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await stub.GetPositions(pb.GetPositionsRequest(symbol=symbol), timeout=5, metadata=connector.metadata)
+    call = stub.SubscribePositions(pb.SubscribePositionsRequest(symbol=symbol), metadata=connector.metadata)
+    _, streamed = await stream_end(call, "4.2.1.x2")
+    for name, error in (("GetPositions", unary.value), ("SubscribePositions", streamed)):
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, f"4.2.1.x2: {name}: got {error.code()}"
+        assert shown in (error.details() or ""), (
+            f"4.2.1.x2: {name}: expected the message to name the symbol, got {error.details()!r}"
+        )
+    assert await connector.subscribers("positions") == 0, "4.2.1.x2: a rejected subscription must not be held"
+
+
+@pytest.mark.scenario("4.2.1.x2")
+@pytest.mark.asyncio
+async def test_empty_symbol_and_unknown_fields_are_accepted(connector: ConnectorUnderTest) -> None:
+    """Proto3 parsers keep unknown fields and ignore them, so a newer client's request that carries
+    a field this contract does not know is served as if the field were absent (not rejected)."""
+    everything = await connector.stub().GetPositions(
+        pb.GetPositionsRequest(symbol=""), timeout=5, metadata=connector.metadata
+    )
+    assert len(everything.positions) == 2, f"4.2.1.x2: an empty symbol means all, got {everything.positions}"
+    unknown_field = b"\x98\x06\x01"  # field 99, varint 1
+    request = pb.SubscribePositionsRequest(symbol="BTCUSDT").SerializeToString() + unknown_field
+    call = connector.channel().unary_stream(
+        "/opensqt.exchange.v1.ExchangeService/SubscribePositions",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.Position.FromString,
+    )(request, metadata=connector.metadata)
+    await connector.wait_subscribers("positions", 1, "4.2.1.x2 (request with an unknown field)")
+    btc = position("BTCUSDT", "41500.00")
+    connector.mock.trigger_position_update(position("ETHUSDT", "2950.00"))
+    connector.mock.trigger_position_update(btc)
+    assert await read(call, 1, "4.2.1.x2") == [btc], "4.2.1.x2: the unknown field must not change the filter"
+    raw_account = connector.channel().unary_unary(
+        "/opensqt.exchange.v1.ExchangeService/GetAccount",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.Account.FromString,
+    )
+    answered = await raw_account(unknown_field, timeout=5, metadata=connector.metadata)
+    assert answered.total_balance, "4.2.1.x2: GetAccount with an unknown field must be served"
+
+
+@pytest.mark.scenario("4.2.1.x3")
+@pytest.mark.asyncio
+async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
+    connector: ConnectorUnderTest,
+) -> None:
+    call = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.x3")
+    mock = connector.mock
+    mock.trigger_account_update(account(1))
+    for field, bad in (("equity", "1e-05"), ("total_balance", "NaN"), ("margin_used", "")):
+        mock.trigger_account_update(spec_account(**{field: bad}))
+    # GetAccount now finds the last, malformed account upstream: it must fail, not forward it
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5, metadata=connector.metadata)
+    assert unary.value.code() is grpc.StatusCode.UNAVAILABLE, (
+        f"4.2.1.x3: GetAccount: got {unary.value.code()}"
+    )
+    mock.trigger_account_update(account(2))
+    received = await read(call, 2, "4.2.1.x3")
+    assert received == [account(1), account(2)], (
+        f"4.2.1.x3: expected only the two valid updates, got {[m.total_balance for m in received]}"
+    )
+    errors = [r for r in connector.log_records() if r.get("level") == "error" and "1e-05" in json.dumps(r)]
+    assert errors, "4.2.1.x3: expected an error-level log line naming the malformed value '1e-05'"
+
+
+@pytest.mark.scenario("4.2.1.x4")
+@pytest.mark.asyncio
+async def test_bearer_token_is_required_except_for_health(start_connector: StartConnector) -> None:
+    connector = await start_connector(token=TOKEN)
+    stub = connector.stub()
+    for metadata, problem in (
+        (None, "missing bearer token"),
+        ((("authorization", "Bearer wrong"),), "invalid bearer token"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.GetAccount(pb.GetAccountRequest(), timeout=5, metadata=metadata)
+        _, streamed = await stream_end(
+            stub.SubscribeAccount(pb.SubscribeAccountRequest(), metadata=metadata), "4.2.1.x4"
+        )
+        for name, error in (("GetAccount", unary.value), ("SubscribeAccount", streamed)):
+            assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, problem), (
+                f"4.2.1.x4: {name} with {metadata}: expected UNAUTHENTICATED {problem!r}, "
+                f"got {error.code()} {error.details()!r}"
+            )
+    assert await health(connector) == health_pb2.HealthCheckResponse.SERVING, (
+        "4.2.1.x4: health must stay open"
+    )
+    answered = await stub.GetAccount(pb.GetAccountRequest(), timeout=5, metadata=connector.metadata)
+    assert answered.total_balance, "4.2.1.x4: the right token must be accepted"
+    call = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.x4")
+    connector.mock.trigger_account_update(account(4))
+    assert await read(call, 1, "4.2.1.x4") == [account(4)]
+
+
+@pytest.mark.scenario("4.2.1.x5")
+@pytest.mark.asyncio
+async def test_tls_connector_serves_tls_clients_only(
+    start_connector: StartConnector, tls_material: TlsMaterial
+) -> None:
+    connector = await start_connector(tls=tls_material)
+    answered = await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5)
+    assert answered.total_balance, "4.2.1.x5: a TLS client trusting the CA must be served"
+    call = subscribe(connector)
+    await connector.wait_subscribers("account", 1, "4.2.1.x5")
+    connector.mock.trigger_account_update(account(5))
+    assert await read(call, 1, "4.2.1.x5") == [account(5)], "4.2.1.x5: a TLS subscriber must get updates"
+
+    plaintext = connector.stub(connector.channel(plaintext=True))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await plaintext.GetAccount(pb.GetAccountRequest(), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, (
+        f"4.2.1.x5: expected a plaintext client to fail with UNAVAILABLE, got {refused.value.code()}"
+    )
+    wrong_ca = grpc.aio.secure_channel(connector.address, tls_material.channel_credentials(wrong_ca=True))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as untrusted:
+            await connector.stub(wrong_ca).GetAccount(pb.GetAccountRequest(), timeout=5)
+        assert untrusted.value.code() is grpc.StatusCode.UNAVAILABLE, (
+            f"4.2.1.x5: wrong CA: got {untrusted.value.code()}"
+        )
+    finally:
+        await wrong_ca.close()

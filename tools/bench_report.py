@@ -1,0 +1,266 @@
+"""Write docs/BENCHMARKS.md (and its plots) from the perf/soak results file.
+
+    python tools/bench_report.py                       # reports/perf-results.json -> docs/BENCHMARKS.md
+    python tools/bench_report.py --results R --output docs/BENCHMARKS.md
+
+Run the benchmarks first (pytest specs/perf -m perf -p no:randomly; the soak with SOAK_TEST=1 -m soak);
+every figure in the page comes from the results file, with where and how it was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: write files only
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parent.parent
+FANOUT_RATES = (100, 1_000, 10_000)
+
+# (figure, target as text, check) of the spec's targets
+TARGETS: list[tuple[str, str, str, Any]] = [
+    ("6.1.1.a", "get_account_p50_ms", "< 2 ms", lambda v: v < 2),
+    ("6.1.1.b", "get_account_p99_ms", "< 5 ms", lambda v: v < 5),
+    ("6.1.2.a", "stream_msgs_per_s", "> 1000 msg/s", lambda v: v > 1000),
+    ("6.2.1.a", "memory_growth_mb", "< 10 MB", lambda v: v < 10),
+    ("6.3.1.a", "load_lost_messages", "= 0", lambda v: v == 0),
+    ("6.3.1.b", "load_p99_ms", "< 10 ms", lambda v: v < 10),
+    ("6.3.1.c", "load_server_cpu_pct", "< 80 %", lambda v: v < 80),
+    ("6.3.1.d", "load_server_rss_mb", "< 1024 MB", lambda v: v < 1024),
+    ("7.1.1.b", "soak_error_rate_pct", "< 0.01 %", lambda v: v < 0.01),
+    ("7.1.1.c", "soak_memory_growth_mb", "< 50 MB", lambda v: v < 50),
+    ("7.1.1.d", "soak_task_drift", "<= 10", lambda v: v <= 10),
+    ("7.1.1.e", "soak_p99_ratio", "<= 1.5x", lambda v: v <= 1.5),
+]
+
+# (what, connector figure, baseline figure, ratio figure, aim as text, aim check on the ratio)
+AIMS: list[tuple[str, str, str, str, str, Any]] = [
+    ("GetAccount p50", "get_account_p50_ms", "baseline_get_account_p50_ms", "get_account_p50_ratio",
+     "<= 1.2x", lambda r: r <= 1.2),
+    ("GetAccount p99", "get_account_p99_ms", "baseline_get_account_p99_ms", "get_account_p99_ratio",
+     "<= 1.5x", lambda r: r <= 1.5),
+    ("GetAccount p99.9", "get_account_p999_ms", "baseline_get_account_p999_ms", "get_account_p999_ratio",
+     "-", None),
+    ("1-subscriber stream, msg/s", "stream_msgs_per_s", "baseline_stream_msgs_per_s", "stream_throughput_ratio",
+     ">= 0.8x", lambda r: r >= 0.8),
+    ("15-subscriber fan-out at 10,000/s, deliveries/s", "fanout_10000_deliveries_per_s",
+     "baseline_fanout_10000_deliveries_per_s", "fanout_10000_deliveries_ratio", ">= 0.8x", lambda r: r >= 0.8),
+    ("15-subscriber fan-out at 100/s, p99", "fanout_100_p99_ms", "baseline_fanout_100_p99_ms",
+     "fanout_100_p99_ratio", "<= 1.2x, zero loss", lambda r: r <= 1.2),
+]  # fmt: skip
+
+
+def value(figures: dict[str, Any], name: str) -> float | None:
+    entry = figures.get(name)
+    return None if entry is None else float(entry["value"])
+
+
+def show(number: float | None, unit: str = "") -> str:
+    if number is None:
+        return "-"
+    if number != number:  # NaN
+        return "n/a"
+    text = f"{number:,.0f}" if abs(number) >= 100 else f"{number:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def unit_of(figures: dict[str, Any], name: str) -> str:
+    entry = figures.get(name)
+    return str(entry.get("unit", "")) if entry else ""
+
+
+def environment_lines(figures: dict[str, Any]) -> list[str]:
+    runs: dict[str, dict[str, Any]] = {}
+    for entry in figures.values():
+        runs.setdefault(entry.get("measured_at", "")[:13], entry)
+    lines = []
+    for entry in sorted(runs.values(), key=lambda e: str(e.get("measured_at")))[-3:]:
+        env = entry.get("environment", {})
+        lines.append(
+            f"- {entry.get('measured_at', '?')} ({entry.get('mode', '?')} mode): {env.get('cpus')} cores "
+            f"({env.get('cpu_model', '?')}), {env.get('implementation', 'CPython')} {env.get('python')}, "
+            f"grpcio {env.get('grpcio')}, {env.get('system')}; load average then: {env.get('load_average')}"
+        )
+    return lines
+
+
+def plot_latency(figures: dict[str, Any], output: Path) -> bool:
+    labels = ["p50", "p99", "p99.9"]
+    keys = ["p50", "p99", "p999"]
+    sut = [value(figures, f"get_account_{k}_ms") for k in keys]
+    bare = [value(figures, f"baseline_get_account_{k}_ms") for k in keys]
+    if None in sut or None in bare:
+        return False
+    figure, axis = plt.subplots(figsize=(7, 4))
+    positions = range(len(labels))
+    axis.bar([p - 0.2 for p in positions], bare, width=0.4, label="bare grpcio baseline")  # type: ignore[misc]
+    axis.bar([p + 0.2 for p in positions], sut, width=0.4, label="connector")  # type: ignore[misc]
+    axis.set_xticks(list(positions), labels)
+    axis.set_ylabel("ms")
+    axis.set_title("GetAccount latency over loopback")
+    axis.legend()
+    axis.grid(True, axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
+    rates = [r for r in FANOUT_RATES if value(figures, f"fanout_{r}_p99_ms") is not None]
+    if not rates:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for prefix, label in (("baseline_fanout", "bare grpcio baseline"), ("fanout", "connector")):
+        left.plot(
+            rates, [value(figures, f"{prefix}_{r}_deliveries_per_s") for r in rates], marker="o", label=label
+        )
+        for q, style in (("p50", "--"), ("p99", "-")):
+            right.plot(rates, [value(figures, f"{prefix}_{r}_{q}_ms") for r in rates], style, marker="o",
+                       label=f"{label} {q}")  # fmt: skip
+    for axis, title, unit in ((left, "Aggregate deliveries, 15 subscribers", "deliveries/s"),
+                              (right, "End-to-end latency per update", "ms")):  # fmt: skip
+        axis.set_xscale("log")
+        axis.set_xlabel("updates/s offered")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="small")
+    right.set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def render(data: dict[str, Any], docs: Path, soak_plot: Path | None) -> str:
+    figures: dict[str, Any] = data.get("figures", {})
+    out = [
+        "# Benchmarks",
+        "",
+        "The latest figures measured on this machine, written by `tools/bench_report.py` from",
+        "`reports/perf-results.json` (the results file every perf and soak run updates). Methods are described",
+        "in each benchmark's module docstring under `specs/perf/` and `specs/soak/`, and summarised below.",
+        "Machines shared with other work give noisy numbers: read the load average next to each run.",
+        "",
+        "## Where",
+        "",
+        *(environment_lines(figures) or ["- no run recorded yet"]),
+        "",
+        "## Spec targets (asserted)",
+        "",
+        "| Scenario | Figure | Target | Measured | Mode | Verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scenario, name, target, check in TARGETS:
+        measured = value(figures, name)
+        verdict = "-" if measured is None else ("PASS" if check(measured) else "FAIL")
+        mode = figures.get(name, {}).get("mode", "-")
+        out.append(
+            f"| {scenario} | `{name}` | {target} | {show(measured, unit_of(figures, name))} | {mode} | {verdict} |"
+        )
+    out += [
+        "",
+        "## Against bare grpcio (reported, not asserted)",
+        "",
+        "The baseline is `harness/baseline.py`: the same contract with no logic, measured in the same run with",
+        "the same client code.",
+        "",
+        "| What | Connector | Bare baseline | Ratio | Aim | Meets aim |",
+        "|---|---|---|---|---|---|",
+    ]
+    for what, sut, bare, ratio_name, aim, check in AIMS:
+        ratio = value(figures, ratio_name)
+        meets = "-" if ratio is None or check is None else ("yes" if check(ratio) else "no")
+        out.append(
+            f"| {what} | {show(value(figures, sut), unit_of(figures, sut))} | "
+            f"{show(value(figures, bare), unit_of(figures, bare))} | {show(ratio, 'x')} | {aim} | {meets} |"
+        )
+    out += [
+        "",
+        "## Fan-out to 15 subscribers",
+        "",
+        "| Offered | Connector deliveries/s | p50 | p99 | lost | Baseline deliveries/s | p50 | p99 |"
+        " Server CPU/msg (connector, baseline) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in FANOUT_RATES:
+        p = f"fanout_{rate}"
+        b = f"baseline_fanout_{rate}"
+        if value(figures, f"{p}_deliveries_per_s") is None:
+            continue
+        out.append(
+            f"| {rate:,}/s | {show(value(figures, f'{p}_deliveries_per_s'))} | {show(value(figures, f'{p}_p50_ms'), 'ms')} | "
+            f"{show(value(figures, f'{p}_p99_ms'), 'ms')} | {show(value(figures, f'{p}_lost'))} | "
+            f"{show(value(figures, f'{b}_deliveries_per_s'))} | {show(value(figures, f'{b}_p50_ms'), 'ms')} | "
+            f"{show(value(figures, f'{b}_p99_ms'), 'ms')} | {show(value(figures, f'{p}_server_cpu_us_per_msg'), 'µs')}, "
+            f"{show(value(figures, f'{b}_server_cpu_us_per_msg'), 'µs')} |"
+        )
+    extra = sorted(n for n in figures if n.startswith(("memory_", "load_", "soak_", "stream_")))
+    out += ["", "## Every other figure", "", "| Figure | Value | Scenario | Mode |", "|---|---|---|---|"]
+    for name in extra:
+        entry = figures[name]
+        scenarios = ", ".join(entry.get("scenario_ids", []))
+        out.append(
+            f"| `{name}` | {show(entry['value'], entry.get('unit', ''))} | {scenarios} | {entry.get('mode')} |"
+        )
+    out += ["", "## Plots", ""]
+    if plot_latency(figures, docs / "bench-latency.png"):
+        out.append("![GetAccount latency](bench-latency.png)")
+    if plot_fanout(figures, docs / "bench-fanout.png"):
+        out.append("![Fan-out](bench-fanout.png)")
+    if soak_plot is not None and soak_plot.is_file():
+        shutil.copyfile(soak_plot, docs / "soak-snapshots.png")
+        out.append("![Soak snapshots](soak-snapshots.png)")
+    out += ["", "## Methods", "", *METHODS]
+    return "\n".join(out) + "\n"
+
+
+METHODS = [
+    "- **Clock and tags.** Each measured update carries `<run>.<seq:09d>` in a decimal field "
+    "(`total_balance`, `size`) and its send time in `updated_at` (wall clock, shared by every process on the "
+    "host). Receivers check every sequence number (loss, reorder, duplicates) and time each delivery; "
+    "percentiles come from HdrHistograms, never from averages (`harness/loadgen.py`).",
+    "- **GetAccount latency (6.1.1).** Synchronous grpcio channel per target, closed loop, each call timed; "
+    "baseline and connector interleaved in blocks of 500 calls after an unrecorded warm-up; 10,000 calls each "
+    "under -m perf.",
+    "- **Stream throughput (6.1.2.a) and fan-out (6.1.2.x1).** Raw grpc.aio subscribers in a separate process "
+    "(`harness/streamworker.py`), one connection each. The connector is fed by a thread triggering the mock "
+    "exchange (at most 256 updates in flight for throughput; paced at 100, 1,000 and 10,000/s for fan-out, "
+    "the last a burst of 1,000), after priming updates proved every subscriber registered. The baseline "
+    "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator.",
+    "- **Memory (6.2).** Two RemoteExchange clients, 500 account updates/s, warm-up first; psutil RSS, threads "
+    "and fds of the connector, RSS, threads, tasks and fds of the test process, before and after.",
+    "- **Load (6.3).** 10 market_maker-like and 5 live_server-like RemoteExchange clients in the test process, "
+    "100 account updates/s; connector CPU = (user + system time) / wall time, 100 % = one core.",
+    "- **Soak (7.1).** `harness/soakrun.py`: updates every 5 s / 1 s, random restarts of simulated clients and "
+    "of the real market_maker and live_server programs, snapshots to `reports/soak-snapshots.jsonl`.",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "reports" / "perf-results.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--soak-plot", type=Path, default=ROOT / "reports" / "soak-snapshots.png")
+    args = parser.parse_args(argv)
+    if not args.results.is_file():
+        parser.error(
+            f"no results file at {args.results}: run the benchmarks first (pytest specs/perf -m perf)"
+        )
+    data = json.loads(args.results.read_text(encoding="utf-8"))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(data, args.output.parent, args.soak_plot), encoding="utf-8")
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
