@@ -51,23 +51,28 @@ fi
 step_start "wheels: pip download into $WHEELS"
 rm -f "$WHEELS"/*.whl
 ARCH=$(uname -m)  # the image runs on this engine's architecture: CPython 3.11, glibc 2.36 (Debian 12)
-if "$PYTHON" docker/runtime_requirements.py pyproject.toml >"$WHEELS/runtime.txt" \
+PIP_LOG=$(mktemp /tmp/opensqt-pip-download.XXXXXX.log)
+if "$PYTHON" docker/runtime_requirements.py pyproject.toml >"$WHEELS/runtime.txt" 2>"$PIP_LOG" \
   && "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$WHEELS" \
     --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
     $(for minor in $(seq 17 36); do printf -- '--platform manylinux_2_%s_%s ' "$minor" "$ARCH"; done) \
-    -c requirements.lock -r "$WHEELS/runtime.txt" "setuptools>=68"; then
+    -c requirements.lock -r "$WHEELS/runtime.txt" "setuptools>=68" >>"$PIP_LOG" 2>&1; then
   step_end "wheels: $(ls "$WHEELS"/*.whl | wc -l) downloaded"
 else
+  tail -n 15 "$PIP_LOG"
   rm -f "$WHEELS"/*.whl
-  step_end "wheels: download failed; the image build will use the package index"
+  step_end "wheels: download failed (output above); the image build will use the package index"
 fi
-rm -f "$WHEELS/runtime.txt"
+rm -f "$WHEELS/runtime.txt" "$PIP_LOG"
 
 # 4. the project image (the one service with a build section builds it for all three)
 step_start "image: docker-compose build"
-if docker-compose -f "$COMPOSE_FILE" build exchange_connector; then
+BUILD_LOG=$(mktemp /tmp/opensqt-image-build.XXXXXX.log)
+if docker-compose -f "$COMPOSE_FILE" build exchange_connector >"$BUILD_LOG" 2>&1; then
   step_end "image: $(docker image inspect -f '{{.RepoTags}} {{.Size}} bytes' "${OPENSQT_IMAGE:-opensqt-grpc:local}")"
 else
-  step_end "image: build FAILED (the Compose test will show the error)"
+  tail -n 40 "$BUILD_LOG"
+  step_end "image: build FAILED (output above; the Compose test will fail with it too)"
 fi
+rm -f "$BUILD_LOG"
 exit 0

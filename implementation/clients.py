@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from implementation.config import ClientSettings, ConfigError, load_config
+from implementation.config import ClientSettings, ConfigError, TlsSettings, load_config
 from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
 from implementation.logs import configure_logging, log_event
 from implementation.state import LiveState, StateChange, message_fields
@@ -83,7 +83,17 @@ def setup_logging(settings: ClientSettings) -> None:
 
 
 def build_exchange(settings: ClientSettings, logger: logging.Logger) -> RemoteExchange:
+    """The client of the connector; ConfigError for settings it refuses (e.g. an unreadable PEM file)."""
     tls = settings.tls
+    try:
+        return _remote_exchange(settings, tls, logger)
+    except ValueError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+
+
+def _remote_exchange(
+    settings: ClientSettings, tls: TlsSettings | None, logger: logging.Logger
+) -> RemoteExchange:
     return RemoteExchange(
         settings.exchange_grpc_address,
         connect_timeout=settings.connect_timeout,

@@ -13,11 +13,12 @@ import grpc
 import pytest
 
 from harness.baseline import BaselineServer, StreamPlan
-from harness.fanout import BaselineSource, MockExchangeSource, Window, measure_stream
+from harness.fanout import BaselineSource, MockExchangeSource, measure_stream
 from harness.loadgen import (
     PacingReport,
     Schedule,
     SequenceTracker,
+    Window,
     account_tag,
     format_tag,
     latency_ns,
@@ -185,7 +186,12 @@ def test_windowed_sending_waits_for_the_receiver_and_gives_up_when_nothing_arriv
     assert isinstance(report, PacingReport) and report.sent == 3
 
     window = threading.Semaphore(2)
-    received = threading.Thread(target=lambda: [window.release() for _ in range(8)])
+
+    def receive_eight() -> None:
+        for _ in range(8):
+            window.release()
+
+    received = threading.Thread(target=receive_eight)
     received.start()
     report = run_windowed(sent.append, count=10, window=window, timeout=2.0)
     received.join()

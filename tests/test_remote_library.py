@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 
 from harness.mock_exchange import MockExchangeServer
 from implementation._pb import exchange_pb2 as pb
@@ -27,6 +28,18 @@ from implementation.exchange.remote import (
     RemoteUnavailable,
 )
 from implementation.exchange.testdata import test_account as spec_account
+
+
+@pytest_asyncio.fixture
+async def mock_exchange(mock_exchange: MockExchangeServer) -> AsyncIterator[MockExchangeServer]:
+    """The harness's mock exchange, given time after the test to see every stream closed, so that
+    stopping it never races a client's cancellation."""
+    yield mock_exchange
+    deadline = time.monotonic() + 5.0
+    while mock_exchange.subscriptions("account") + mock_exchange.subscriptions("positions"):
+        if time.monotonic() > deadline:
+            pytest.fail("expected the server to see every stream closed after the client was closed")
+        await asyncio.sleep(0.01)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float, expectation: str) -> None:

@@ -24,6 +24,7 @@ from implementation.exchange.base import Exchange
 from implementation.exchange.mock import MockExchange
 from implementation.exchange.server import ExchangeServer, ListenError
 from implementation.exchange.sim import SimExchange
+from implementation.exchange.tls import TlsConfigError
 from implementation.exchange.upstream import GrpcExchange
 from implementation.logs import configure_logging, log_event
 
@@ -52,7 +53,7 @@ async def serve(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for number in STOP_SIGNALS:
+    for number in STOP_SIGNALS:  # kept through the shutdown: a second signal does not cut it short
         loop.add_signal_handler(number, stop.set)
     server = ExchangeServer(
         build_exchange(settings),
@@ -63,8 +64,10 @@ async def serve(settings: ServeSettings) -> int:
     )
     metrics = MetricsServer(server.hub) if settings.metrics_listen else None
     log_event(
-        _log, "starting", exchange=settings.exchange, upstream=settings.upstream, listen=settings.listen
-    )
+        _log, "starting", exchange=settings.exchange, upstream=settings.upstream, listen=settings.listen,
+        loop=type(loop).__module__,
+    )  # fmt: skip
+    code = 0
     try:
         await server.start(settings.listen)
         if metrics is not None and settings.metrics_listen:
@@ -76,17 +79,16 @@ async def serve(settings: ServeSettings) -> int:
                 ) from None
             log_event(_log, "metrics_listening", address=settings.metrics_listen, port=port)
         await stop.wait()
-    except ListenError as exc:
+    except (ListenError, TlsConfigError) as exc:
         log_event(_log, "failed", level=logging.ERROR, reason=str(exc))
-        await server.stop(0)
-        return 1
+        code = 2 if isinstance(exc, TlsConfigError) else 1
     finally:
-        for number in STOP_SIGNALS:
-            loop.remove_signal_handler(number)
+        await server.stop(None if code == 0 else 0)
         if metrics is not None:
             metrics.stop()
-    await server.stop()
-    return 0
+        for number in STOP_SIGNALS:
+            loop.remove_signal_handler(number)
+    return code
 
 
 def run(coroutine: Coroutine[Any, Any, int]) -> int:

@@ -256,6 +256,10 @@ def _serve_settings(args: argparse.Namespace) -> ServeSettings:
             _readable(args.tls_key, "--tls-key") or args.tls_key,
             _readable(args.tls_client_ca, "--tls-client-ca"),
         )
+        try:
+            tls.check()
+        except TlsConfigError as exc:
+            raise UsageError(str(exc)) from None
     return ServeSettings(
         listen=args.listen,
         exchange=args.exchange,

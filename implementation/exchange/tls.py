@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,25 @@ class TlsServerConfig:
         return self.client_ca_file is not None
 
     def check(self) -> None:
-        """Read every file now, so a bad path fails at start-up with a clear message."""
+        """Read and parse every file now, so a bad file fails at start-up with a clear message
+        (gRPC itself would only fail each handshake later)."""
         self.credentials()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise TlsConfigError(
+                f"TLS certificate {str(self.cert_file)!r} and key {str(self.key_file)!r} are not a usable pair: "
+                f"{getattr(exc, 'reason', None) or exc}"
+            ) from None
+        if self.client_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca_file)
+            except (ssl.SSLError, ValueError) as exc:
+                raise TlsConfigError(
+                    f"TLS client CA {str(self.client_ca_file)!r} holds no usable certificate: "
+                    f"{getattr(exc, 'reason', None) or exc}"
+                ) from None
 
     def credentials(self) -> grpc.ServerCredentials:
         key = read_pem(self.key_file, "TLS key")

@@ -31,7 +31,7 @@ from implementation.clients import (
     setup_logging,
     stop_event,
 )
-from implementation.config import LIVE_SERVER_ENV_PREFIX, LiveServerConfig
+from implementation.config import LIVE_SERVER_ENV_PREFIX, ConfigError, LiveServerConfig
 from implementation.follower import StateFollower
 from implementation.live_server.app import create_app
 from implementation.live_server.feed import Broadcaster, connect_state
@@ -105,6 +105,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve(config: LiveServerConfig) -> int:
+    try:
+        exchange = build_exchange(config, logging.getLogger("live_server.exchange"))
+    except ConfigError as exc:
+        print(f"{PROGRAM}: {exc}", file=sys.stderr)
+        return 2
     stop = stop_event()
     try:
         sock = bind(config.listen_host, config.listen_port)
@@ -130,7 +135,6 @@ async def serve(config: LiveServerConfig) -> int:
             timeout_graceful_shutdown=HTTP_SHUTDOWN_S,
         )
     )
-    exchange = build_exchange(config, logging.getLogger("live_server.exchange"))
     follower = StateFollower(exchange, state, logger=_log)
     url_host = f"[{host}]" if ":" in host else host
     log_event(_log, "starting", address=config.exchange_grpc_address, tls=str(config.tls is not None))

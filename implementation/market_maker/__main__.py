@@ -25,7 +25,7 @@ from implementation.clients import (
     setup_logging,
     stop_event,
 )
-from implementation.config import MARKET_MAKER_ENV_PREFIX, MarketMakerConfig
+from implementation.config import MARKET_MAKER_ENV_PREFIX, ConfigError, MarketMakerConfig
 from implementation.follower import StateFollower
 from implementation.logs import log_event
 from implementation.market_maker import heartbeat
@@ -81,10 +81,14 @@ def _health(args: argparse.Namespace) -> int:
 
 
 async def serve(config: MarketMakerConfig, *, health_file: Path | None = None) -> int:
+    try:
+        exchange = build_exchange(config, logging.getLogger("market_maker.exchange"))
+    except ConfigError as exc:
+        print(f"{PROGRAM}: {exc}", file=sys.stderr)
+        return 2
     stop = stop_event()
     state = LiveState()
     UpdateLog(state, _log)
-    exchange = build_exchange(config, logging.getLogger("market_maker.exchange"))
     follower = StateFollower(exchange, state, logger=_log)
     log_event(_log, "starting", address=config.exchange_grpc_address, tls=str(config.tls is not None))
     tasks = {asyncio.ensure_future(follower.run()), asyncio.ensure_future(stop.wait())}
@@ -94,9 +98,9 @@ async def serve(config: MarketMakerConfig, *, health_file: Path | None = None) -
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                log_event(_log, "failed", level=logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                log_event(_log, "failed", level=logging.ERROR, reason=f"{type(failure).__name__}: {failure}")
                 code = 1
         log_event(_log, "shutdown_started")
     finally:

@@ -239,6 +239,23 @@ async def start_connector(
         assert all(code == 0 for code in exit_codes), (
             f"expected the connector program to exit 0 on SIGTERM, got exit code(s) {exit_codes}"
         )
+        if started:
+            await _upstream_closed(mock_exchange)
+
+
+async def _upstream_closed(mock: MockExchangeServer, timeout: float = 5.0) -> None:
+    """A stopped connector leaves no subscription open at its exchange (checked before the mock stops,
+    which then never races a subscription still being torn down)."""
+    deadline = time.monotonic() + timeout
+    while (still := {t: mock.subscriptions(t) for t in ("account", "positions")}) != {
+        "account": 0,
+        "positions": 0,
+    }:
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"expected the stopped connector to close its upstream subscriptions, still open: {still}"
+            )
+        await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture

@@ -45,6 +45,27 @@ async def no_leaks(leak_probe: LeakProbe) -> AsyncIterator[None]:
     await leak_probe.check_async(threads=0, tasks=0, fds=0, settle_s=5.0)
 
 
+@pytest_asyncio.fixture
+async def mock_exchange(mock_exchange: MockExchangeServer) -> AsyncIterator[MockExchangeServer]:
+    """The harness's mock exchange (this wraps its fixture). After the test, every stream the client opened must be seen
+    closed by the server (waiting for it also keeps the mock's stop from racing a cancellation)."""
+    yield mock_exchange
+    await eventually(
+        lambda: mock_exchange.subscriptions("account") + mock_exchange.subscriptions("positions") == 0,
+        5.0,
+        "expected the server to see every stream closed after the client was closed",
+    )
+
+
+async def quiet(server: MockExchangeServer, timeout: float = 5.0) -> None:
+    """Give the server up to `timeout` s to see the client's streams closed (never fails)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.subscriptions("account") + server.subscriptions("positions") == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def eventually(condition: Callable[[], bool], timeout: float, expectation: str) -> float:
     """Wait until `condition()` holds; returns the seconds it took, fails naming `expectation`."""
     started = time.monotonic()
@@ -319,6 +340,7 @@ async def test_account_stream_reconnects_after_server_restart(
     finally:
         first.stop()
         if second is not None:
+            await quiet(second)
             second.stop()
             second.raise_violations()
     metrics.record("reconnect_to_first_update_s", first_update_s, "s")
