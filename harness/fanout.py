@@ -248,6 +248,7 @@ class StreamRun:
     pacing: PacingReport | None = None
     problems: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0  # CPU time of the subscribers' process during the run
+    source_cpu_s: float = 0.0  # CPU time of this process (mock exchange, generator) during the run
 
     @property
     def deliveries_per_s(self) -> float:
@@ -325,7 +326,7 @@ async def measure_stream(
         primed[0] += 1
 
     stop = threading.Event()
-    cpu_started = time.process_time()
+    cpu_started = time.process_time()  # one process: the subscribers' CPU is the source's too
     reading = asyncio.create_task(
         collect(address, plan, subscribers, metadata=source.metadata(plan), window=window,
                 on_primed=count_primed, timeout=timeout)
@@ -339,4 +340,6 @@ async def measure_stream(
         if not reading.done():
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
-    return summarise(reports, plan, pacing, time.process_time() - cpu_started)
+    run = summarise(reports, plan, pacing, time.process_time() - cpu_started)
+    run.source_cpu_s = run.client_cpu_s
+    return run

@@ -1,6 +1,9 @@
 """Fixtures of the perf and soak levels (imported by specs/perf/conftest.py and specs/soak/conftest.py).
 
-* ``perf``: records a figure to the run's metrics and to reports/perf-results.json.
+* ``perf``: records a figure to the run's metrics and to reports/perf-results.json. It also holds
+  the machine-wide benchmark lock while the test runs, so two benchmarks of this suite (xdist
+  workers, or two runs at once) never measure each other; after BENCH_LOCK_WAIT_S the test runs
+  anyway and its details say it was not alone (``"exclusive": false``).
 * ``baseline_program``: the bare baseline (harness.baseline) as a separate program, one per session
   (per xdist worker), stateless between tests.
 * ``connector``: the SUT's exchange_connector, started by the harness launcher with the harness
@@ -9,7 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,30 @@ import pytest
 from harness.baseline import BaselineProcess
 from harness.perfresults import RESULTS_FILE, PerfRecorder
 from harness.plugin import scenario_ids
+
+BENCH_LOCK = Path(tempfile.gettempdir()) / "opensqt-bench.lock"
+BENCH_LOCK_WAIT_S = 120.0
+
+
+@contextlib.contextmanager
+def bench_lock(path: Path = BENCH_LOCK, wait_s: float = BENCH_LOCK_WAIT_S) -> Iterator[bool]:
+    """Hold the benchmark lock (True), or give up after `wait_s` seconds and go on without (False)."""
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
+                continue
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
 
 
 @pytest.fixture
@@ -31,10 +62,12 @@ def perf(request: pytest.FixtureRequest, metrics: Any, pytestconfig: pytest.Conf
         mode = "full" if "perf" in str(pytestconfig.getoption("markexpr") or "") else "quick"
     path = Path(pytestconfig.getoption("report_dir")) / RESULTS_FILE
     recorder = PerfRecorder(metrics, path, test=node.nodeid, scenario_ids=scenario_ids(node), mode=mode)
-    try:
-        yield recorder
-    finally:
-        recorder.flush()  # what was measured is kept even when an assertion failed
+    with bench_lock() as exclusive:
+        recorder.detail("exclusive", exclusive)
+        try:
+            yield recorder
+        finally:
+            recorder.flush()  # what was measured is kept even when an assertion failed
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +79,10 @@ def baseline_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Basel
 
 
 @pytest.fixture
-def connector(launcher: Any, mock_exchange: Any, free_port: Any) -> Any:
-    """The exchange_connector under test, upstream = the mock exchange; a RunningProgram."""
+def connector(mock_exchange: Any, launcher: Any, free_port: Any) -> Any:
+    """The exchange_connector under test, upstream = the mock exchange; a RunningProgram.
+
+    The mock exchange is set up before the launcher, so at teardown the connector stops first and
+    the mock never ends streams under a connector that is still running."""
     values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
     return launcher.start("exchange_connector", values)

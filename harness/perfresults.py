@@ -149,3 +149,10 @@ class PerfRecorder:
         entry = {"mode": self.mode, "measured_at": _now(), "scenario_ids": self.scenario_ids, **self.details}
         entry["figures"] = sorted(self.figures)
         merge(self.path, self.figures, {self.test: entry})
+
+
+def latest_figures(path: Path) -> dict[str, dict[str, Any]]:
+    """Every figure in the results file by name ({value, unit, mode, measured_at, ...}), for reports
+    that show the last measured value when the current run did not measure it."""
+    figures: dict[str, dict[str, Any]] = load(path)["figures"]
+    return figures

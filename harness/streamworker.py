@@ -77,8 +77,10 @@ async def measure_isolated(
         started = True
         sending.close()  # the worker holds the only sending end now: EOF when it dies
         await source.prepare(lambda: int(primed.value), subscribers, min(timeout, START_TIMEOUT_S))
+        source_started = time.process_time()
         pacing = await source.generate(plan, window, stop)
         outcome = await asyncio.to_thread(_receive, receiving, timeout + START_TIMEOUT_S)
+        source_cpu = time.process_time() - source_started
     finally:
         stop.set()
         receiving.close()
@@ -93,7 +95,9 @@ async def measure_isolated(
     if kind != "ok":
         raise RuntimeError(f"stream subscribers failed in their process: {payload}")
     reports: list[SubscriberReport] = payload
-    return summarise(reports, plan, pacing, cpu_s)
+    run = summarise(reports, plan, pacing, cpu_s)
+    run.source_cpu_s = source_cpu
+    return run
 
 
 def _receive(connection: Connection, timeout: float) -> tuple[str, Any, float]:

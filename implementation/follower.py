@@ -33,6 +33,7 @@ RETRY_MAX_S = 5.0
 NOT_READY_REPEAT_S = 10.0
 RECONNECT_SETTLE_S = 0.05
 PROBE_TIMEOUT_S = 2.0
+PROBE_AFTER_S = 0.5
 _RETRYABLE = (ExchangeError, grpc.aio.AioRpcError, OSError, asyncio.TimeoutError)
 
 
@@ -50,6 +51,7 @@ class StateFollower:
         self._retry_s = RETRY_INITIAL_S
         self._next_retry = 0.0
         self._not_ready_logged: tuple[str, float] | None = None
+        self._down_since: float | None = None  # when the streams were first seen down
         self.resyncs = 0
 
     @property
@@ -70,11 +72,14 @@ class StateFollower:
             ),
         }
         while True:
+            now = loop.time()
             if not all(handle.connected for handle in self._handles.values()):
-                await self._streams_down(loop.time())
-            elif not self._state.connected and loop.time() >= self._next_retry:
-                # Streams are up but no read has succeeded since (first start, or a failed read).
-                await self._resync("retry" if self._synced.is_set() else "start")
+                await self._streams_down(now)
+            else:
+                self._down_since = None
+                if not self._state.connected and now >= self._next_retry:
+                    # Streams are up but no read has succeeded since (first start, or a failed read).
+                    await self._resync("retry" if self._synced.is_set() else "start")
             await asyncio.sleep(MONITOR_INTERVAL_S)
 
     async def stop(self) -> None:
@@ -102,7 +107,10 @@ class StateFollower:
             if self._synced.is_set()
             else f"subscribing to the exchange connector at {self.address}"
         )
-        if now >= self._next_retry:
+        if self._down_since is None:
+            self._down_since = now
+        # A stream that is merely (re)subscribing is up within milliseconds: ask only after a while.
+        if now - self._down_since >= PROBE_AFTER_S and now >= self._next_retry:
             self._backoff()
             try:
                 await self._exchange.get_account(timeout=PROBE_TIMEOUT_S)

@@ -11,6 +11,7 @@ each. A child that exits early is reported with the last lines of its log.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from types import FrameType
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 TAIL_LINES = 15
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class StackError(RuntimeError):
@@ -52,7 +54,7 @@ class Child:
         # children in order instead of all of them at once.
         self.process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
+            env=env, start_new_session=True, preexec_fn=_stop_with_parent,
         )  # fmt: skip
 
     @property
@@ -97,6 +99,14 @@ class Child:
     def failure(self, what: str) -> str:
         shown = "\n".join(f"    {line}" for line in self.tail()) or "    (empty log)"
         return f"{self.name} {what}; last lines of {self.log_path}:\n{shown}"
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when this command dies, even by SIGKILL, so
+    no program outlives the stack (elsewhere the orderly stop is all there is)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def port_is_free(host: str, port: int) -> bool:

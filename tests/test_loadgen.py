@@ -32,7 +32,8 @@ from harness.loadgen import (
     tagged_position,
 )
 from harness.mock_exchange import MockExchangeServer
-from harness.perfresults import PerfRecorder, load
+from harness.perffixtures import bench_lock
+from harness.perfresults import PerfRecorder, latest_figures, load
 from harness.probes import LatencyRecorder
 from harness.procwatch import ProcessWatch
 from implementation._pb import exchange_pb2 as pb
@@ -267,6 +268,8 @@ def test_figures_reach_the_metrics_and_merge_into_the_results_file(tmp_path: Pat
     assert data["figures"]["stream_msgs_per_s"]["environment"]["cpus"] == (os.cpu_count() or 1)
     assert ("get_account_p50_ms", 0.5, "ms") in sink.seen
     assert not list(tmp_path.glob("*.tmp")), "expected no temporary file left behind"
+    assert latest_figures(path)["stream_msgs_per_s"]["value"] == 9000
+    assert latest_figures(tmp_path / "absent.json") == {}
 
 
 # ------------------------------------------------------------------------------------------ process watch
@@ -354,3 +357,15 @@ async def test_stream_measurement_reports_lost_updates() -> None:
         )  # fmt: skip
     assert run.lost == 10, f"expected 5 lost updates x 2 subscribers, got {run.lost}"
     assert "lost (first missing [10, 20, 30, 40, 50])" in run.problems[0]
+
+
+def test_the_benchmark_lock_lets_one_benchmark_measure_at_a_time(tmp_path: Path) -> None:
+    lock = tmp_path / "bench.lock"
+    with bench_lock(lock, wait_s=1.0) as first:
+        started = time.monotonic()
+        with bench_lock(lock, wait_s=0.3) as second:
+            waited = time.monotonic() - started
+    assert first and not second, f"expected the second holder to give up, got first={first} second={second}"
+    assert waited >= 0.3, f"expected the second holder to wait 0.3 s first, waited {waited:.2f} s"
+    with bench_lock(lock, wait_s=0.3) as again:
+        assert again, "expected the lock free again once released"

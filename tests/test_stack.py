@@ -89,9 +89,13 @@ def test_stack_starts_serves_and_stops_cleanly_on_ctrl_c() -> None:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=40)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed check: stop it the way a user would, kill as a last resort
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         if process.stdout is not None:
             printed = output.rest(timeout=5)
             process.stdout.close()

@@ -62,7 +62,7 @@ def plot(snapshots: list[dict[str, Any]], output: Path, title: str = "Soak run")
     for axis in axes[-1]:
         axis.set_xlabel("minutes")
     restarts = snapshots[-1].get("restarts", 0) if snapshots else 0
-    figure.suptitle(f"{title}: {len(snapshots)} snapshots, {restarts} client restarts")
+    figure.suptitle(f"{title}: {len(snapshots)} snapshots, {restarts} client and program restarts")
     figure.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)

@@ -123,67 +123,123 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="{serve,health}", parser_class=_Parser)
     commands.required = True
 
-    serve = commands.add_parser("serve", help="run the connector", description="Run the exchange connector.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the connector",
+        description="Run the exchange connector.",
+        epilog=f"Every flag may also be set as {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}TLS_CLIENT_CA.",
+    )
     serve.add_argument(
-        "--listen", type=_address, default=DEFAULT_LISTEN, help=f"gRPC address (default {DEFAULT_LISTEN})"
+        "--listen",
+        metavar="HOST:PORT",
+        type=_address,
+        default=DEFAULT_LISTEN,
+        help=f"gRPC address (default {DEFAULT_LISTEN})",
     )
     serve.add_argument("--exchange", choices=EXCHANGES, default="sim", help="exchange adapter (default sim)")
     upstream = serve.add_argument_group("grpc adapter (the upstream is another ExchangeService)")
     upstream.add_argument(
-        "--upstream", type=_address, help="upstream HOST:PORT (required with --exchange grpc)"
+        "--upstream",
+        metavar="HOST:PORT",
+        type=_address,
+        help="upstream HOST:PORT (required with --exchange grpc)",
     )
-    upstream.add_argument("--upstream-ca", type=Path, help="CA file: talk TLS to the upstream")
-    upstream.add_argument("--upstream-cert", type=Path, help="client certificate for the upstream (mTLS)")
-    upstream.add_argument("--upstream-key", type=Path, help="its private key")
-    upstream.add_argument("--upstream-token", type=_token, help="bearer token the upstream requires")
+    upstream.add_argument(
+        "--upstream-ca", metavar="FILE", type=Path, help="CA file: talk TLS to the upstream"
+    )
+    upstream.add_argument(
+        "--upstream-cert", metavar="FILE", type=Path, help="client certificate for the upstream (mTLS)"
+    )
+    upstream.add_argument("--upstream-key", metavar="FILE", type=Path, help="its private key")
+    upstream.add_argument(
+        "--upstream-token", metavar="TOKEN", type=_token, help="bearer token the upstream requires"
+    )
     upstream.add_argument(
         "--upstream-connect-timeout",
+        metavar="SECONDS",
         type=_number(float, 0, strict=True),
         default=5.0,
         help="seconds (default 5)",
     )
     sim = serve.add_argument_group("sim adapter (a simulated exchange)")
-    sim.add_argument("--sim-seed", type=_number(int, 0), default=0, help="random seed (default 0)")
+    sim.add_argument(
+        "--sim-seed", metavar="N", type=_number(int, 0), default=0, help="random seed (default 0)"
+    )
     sim.add_argument(
         "--sim-interval",
+        metavar="SECONDS",
         type=_number(float, 0, strict=True),
         default=1.0,
         help="seconds between moves (default 1)",
     )
     sim.add_argument(
-        "--sim-symbols", type=_symbols, default=DEFAULT_SYMBOLS, help=f"default {','.join(DEFAULT_SYMBOLS)}"
+        "--sim-symbols",
+        metavar="LIST",
+        type=_symbols,
+        default=DEFAULT_SYMBOLS,
+        help=f"default {','.join(DEFAULT_SYMBOLS)}",
     )
     security = serve.add_argument_group("security")
-    security.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
-    security.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    security.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA")
     security.add_argument(
-        "--token", type=_token, help="require `authorization: Bearer <token>` (health exempt)"
+        "--tls-cert", metavar="FILE", type=Path, help="server certificate (PEM); enables TLS"
+    )
+    security.add_argument("--tls-key", metavar="FILE", type=Path, help="server private key (PEM)")
+    security.add_argument(
+        "--tls-client-ca", metavar="FILE", type=Path, help="require client certificates signed by this CA"
+    )
+    security.add_argument(
+        "--token",
+        metavar="TOKEN",
+        type=_token,
+        help="require `authorization: Bearer <token>` (health exempt)",
     )
     operation = serve.add_argument_group("operation")
-    operation.add_argument("--metrics-listen", type=_address, help="serve Prometheus /metrics on HOST:PORT")
+    operation.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", type=_address, help="serve Prometheus /metrics on HOST:PORT"
+    )
     operation.add_argument("--log-level", choices=LEVELS, default="info", help="default info")
     operation.add_argument(
         "--log-format", choices=FORMATS, default="json", help="default json (one object a line)"
     )
     operation.add_argument(
-        "--grace-period", type=_number(float, 0), default=5.0, help="seconds to drain on shutdown (default 5)"
+        "--grace-period",
+        metavar="SECONDS",
+        type=_number(float, 0),
+        default=5.0,
+        help="seconds to drain on shutdown (default 5)",
     )
     operation.add_argument(
-        "--queue-size", type=_number(int, 1), default=1024, help="updates a subscriber may lag (default 1024)"
+        "--queue-size",
+        metavar="N",
+        type=_number(int, 1),
+        default=1024,
+        help="updates a subscriber may lag (default 1024)",
     )
 
     health = commands.add_parser(
         "health", help="exit 0 only when the connector is SERVING", description="Check a connector's health."
     )
-    health.add_argument("--address", type=_address, help="connector HOST:PORT (default: the listen address)")
-    health.add_argument("--tls-ca", type=Path, help="CA file: the connector speaks TLS")
-    health.add_argument("--tls-cert", type=Path, help="client certificate (connector with mTLS)")
-    health.add_argument("--tls-key", type=Path, help="its private key")
     health.add_argument(
-        "--timeout", type=_number(float, 0, strict=True), default=2.0, help="seconds (default 2)"
+        "--address",
+        metavar="HOST:PORT",
+        type=_address,
+        help="connector HOST:PORT (default: the listen address)",
     )
-    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    health.add_argument("--tls-ca", metavar="FILE", type=Path, help="CA file: the connector speaks TLS")
+    health.add_argument(
+        "--tls-cert", metavar="FILE", type=Path, help="client certificate (connector with mTLS)"
+    )
+    health.add_argument("--tls-key", metavar="FILE", type=Path, help="its private key")
+    health.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_number(float, 0, strict=True),
+        default=2.0,
+        help="seconds (default 2)",
+    )
+    health.add_argument(
+        "--service", metavar="NAME", default="", help="service name to check (default: the whole server)"
+    )
     return parser
 
 

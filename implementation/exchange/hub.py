@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 import grpc
 
@@ -32,6 +30,7 @@ from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import InvalidData
 from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.subscription import Subscription, SubscriptionEnded
 from implementation.exchange.validation import validate_account, validate_position
 from implementation.logs import log_event
 
@@ -43,18 +42,8 @@ DEFAULT_QUEUE_SIZE = 1024
 STABLE_AFTER_S = 5.0
 SHUTTING_DOWN = "shutting down"
 
-Message = pb.Account | pb.Position
 ServingCallback = Callable[[bool], Awaitable[None]]
 _log = logging.getLogger("implementation.exchange.hub")
-
-
-class SubscriptionEnded(Exception):
-    """The hub ended a subscription; the stream ends with this status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
 
 
 @dataclass
@@ -65,86 +54,6 @@ class TopicStats:
     invalid: int = 0  # upstream updates rejected by validation
     sent: int = 0  # messages written to subscribers (counted by the server's stream loop)
     dropped: int = 0  # subscribers ended with RESOURCE_EXHAUSTED
-
-
-class Subscription:
-    """One subscriber: a bounded mailbox filled by the fan-out, read by one stream loop.
-
-    Use as `async with hub.subscribe(...) as sub:` and `await sub.next()` (or `async for`);
-    next() raises SubscriptionEnded once the hub ends it and the queue is drained."""
-
-    __slots__ = ("_end", "_hub", "_items", "_waiter", "capacity", "peer", "symbol", "topic")
-
-    def __init__(self, hub: Hub, topic: str, symbol: str, peer: str, capacity: int) -> None:
-        self._hub = hub
-        self.topic = topic
-        self.symbol = symbol  # positions only: "" = every symbol
-        self.peer = peer
-        self.capacity = capacity
-        self._items: deque[Message] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._end: tuple[grpc.StatusCode, str] | None = None
-
-    @property
-    def queued(self) -> int:
-        return len(self._items)
-
-    @property
-    def ended(self) -> bool:
-        return self._end is not None
-
-    def put_nowait(self, message: Message) -> bool:
-        """Queue `message`; False (nothing queued) when the queue is full or the subscription ended."""
-        if len(self._items) >= self.capacity or self._end is not None:
-            return False
-        self._items.append(message)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-        return True
-
-    def end(self, code: grpc.StatusCode, details: str, *, discard: bool) -> None:
-        """End with this status once the queue is drained (at once when `discard`); first end wins."""
-        if self._end is not None:
-            return
-        self._end = (code, details)
-        if discard:
-            self._items.clear()
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def next(self) -> Message:
-        """The next update, waiting for one; SubscriptionEnded when the hub ended this subscription."""
-        items = self._items
-        while not items:
-            if self._end is not None:
-                raise SubscriptionEnded(*self._end)
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiter = waiter
-            try:
-                await waiter
-            finally:
-                if self._waiter is waiter:
-                    self._waiter = None
-        return items.popleft()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Message:
-        return await self.next()
-
-    async def __aenter__(self) -> Subscription:
-        self._hub._add(self)
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._hub._remove(self, exc)
 
 
 class Hub:
@@ -236,7 +145,9 @@ class Hub:
 
     def subscribe(self, topic: str, *, symbol: str = "", peer: str = "") -> Subscription:
         """A subscription to `topic`, registered when its `async with` block is entered."""
-        return Subscription(self, _check_topic(topic), symbol, peer, self.queue_size)
+        return Subscription(
+            _check_topic(topic), symbol, peer, self.queue_size, on_enter=self._add, on_exit=self._remove
+        )
 
     def _add(self, sub: Subscription) -> None:
         if self._closed:

@@ -178,6 +178,8 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         code, details = status_of(exc)
         if code is grpc.StatusCode.INTERNAL:
             _log.error("%s failed", method, exc_info=exc, extra={"event": "call_failed", "method": method})
+        elif isinstance(exc, InvalidData):  # the exchange's fault, worth an operator's attention
+            log_event(_log, "upstream_invalid_data", level=logging.ERROR, method=method, reason=str(exc))
         else:
             log_event(_log, "call_failed", level=logging.DEBUG, method=method, code=code.name, reason=details)
         await context.abort(code, details)

@@ -21,7 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import AccountCallback, PositionCallback
-from implementation.exchange.errors import ExchangeUnavailable
+from implementation.exchange.errors import ExchangeUnavailable, InvalidRequest
 from implementation.exchange.validation import check_symbol
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -77,7 +77,10 @@ class SimExchange:
         for symbol in symbols:
             if not symbol:
                 raise ValueError("symbols must not contain an empty name")
-            check_symbol(symbol)
+            try:
+                check_symbol(symbol)
+            except InvalidRequest as exc:
+                raise ValueError(str(exc)) from None
         if len(set(symbols)) != len(symbols):
             raise ValueError(f"symbols must be distinct, got {list(symbols)}")
         self.interval = interval

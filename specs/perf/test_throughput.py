@@ -16,8 +16,9 @@ end-to-end latency in an HdrHistogram.
   briefly). The 10,000/s point is a burst of 1,000 updates: it measures the saturated aggregate
   delivery rate without overrunning a 1,024-message subscriber queue.
 
-Server CPU per delivered message (psutil, on the server process) and the test process's own CPU are
-recorded too: when the test process is near 100 % the figure is bounded by the client side.
+Server CPU per delivered message (psutil, on the server process), the subscribers' process CPU
+(`*_client_cpu_pct`) and the test process's CPU (`*_source_cpu_pct`: mock exchange and generator)
+are recorded too: a side near 100 % of a core bounds the figure, not the server.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: Proce
         perf.record(f"{prefix}_server_cpu_us_per_msg", 1e6 * server_cpu_s / run.received, "us")
     if run.elapsed_s > 0:
         perf.record(f"{prefix}_client_cpu_pct", 100 * run.client_cpu_s / run.elapsed_s, "%")
+        perf.record(f"{prefix}_source_cpu_pct", 100 * run.source_cpu_s / run.elapsed_s, "%")
 
 
 @pytest.mark.scenario("6.1.2.a")
