@@ -3,8 +3,9 @@
 Every perf/soak test records its figures through a ``PerfRecorder``: each figure goes to the run's
 ``metrics`` (hence the conformance report and its §10 table) and, when the test ends, is merged
 into the results file under a file lock (pytest-xdist workers share it). The file keeps the latest
-value of every figure with the environment it was measured in, plus per-test details (e.g. the
-fan-out table), so docs/BENCHMARKS.md (tools/bench_report.py) can be written from it alone.
+value of every figure with the environment it was measured in (and the latest per mode: a quick
+default run never hides the last full -m perf figure), plus per-test details (e.g. the fan-out
+table), so docs/BENCHMARKS.md (tools/bench_report.py) can be written from it alone.
 
 Format (version 1)::
 
@@ -13,6 +14,7 @@ Format (version 1)::
      "figures": {"get_account_p50_ms": {"value": 0.61, "unit": "ms", "scenario_ids": ["6.1.1.a"],
                                         "test": "specs/perf/test_latency.py::...", "mode": "quick",
                                         "measured_at": "...", "environment": {...}}, ...},
+     "by_mode": {"quick": {<figures as above>}, "full": {...}, "soak": {...}},
      "details": {"<test node id>": {"mode": "quick", "measured_at": "...", ...free-form JSON...}}}
 """
 
@@ -88,6 +90,7 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return {"format": FORMAT, "figures": {}, "details": {}}
     data.setdefault("figures", {})
+    data.setdefault("by_mode", {})
     data.setdefault("details", {})
     return data
 
@@ -96,7 +99,10 @@ def merge(path: Path, figures: Mapping[str, Mapping[str, Any]], details: Mapping
     """Merge figures (latest wins, by name) and per-test details into the file, atomically."""
     with _locked(path):
         data = load(path)
+        data.setdefault("by_mode", {})
         data["figures"].update({name: dict(entry) for name, entry in figures.items()})
+        for name, entry in figures.items():
+            data["by_mode"].setdefault(str(entry.get("mode", "")), {})[name] = dict(entry)
         data["details"].update(details)
         data["updated_at"] = _now()
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -151,8 +157,12 @@ class PerfRecorder:
         merge(self.path, self.figures, {self.test: entry})
 
 
-def latest_figures(path: Path) -> dict[str, dict[str, Any]]:
+def latest_figures(path: Path, prefer_mode: str | None = None) -> dict[str, dict[str, Any]]:
     """Every figure in the results file by name ({value, unit, mode, measured_at, ...}), for reports
-    that show the last measured value when the current run did not measure it."""
-    figures: dict[str, dict[str, Any]] = load(path)["figures"]
+    that show the last measured value when the current run did not measure it. With `prefer_mode`
+    (e.g. "full"), a figure measured in that mode wins over a later one of another mode."""
+    data = load(path)
+    figures: dict[str, dict[str, Any]] = dict(data["figures"])
+    if prefer_mode is not None:
+        figures.update(data.get("by_mode", {}).get(prefer_mode, {}))
     return figures

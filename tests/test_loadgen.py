@@ -269,6 +269,9 @@ def test_figures_reach_the_metrics_and_merge_into_the_results_file(tmp_path: Pat
     assert ("get_account_p50_ms", 0.5, "ms") in sink.seen
     assert not list(tmp_path.glob("*.tmp")), "expected no temporary file left behind"
     assert latest_figures(path)["stream_msgs_per_s"]["value"] == 9000
+    assert latest_figures(path, prefer_mode="quick")["get_account_p50_ms"]["value"] == 0.5, (
+        "expected the quick figure to win when quick is preferred"
+    )
     assert latest_figures(tmp_path / "absent.json") == {}
 
 

@@ -10,7 +10,6 @@ every figure in the page comes from the results file, with where and how it was 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +21,10 @@ matplotlib.use("Agg")  # no display: write files only
 import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the harness package is at the root
+
+from harness.perfresults import latest_figures  # noqa: E402
+
 FANOUT_RATES = (100, 1_000, 10_000)
 
 # (figure, target as text, check) of the spec's targets
@@ -140,13 +143,13 @@ def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
     return True
 
 
-def render(data: dict[str, Any], docs: Path, soak_plot: Path | None) -> str:
-    figures: dict[str, Any] = data.get("figures", {})
+def render(figures: dict[str, Any], docs: Path, soak_plot: Path | None) -> str:
     out = [
         "# Benchmarks",
         "",
         "The latest figures measured on this machine, written by `tools/bench_report.py` from",
-        "`reports/perf-results.json` (the results file every perf and soak run updates). Methods are described",
+        "`reports/perf-results.json` (the results file every perf and soak run updates), preferring figures of",
+        "full `-m perf` runs over later quick ones. Methods are described",
         "in each benchmark's module docstring under `specs/perf/` and `specs/soak/`, and summarised below.",
         "Machines shared with other work give noisy numbers: read the load average next to each run.",
         "",
@@ -250,14 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "reports" / "perf-results.json")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--soak-plot", type=Path, default=ROOT / "reports" / "soak-snapshots.png")
+    parser.add_argument(
+        "--latest", action="store_true", help="the latest figure of any mode (default: -m perf figures first)"
+    )
     args = parser.parse_args(argv)
     if not args.results.is_file():
         parser.error(
             f"no results file at {args.results}: run the benchmarks first (pytest specs/perf -m perf)"
         )
-    data = json.loads(args.results.read_text(encoding="utf-8"))
+    figures = latest_figures(args.results, prefer_mode=None if args.latest else "full")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(data, args.output.parent, args.soak_plot), encoding="utf-8")
+    args.output.write_text(render(figures, args.output.parent, args.soak_plot), encoding="utf-8")
     print(args.output)
     return 0
 

@@ -23,7 +23,7 @@ from implementation.exchange.testdata import test_account as spec_account
 from implementation.exchange.testdata import test_positions as spec_positions
 
 if TYPE_CHECKING:
-    from conftest import ConnectorUnderTest, StartConnector
+    from specs.integration.conftest import ConnectorUnderTest, StartConnector
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 TOKEN = "conformance-token-4.2"

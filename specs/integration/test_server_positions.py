@@ -17,7 +17,7 @@ from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.testdata import test_positions as spec_positions
 
 if TYPE_CHECKING:
-    from conftest import ConnectorUnderTest
+    from specs.integration.conftest import ConnectorUnderTest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
