@@ -80,16 +80,24 @@ def unit_of(figures: dict[str, Any], name: str) -> str:
 
 
 def environment_lines(figures: dict[str, Any]) -> list[str]:
-    runs: dict[str, dict[str, Any]] = {}
+    """One line per mode: when, on what, and how busy the machine was (1-minute load averages)."""
+    by_mode: dict[str, list[dict[str, Any]]] = {}
     for entry in figures.values():
-        runs.setdefault(entry.get("measured_at", "")[:13], entry)
+        by_mode.setdefault(str(entry.get("mode", "?")), []).append(entry)
     lines = []
-    for entry in sorted(runs.values(), key=lambda e: str(e.get("measured_at")))[-3:]:
-        env = entry.get("environment", {})
+    for mode, entries in sorted(by_mode.items()):
+        times = sorted(str(e.get("measured_at", "?")) for e in entries)
+        loads = [
+            e["environment"]["load_average"][0]
+            for e in entries
+            if e.get("environment", {}).get("load_average")
+        ]
+        env = max(entries, key=lambda e: str(e.get("measured_at")))["environment"]
+        busy = f"{min(loads):.1f} to {max(loads):.1f}" if loads else "?"
         lines.append(
-            f"- {entry.get('measured_at', '?')} ({entry.get('mode', '?')} mode): {env.get('cpus')} cores "
-            f"({env.get('cpu_model', '?')}), {env.get('implementation', 'CPython')} {env.get('python')}, "
-            f"grpcio {env.get('grpcio')}, {env.get('system')}; load average then: {env.get('load_average')}"
+            f"- {mode} mode, {times[0]} to {times[-1]}: {env.get('cpus')} cores ({env.get('cpu_model', '?')}), "
+            f"{env.get('implementation', 'CPython')} {env.get('python')}, grpcio {env.get('grpcio')}, "
+            f"{env.get('system')}; 1-minute load average {busy} while measuring"
         )
     return lines
 
@@ -121,13 +129,13 @@ def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
     if not rates:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for prefix, label in (("baseline_fanout", "bare grpcio baseline"), ("fanout", "connector")):
-        left.plot(
-            rates, [value(figures, f"{prefix}_{r}_deliveries_per_s") for r in rates], marker="o", label=label
-        )
+    targets = (("baseline_fanout", "bare grpcio baseline", "tab:blue"), ("fanout", "connector", "tab:orange"))
+    for prefix, label, color in targets:
+        left.plot(rates, [value(figures, f"{prefix}_{r}_deliveries_per_s") for r in rates], marker="o", color=color,
+                  label=label)  # fmt: skip
         for q, style in (("p50", "--"), ("p99", "-")):
             right.plot(rates, [value(figures, f"{prefix}_{r}_{q}_ms") for r in rates], style, marker="o",
-                       label=f"{label} {q}")  # fmt: skip
+                       color=color, label=f"{label} {q}")  # fmt: skip
     for axis, title, unit in ((left, "Aggregate deliveries, 15 subscribers", "deliveries/s"),
                               (right, "End-to-end latency per update", "ms")):  # fmt: skip
         axis.set_xscale("log")
@@ -143,7 +151,22 @@ def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
     return True
 
 
-def render(figures: dict[str, Any], docs: Path, soak_plot: Path | None) -> str:
+NOTES_START, NOTES_END = "<!-- notes: kept when the page is written again -->", "<!-- /notes -->"
+
+
+def kept_notes(page: Path) -> list[str]:
+    """The hand-written block of an existing page (analysis, profiles), carried over verbatim."""
+    try:
+        text = page.read_text(encoding="utf-8")
+    except OSError:
+        return [NOTES_START, "", NOTES_END]
+    start, end = text.find(NOTES_START), text.find(NOTES_END)
+    if start < 0 or end < start:
+        return [NOTES_START, "", NOTES_END]
+    return text[start : end + len(NOTES_END)].splitlines()
+
+
+def render(figures: dict[str, Any], docs: Path, soak_plot: Path | None, notes: list[str]) -> str:
     out = [
         "# Benchmarks",
         "",
@@ -222,7 +245,7 @@ def render(figures: dict[str, Any], docs: Path, soak_plot: Path | None) -> str:
     if soak_plot is not None and soak_plot.is_file():
         shutil.copyfile(soak_plot, docs / "soak-snapshots.png")
         out.append("![Soak snapshots](soak-snapshots.png)")
-    out += ["", "## Methods", "", *METHODS]
+    out += ["", "## Methods", "", *METHODS, "", "## Notes", "", *notes]
     return "\n".join(out) + "\n"
 
 
@@ -263,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     figures = latest_figures(args.results, prefer_mode=None if args.latest else "full")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(figures, args.output.parent, args.soak_plot), encoding="utf-8")
+    page = render(figures, args.output.parent, args.soak_plot, kept_notes(args.output))
+    args.output.write_text(page, encoding="utf-8")
     print(args.output)
     return 0
 

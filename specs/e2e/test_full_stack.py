@@ -222,12 +222,12 @@ def _require_started(run: FullStackRun, scenario: str) -> None:
 @pytest.mark.scenario(READY)
 def test_all_three_programs_become_ready(full_stack: FullStackRun) -> None:
     for name in PROGRAMS:
-        assert name not in full_stack.not_ready, (
-            f"[{READY}] expected {name} to become ready, got: {full_stack.not_ready[name]}"
-        )
-        assert name in full_stack.ready_s, (
-            f"[{READY}] expected {name} to be started, got: not started (an earlier program failed)"
-        )
+        if name in full_stack.not_ready:
+            pytest.fail(f"[{READY}] expected {name} to become ready, got: {full_stack.not_ready[name]}")
+        if name not in full_stack.ready_s:
+            pytest.fail(
+                f"[{READY}] expected {name} to be started, got: not started (an earlier program failed)"
+            )
 
 
 @pytest.mark.scenario(CONNECT)
