@@ -266,3 +266,40 @@ def test_queue_size_must_be_positive() -> None:
 def test_unknown_topic_is_refused() -> None:
     with pytest.raises(ValueError, match="topic 'orders' is not one of account, positions"):
         Hub(MockExchange()).subscribe("orders")
+
+
+@pytest.mark.asyncio
+async def test_current_account_follows_the_stream_and_is_forgotten_when_in_doubt(
+    hub: Hub, mock: MockExchange
+) -> None:
+    assert hub.current_account() is None, "no view before the exchange said anything"
+    hub.offer_account(account(1))
+    assert hub.current_account() == account(1), "an answer fills an empty view"
+    mock.trigger_account_update(account(2))
+    assert hub.current_account() == account(2), "the stream's update is the current view"
+    hub.offer_account(account(1))
+    assert hub.current_account() == account(2), "an answer never replaces the stream's newer view"
+    mock.trigger_account_update(spec_account(equity="1e-05"))
+    assert hub.current_account() is None, "after an invalid update the view is forgotten"
+
+
+@pytest.mark.asyncio
+async def test_current_account_is_forgotten_when_the_upstream_is_lost(mock: MockExchange) -> None:
+    hub = Hub(mock, queue_size=8, backoff=FAST_BACKOFF)
+    await hub.start()
+    try:
+        await hub.wait_serving(2.0)
+        mock.trigger_account_update(account(3))
+        assert hub.current_account() == account(3)
+        mock.fail_with(ExchangeUnavailable("exchange went away"))
+        for _ in range(100):
+            if not hub.serving:
+                break
+            await asyncio.sleep(0.01)
+        assert not hub.serving
+        assert hub.current_account() is None, "a lost upstream leaves no view to serve"
+        hub.offer_account(account(4))
+        assert hub.current_account() is None, "nothing is kept while not serving"
+    finally:
+        mock.fail_with(None)
+        await hub.stop()

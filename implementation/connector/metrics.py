@@ -12,10 +12,16 @@ own registry (several servers in one process never collide).
     exchange_connector_upstream_connections                gauge: 1 while the exchange connection is up
     exchange_connector_upstream_reconnects_total           upstream subscriptions reopened after a failure
     exchange_connector_serving                             gauge: 1 while health says SERVING
+    exchange_connector_asyncio_tasks                       gauge: asyncio tasks alive on the event loop
+
+The task count is how a black-box leak check sees the connector's coroutines (the Python analogue
+of a goroutine count); it is counted on the loop's own thread, as asyncio.all_tasks requires.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
@@ -28,11 +34,34 @@ from implementation.exchange.hub import TOPICS, Hub
 from implementation.exchange.server import split_address
 
 PREFIX = "exchange_connector_"
+TASK_COUNT_TIMEOUT_S = 1.0
+
+
+def count_tasks(loop: asyncio.AbstractEventLoop, timeout: float = TASK_COUNT_TIMEOUT_S) -> int | None:
+    """The asyncio tasks alive on `loop`, counted on its own thread; None when it does not answer."""
+    try:
+        if asyncio.get_running_loop() is loop:
+            return len(asyncio.all_tasks(loop))
+    except RuntimeError:  # no loop runs on this thread: ask the loop's thread
+        pass
+    answer: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+    def count() -> None:
+        if answer.set_running_or_notify_cancel():
+            answer.set_result(len(asyncio.all_tasks(loop)))
+
+    try:
+        loop.call_soon_threadsafe(count)
+        return answer.result(timeout)
+    except (RuntimeError, concurrent.futures.TimeoutError):  # the loop is closed, or too busy to say
+        answer.cancel()
+        return None
 
 
 class HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._hub = hub
+        self._loop = loop
 
     def collect(self) -> Iterator[Metric]:
         hub = self._hub
@@ -70,14 +99,26 @@ class HubCollector(Collector):
         yield GaugeMetricFamily(
             PREFIX + "serving", "1 while health says SERVING", value=1 if hub.serving else 0
         )
+        tasks = count_tasks(self._loop) if self._loop is not None else None
+        if tasks is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "asyncio_tasks", "asyncio tasks alive on the event loop", value=tasks
+            )
 
 
 class MetricsServer:
-    """GET /metrics on HOST:PORT, served by prometheus-client on its own thread."""
+    """GET /metrics on HOST:PORT, served by prometheus-client on its own thread.
 
-    def __init__(self, hub: Hub) -> None:
+    Made inside the connector's event loop, it also reports that loop's task count."""
+
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # made outside a loop: no task count
+                loop = None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(HubCollector(hub))
+        self.registry.register(HubCollector(hub, loop))
         self.port = 0
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -98,4 +139,4 @@ class MetricsServer:
             thread.join(5.0)
 
 
-__all__ = ["HubCollector", "MetricsServer"]
+__all__ = ["HubCollector", "MetricsServer", "count_tasks"]

@@ -14,6 +14,10 @@
   the owner is told NOT_SERVING, and the hub probes the exchange with exponential backoff; once it
   answers, both subscriptions are opened again and the owner is told SERVING.
 - A subscription is an async context manager; leaving it, by any exception included, removes it.
+- The hub keeps the latest valid account it saw (from the stream, or offered by a GetAccount
+  answer while it had none) as the connector's current view, so GetAccount is answered without a
+  second round trip while the upstream subscription is live. The view is forgotten when the
+  upstream is lost or sends an invalid account; GetAccount then asks the exchange again.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class Hub:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._serving_changed: asyncio.Event | None = None
+        self._account: pb.Account | None = None  # the current view, kept by the account stream
 
     # ------------------------------------------------------------------ observation
 
@@ -97,6 +102,15 @@ class Hub:
     def upstream_subscriptions(self) -> dict[str, int]:
         """Upstream subscriptions open right now, by topic (at most 1 each)."""
         return dict(self._upstream_open)
+
+    def current_account(self) -> pb.Account | None:
+        """The latest valid account from the live upstream subscription; None when there is none."""
+        return self._account if self._serving else None
+
+    def offer_account(self, account: pb.Account) -> None:
+        """A validated account the exchange answered; kept only while the hub has no newer view."""
+        if self._serving and self._account is None:
+            self._account = account
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._subscribers[_check_topic(topic)])
@@ -213,9 +227,11 @@ class Hub:
         try:
             validate_account(account)
         except InvalidData as exc:
+            self._account = None  # the exchange's state is in doubt: ask it again
             self._reject(ACCOUNT, stats, exc)
             return
         stats.published += 1
+        self._account = account
         full = [sub for sub in self._subscribers[ACCOUNT] if not sub.put_nowait(account)]
         for sub in full:
             self._drop(sub)
@@ -317,6 +333,8 @@ class Hub:
         if serving == self._serving:
             return
         self._serving = serving
+        if not serving:
+            self._account = None
         changed, self._serving_changed = self._serving_changed, None
         if changed is not None:
             changed.set()

@@ -110,8 +110,13 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         await self._enter(context)
         try:
+            current = self._hub.current_account()
+            if current is not None:
+                return current  # kept current by the one upstream subscription: no second round trip
             try:
-                return validate_account(await self._exchange.get_account())
+                account = validate_account(await self._exchange.get_account())
+                self._hub.offer_account(account)
+                return account
             except Exception as exc:
                 failure = exc
             await self._fail(context, "GetAccount", failure)

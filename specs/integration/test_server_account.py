@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -405,7 +406,16 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
     mock.trigger_account_update(account(1))
     for field, bad in (("equity", "1e-05"), ("total_balance", "NaN"), ("margin_used", "")):
         mock.trigger_account_update(spec_account(**{field: bad}))
-    # GetAccount now finds the last, malformed account upstream: it must fail, not forward it
+    deadline = time.monotonic() + 10
+    while not any(
+        r.get("level") == "error" and "margin_used" in json.dumps(r) for r in connector.log_records()
+    ):
+        assert time.monotonic() < deadline, (
+            "4.2.1.x3: expected the connector to log the third malformed update"
+        )
+        await asyncio.sleep(0.05)
+    # the connector no longer trusts its view and asks the exchange, whose account is the last,
+    # malformed one: GetAccount must fail, not forward it
     with pytest.raises(grpc.aio.AioRpcError) as unary:
         await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5, metadata=connector.metadata)
     assert unary.value.code() is grpc.StatusCode.UNAVAILABLE, (

@@ -1,0 +1,301 @@
+"""A deliberately faulty exchange_connector: the reference program with ONE fault patched in.
+
+    python -m specs.faulty.connector --fault NAME [serve] --listen HOST:PORT --exchange grpc ...
+
+Everything after the fault's name is the reference connector's `serve` command line. The fault is
+a small change to the reference's classes and functions (hub, server, program), made in this
+process before the reference's main() runs, so the program differs from the reference in that one
+behaviour only. specs/faulty/faults.yaml says what each fault breaks and which scenarios catch it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from implementation._pb import exchange_pb2 as pb
+from implementation.connector import __main__ as connector_main
+from implementation.exchange.errors import InvalidRequest
+from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub
+from implementation.exchange.server import ExchangeServer, ExchangeService
+from implementation.exchange.subscription import Subscription, SubscriptionEnded
+from implementation.exchange.upstream import GrpcExchange
+from implementation.exchange.validation import check_symbol
+from implementation.logs import log_event
+
+DROP_EVERY = 4  # drop-one-in-n: the 4th, 8th, ... account update is lost
+REORDER_FLUSH_S = 0.2  # reorder: a held update with no successor goes out after this long
+GET_ACCOUNT_DELAY_S = 0.010  # slow-get-account
+NOT_DECIMAL_FIELDS = frozenset({"symbol", "side", "margin_type"})
+HUB_LOG = logging.getLogger("implementation.exchange.hub")  # where the reference logs its subscribers
+
+Fault = Callable[[], None]
+FAULTS: dict[str, Fault] = {}
+
+
+def fault(name: str) -> Callable[[Fault], Fault]:
+    def register(apply: Fault) -> Fault:
+        FAULTS[name] = apply
+        return apply
+
+    return register
+
+
+# ------------------------------------------------------------------------------------ the fan-out
+
+
+@fault("drop-one-in-n")
+def drop_one_in_n() -> None:
+    """Every DROP_EVERY-th account update from the exchange is never fanned out."""
+    publish = Hub.publish_account
+    received = itertools.count(1)
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        if next(received) % DROP_EVERY != 0:
+            publish(self, account)
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+
+
+@fault("reorder")
+def reorder() -> None:
+    """Account updates are fanned out in swapped pairs: 2, 1, 4, 3, ... (a lone one after a pause)."""
+    publish = Hub.publish_account
+    held: list[tuple[pb.Account, asyncio.TimerHandle]] = []
+
+    def flush(hub: Hub) -> None:
+        if held:
+            account, _ = held.pop()
+            publish(hub, account)
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        if held:
+            earlier, timer = held.pop()
+            timer.cancel()
+            publish(self, account)
+            publish(self, earlier)
+        else:
+            timer = asyncio.get_running_loop().call_later(REORDER_FLUSH_S, flush, self)
+            held.append((account, timer))
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+
+
+@fault("ignore-symbol-filter")
+def ignore_symbol_filter() -> None:
+    """SubscribePositions checks the symbol but forwards the positions of every symbol."""
+
+    async def subscribe_positions(self: ExchangeService, request: pb.SubscribePositionsRequest, context: Any) -> None:
+        try:
+            check_symbol(request.symbol)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._stream(POSITIONS, "", context)
+
+    ExchangeService.SubscribePositions = subscribe_positions  # type: ignore[method-assign,assignment]
+
+
+@fault("upstream-per-client")
+def upstream_per_client() -> None:
+    """Every SubscribeAccount/SubscribePositions client gets its own upstream subscription through
+    the exchange adapter, instead of a place in the hub's shared one. The connector still counts and
+    logs its subscribers as the reference does, so only the upstream side differs."""
+    private: dict[str, set[Subscription]] = {ACCOUNT: set(), POSITIONS: set()}
+    count = Hub.subscriber_count
+
+    def subscriber_count(self: Hub, topic: str) -> int:
+        return count(self, topic) + len(private[topic])
+
+    async def stream(self: ExchangeService, topic: str, symbol: str, context: Any) -> None:
+        await self._enter(context)
+        hub: Hub = self._hub
+        stats = hub.stats[topic]
+        peer = context.peer()
+
+        def enter(sub: Subscription) -> None:
+            private[topic].add(sub)
+            log_event(HUB_LOG, "subscriber_added", topic=topic, symbol=symbol, peer=peer)
+
+        def leave(sub: Subscription, exc: BaseException | None) -> None:
+            private[topic].discard(sub)
+            reason = "client gone" if isinstance(exc, asyncio.CancelledError) else "ended"
+            log_event(HUB_LOG, "subscriber_removed", topic=topic, symbol=symbol, peer=peer, reason=reason)
+
+        subscription = Subscription(topic, symbol, peer, hub.queue_size, on_enter=enter, on_exit=leave)
+        feed: asyncio.Task[None] | None = None
+        try:
+            try:
+                call = _open_upstream(self._exchange, topic, symbol)
+                await call.initial_metadata()  # the upstream subscription is in place
+                feed = asyncio.get_running_loop().create_task(_relay(call, subscription))
+                async with subscription:
+                    await context.send_initial_metadata(())
+                    while True:
+                        await context.write(await subscription.next())
+                        stats.sent += 1
+            except SubscriptionEnded as ended:
+                await context.abort(ended.code, ended.details)
+        finally:
+            if feed is not None:
+                feed.cancel()
+                await asyncio.gather(feed, return_exceptions=True)
+            self._gate.leave()
+
+    Hub.subscriber_count = subscriber_count  # type: ignore[method-assign]
+    ExchangeService._stream = stream  # type: ignore[method-assign]
+
+
+def _open_upstream(exchange: Any, topic: str, symbol: str) -> Any:
+    """A new SubscribeAccount/SubscribePositions call on the exchange adapter's own channel."""
+    if not isinstance(exchange, GrpcExchange):
+        raise SystemExit("upstream-per-client needs the grpc exchange adapter (--exchange grpc)")
+    remote = exchange._remote
+    stub = remote._service()
+    if topic == ACCOUNT:
+        return stub.SubscribeAccount(pb.SubscribeAccountRequest(), metadata=remote._metadata)
+    return stub.SubscribePositions(pb.SubscribePositionsRequest(symbol=symbol), metadata=remote._metadata)
+
+
+async def _relay(call: Any, subscription: Subscription) -> None:
+    try:
+        async for message in call:
+            if not subscription.put_nowait(message):
+                subscription.end(grpc.StatusCode.RESOURCE_EXHAUSTED, "subscriber fell behind", discard=True)
+                return
+        subscription.end(grpc.StatusCode.UNAVAILABLE, "the upstream ended the stream", discard=False)
+    except grpc.aio.AioRpcError as exc:
+        subscription.end(grpc.StatusCode.UNAVAILABLE, f"upstream exchange unavailable: {exc.details()}", discard=False)
+    finally:
+        call.cancel()
+
+
+# ------------------------------------------------------------------------------------ health and lifecycle
+
+
+@fault("never-serving")
+def never_serving() -> None:
+    """Health stays NOT_SERVING even once the upstream is up (the streams themselves work)."""
+    on_serving = ExchangeServer._on_serving
+
+    async def stay_not_serving(self: ExchangeServer, serving: bool) -> None:
+        await on_serving(self, False)
+
+    ExchangeServer._on_serving = stay_not_serving  # type: ignore[method-assign]
+
+
+@fault("ignore-sigterm")
+def ignore_sigterm() -> None:
+    """SIGTERM does nothing (SIGINT still stops the program)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    connector_main.STOP_SIGNALS = (signal.SIGINT,)
+
+
+@fault("abrupt-shutdown")
+def abrupt_shutdown() -> None:
+    """SIGTERM ends the process at once with exit code 0: no NOT_SERVING, no status on open streams."""
+    connector_main.STOP_SIGNALS = (signal.SIGINT,)
+    serve = connector_main.serve
+
+    async def serve_until_killed(settings: Any) -> int:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, os._exit, 0)
+        return await serve(settings)
+
+    connector_main.serve = serve_until_killed  # type: ignore[assignment]
+
+
+@fault("leak-task-per-stream")
+def leak_task_per_stream() -> None:
+    """Every stream that ends leaves an asyncio task behind, waiting forever."""
+    stream = ExchangeService._stream
+    leaked: list[asyncio.Task[Any]] = []
+
+    async def leaky_stream(self: ExchangeService, topic: str, symbol: str, context: Any) -> None:
+        try:
+            await stream(self, topic, symbol, context)
+        finally:
+            never = asyncio.Event()
+            leaked.append(asyncio.get_running_loop().create_task(never.wait(), name=f"{topic}-stream-cleanup"))
+
+    ExchangeService._stream = leaky_stream  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ unary calls and values
+
+
+@fault("slow-get-account")
+def slow_get_account() -> None:
+    """GetAccount answers GET_ACCOUNT_DELAY_S later than the reference."""
+    get_account = ExchangeService.GetAccount
+
+    async def slow(self: ExchangeService, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        await asyncio.sleep(GET_ACCOUNT_DELAY_S)
+        return await get_account(self, request, context)
+
+    ExchangeService.GetAccount = slow  # type: ignore[method-assign]
+
+
+def floated(message: Any) -> Any:
+    """A copy with every decimal string re-rendered through float(): "10000.00" -> "10000.0", "0.00001" -> "1e-05"."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    for field in copy.DESCRIPTOR.fields:
+        value = getattr(copy, field.name)
+        if field.name in NOT_DECIMAL_FIELDS or not isinstance(value, str):
+            continue
+        try:
+            setattr(copy, field.name, str(float(value)))
+        except ValueError:
+            continue
+    return copy
+
+
+@fault("float-decimals")
+def float_decimals() -> None:
+    """Money leaves the connector as float renderings instead of the exchange's decimal strings."""
+    next_message = Subscription.next
+    get_account = ExchangeService.GetAccount
+    get_positions = ExchangeService.GetPositions
+
+    async def next_floated(self: Subscription) -> Any:
+        return floated(await next_message(self))
+
+    async def account(self: ExchangeService, request: Any, context: Any) -> pb.Account:
+        return floated(await get_account(self, request, context))  # type: ignore[no-any-return]
+
+    async def positions(self: ExchangeService, request: Any, context: Any) -> pb.GetPositionsResponse:
+        answer = await get_positions(self, request, context)
+        return pb.GetPositionsResponse(positions=[floated(p) for p in answer.positions])
+
+    Subscription.next = next_floated  # type: ignore[method-assign]
+    ExchangeService.GetAccount = account  # type: ignore[method-assign]
+    ExchangeService.GetPositions = positions  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ the program
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "--fault" or args[1] not in FAULTS:
+        known = ", ".join(sorted(FAULTS))
+        print(f"usage: python -m specs.faulty.connector --fault NAME [serve] FLAGS...; NAME: {known}", file=sys.stderr)
+        return 2
+    FAULTS[args[1]]()
+    rest = args[2:]
+    if rest[:1] != ["serve"]:
+        rest = ["serve", *rest]
+    return connector_main.main(rest)
+
+
+__all__ = ["FAULTS", "floated", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())
