@@ -244,6 +244,11 @@ class MockExchangeServer:
             peers = {s.peer for topic in TOPICS for s in self._book.streams[topic]}
         return sorted(peers)
 
+    def call_log(self) -> list[dict[str, Any]]:
+        """Every call the mock answered (method, peer, metadata, status, messages written), oldest first."""
+        with self._book.lock:
+            return list(self._book.call_log)
+
     @property
     def calls(self) -> Counter[str]:
         """Calls received by method name (GetAccount, GetPositions, SubscribeAccount, SubscribePositions)."""

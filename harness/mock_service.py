@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,17 @@ class MockBook:
         self.calls: Counter[str] = Counter()
         self.peers: list[str] = []
         self.violations: list[str] = []
+        self.call_log: deque[dict[str, Any]] = deque(maxlen=2000)  # for --grpc-trace
+
+    def log_call(self, method: str, context: Context, code: str, details: str, messages: int) -> None:
+        metadata = [
+            (key, "<redacted>" if key.lower() == "authorization" else str(value))
+            for key, value in context.invocation_metadata() or ()
+        ]
+        entry: dict[str, Any] = {"method": method, "peer": context.peer(), "metadata": metadata, "code": code}
+        entry |= {"details": details, "messages": messages, "at": time.time()}
+        with self.lock:
+            self.call_log.append(entry)
 
     def seen(self, method: str, peer: str) -> StreamEnd | None:
         """Count the call and its peer; the failure to answer with, if one is set."""
@@ -156,8 +168,11 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         try:
             await self._admit("GetAccount", context)
-            return self._book.current_account()
+            answer = self._book.current_account()
+            self._book.log_call("GetAccount", context, "OK", "", 1)
+            return answer
         except Exception as error:
+            self._log_failure("GetAccount", error, context, 0)
             self._violation("GetAccount", error, context)
             raise
 
@@ -166,8 +181,11 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
     ) -> pb.GetPositionsResponse:
         try:
             await self._admit("GetPositions", context, request.symbol)
-            return pb.GetPositionsResponse(positions=self._book.current_positions(request.symbol))
+            answer = pb.GetPositionsResponse(positions=self._book.current_positions(request.symbol))
+            self._book.log_call("GetPositions", context, "OK", "", 1)
+            return answer
         except Exception as error:
+            self._log_failure("GetPositions", error, context, 0)
             self._violation("GetPositions", error, context)
             raise
 
@@ -188,6 +206,7 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
             )
 
     async def _stream(self, method: str, topic: str, symbol: str, context: Context) -> None:
+        written = 0
         try:
             await self._admit(method, context, symbol)
             subscription = self._book.open(topic, symbol, context.peer())
@@ -199,13 +218,24 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
                     if isinstance(item, StreamEnd):
                         if item.code is not grpc.StatusCode.OK:
                             await context.abort(item.code, item.details)
+                        self._book.log_call(method, context, "OK", "", written)
                         return
                     await context.write(item)
+                    written += 1
             finally:
                 self._book.close(subscription)
+        except asyncio.CancelledError:
+            self._book.log_call(method, context, "CANCELLED", "the client went away", written)
+            raise
         except Exception as error:
+            self._log_failure(method, error, context, written)
             self._violation(method, error, context)
             raise
+
+    def _log_failure(self, method: str, error: Exception, context: Context, messages: int) -> None:
+        code = context.code() if isinstance(error, grpc.aio.AbortError) else None
+        name = code.name if isinstance(code, grpc.StatusCode) else type(error).__name__
+        self._book.log_call(method, context, name, str(context.details() or error), messages)
 
     def _violation(self, method: str, error: Exception, context: Context) -> None:
         if isinstance(error, grpc.aio.AbortError):

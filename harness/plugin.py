@@ -57,6 +57,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write every collected test's scenario IDs and markers as JSON to PATH",
     )
     group.addoption(
+        "--grpc-trace",
+        action="store_true",
+        default=False,
+        help="record the gRPC calls of each test; for a failing test write them to <report-dir>/traces/",
+    )
+    group.addoption(
         "--load-duration",
         metavar="SECONDS",
         type=_positive_float("--load-duration"),
@@ -114,6 +120,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[MANIFEST_KEY] = manifest
     config.stash[RESULTS_KEY] = RunResults(sut_name=manifest.name, sut_digest=manifest.digest)
     config.pluginmanager.register(_Recorder(config), "conformance-recorder")
+    if config.getoption("grpc_trace"):
+        from harness import trace
+
+        trace.install()
+        config.add_cleanup(trace.uninstall)
 
 
 def scenario_ids(item: pytest.Item) -> list[str]:
@@ -182,6 +193,10 @@ def _matches(scenario_id: str, selector: str) -> bool:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.config.getoption("grpc_trace"):
+        from harness.trace import TRACER
+
+        TRACER.clear()
     marker = item.get_closest_marker("requires")
     if marker is None:
         return
@@ -189,6 +204,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     missing = [cap for cap in marker.args if not manifest.has_capability(str(cap))]
     if missing:
         pytest.skip(f"{NOT_APPLICABLE} SUT {manifest.name!r} does not claim {', '.join(missing)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and report.when == "call" and item.config.getoption("grpc_trace"):
+        from harness.trace import write_trace
+
+        mock = getattr(item, "funcargs", {}).get("mock_exchange")
+        upstream = mock.call_log() if mock is not None and hasattr(mock, "call_log") else None
+        path = write_trace(
+            item.config.getoption("report_dir") / "traces", item.nodeid, scenario_ids(item), upstream
+        )
+        report.sections.append(("gRPC trace", f"written to {path}"))
+    return report
 
 
 class _Recorder:

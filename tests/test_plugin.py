@@ -177,3 +177,39 @@ def test_soak_runs_only_when_asked(suite: pytest.Pytester) -> None:
     )
     suite.runpytest("test_soak.py").assert_outcomes(deselected=1)
     suite.runpytest("test_soak.py", "-m", "soak").assert_outcomes(passed=1)
+
+
+def test_trace_records_the_grpc_exchange_of_a_failing_test(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["harness.plugin", "harness.fixtures"]')
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\nasyncio_mode = strict\n")
+    pytester.makepyfile(
+        test_traced="""
+        import grpc, pytest
+        from implementation._pb import exchange_pb2 as pb, exchange_pb2_grpc as pb_grpc
+
+        @pytest.mark.integration
+        @pytest.mark.scenario("4.2.1.a")
+        @pytest.mark.asyncio
+        async def test_fails_after_calls(mock_exchange):
+            async with grpc.aio.insecure_channel(mock_exchange.address) as channel:
+                stub = pb_grpc.ExchangeServiceStub(channel)
+                await stub.GetAccount(pb.GetAccountRequest(), metadata=[("x-test", "1")])
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.GetPositions(pb.GetPositionsRequest(symbol="bad symbol"))
+            assert False, "expected to fail"
+        """
+    )
+    result = pytester.runpytest_subprocess("--grpc-trace", "--report-dir", "out")
+    result.assert_outcomes(failed=1)
+    traces = list((pytester.path / "out" / "traces").glob("*.json"))
+    assert len(traces) == 1, f"expected one trace file, got {traces}"
+    trace = json.loads(traces[0].read_text())
+    assert trace["scenarios"] == ["4.2.1.a"]
+    methods = [(c["method"], c["code"]) for c in trace["calls_to_sut"]]
+    assert methods == [
+        ("/opensqt.exchange.v1.ExchangeService/GetAccount", "OK"),
+        ("/opensqt.exchange.v1.ExchangeService/GetPositions", "INVALID_ARGUMENT"),
+    ], methods
+    assert ["x-test", "1"] in trace["calls_to_sut"][0]["metadata"]
+    upstream = [(c["method"], c["code"]) for c in trace["calls_to_mock_exchange"]]
+    assert ("GetAccount", "OK") in upstream and ("GetPositions", "INVALID_ARGUMENT") in upstream, upstream

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -47,7 +47,6 @@ ERROR_TEXT = re.compile(
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
 )
-T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------ the stack
@@ -206,15 +205,19 @@ def _stamp_now(offset_ms: int) -> Timestamp:
 
 
 def account_update(seed: int) -> tuple[pb.Account, Sent]:
-    """An account unlike the spec's data and unlike any other seed's. Its marker (total_balance) is a
-    canonical decimal; the other fields keep trailing zeros, which a client must not strip."""
+    """An account unlike the spec's data and unlike any other seed's, its figures consistent with
+    each other. Its marker (total_balance) is a canonical decimal; other fields keep trailing zeros,
+    which a client must not strip."""
+    total, margin_used = Decimal("98765.4321") + seed, Decimal("53086.5300") + seed
+    pnl = -(Decimal("1234.50") + seed)
+    equity = total + pnl
     account = pb.Account(
-        total_balance=f"{98765 + seed}.4321",
-        available_balance=f"{45678 + seed}.9000",
-        equity=f"{97530 + seed}.8640",
-        unrealized_pnl=f"-{1234 + seed}.50",
-        margin_used=f"{53086 + seed}.5300",
-        margin_level="183.7200",
+        total_balance=str(total),
+        available_balance=str(total - margin_used),
+        equity=str(equity),
+        unrealized_pnl=str(pnl),
+        margin_used=str(margin_used),
+        margin_level=str((equity / margin_used * 100).quantize(Decimal("0.01"))),
         leverage="7.50",
         updated_at=_stamp_now(seed),
     )
@@ -224,14 +227,15 @@ def account_update(seed: int) -> tuple[pb.Account, Sent]:
 
 def position_update(seed: int, symbol: str = "BTCUSDT") -> tuple[pb.Position, Sent]:
     """A position of `symbol` unlike the spec's data; its marker is mark_price."""
+    entry, size, mark = Decimal("40001.10"), Decimal("0.7500"), Decimal("41234.56") + seed
     position = pb.Position(
         symbol=symbol,
         side="LONG",
-        size="0.7500",
-        entry_price="40001.10",
-        mark_price=f"{41234 + seed}.56",
+        size=str(size),
+        entry_price=str(entry),
+        mark_price=str(mark),
         leverage="12",
-        unrealized_pnl=f"{925 + seed}.0950",
+        unrealized_pnl=str(((mark - entry) * size).quantize(Decimal("0.0001"))),
         liquidation="36500.00",
         margin_type="ISOLATED",
     )
@@ -292,6 +296,11 @@ class Answer:
         return f"{self.status} {shown}" if self.status is not None else f"no answer ({shown})"
 
 
+def carrying(sent: Sent) -> Callable[[Answer], bool]:
+    """A test for poll_http: the answer's JSON holds the update `sent`."""
+    return lambda answer: sent.find(answer.json()) is not None
+
+
 def http_get(client: httpx.Client, url: str) -> Answer:
     try:
         response = client.get(url, timeout=HTTP_TIMEOUT_S)
@@ -311,16 +320,6 @@ def poll_http(url: str, accept: Callable[[Answer], bool], timeout: float) -> tup
             if time.monotonic() >= deadline:
                 return False, answer
             time.sleep(0.05)
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T | None:
-    """The first truthy value of `condition()` within `timeout` s; None after that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() >= deadline:
-            return value or None
-        time.sleep(interval)
 
 
 def logged_update(
@@ -361,7 +360,10 @@ class FeedReader:
             except ConnectionClosed as exc:
                 self.closed = f"the server closed the WebSocket: {exc}"
                 break
-            message = json.loads(raw) if isinstance(raw, str) else None
+            try:
+                message = json.loads(raw)
+            except ValueError:  # not JSON: kept as text, it carries nothing
+                message = raw if isinstance(raw, str) else repr(raw)
             self.messages.append(message)
             if (record := sent.find(message)) is not None:
                 return record

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 from harness.fixtures import LAUNCHER_KEY
-from harness.launch import ProgramLauncher, ProgramNotReady, ProgramStopFailed
+from harness.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
 from harness.manifest import Manifest
 from harness.mock_exchange import MockExchangeServer
 from harness.plugin import MetricRecorder
@@ -43,6 +44,7 @@ from specs.e2e.conftest import (
     Sent,
     Stack,
     account_update,
+    carrying,
     logged_update,
     make_stack,
     poll_http,
@@ -149,8 +151,10 @@ def _start(stack: Stack, run: FullStackRun) -> None:
 
 
 def _check_connected(stack: Stack, run: FullStackRun) -> None:
-    events = stack.market_maker.events("ready")
-    run.ready_event = events[0] if events else None
+    try:
+        run.ready_event = stack.market_maker.wait_for_event("ready", timeout=UPDATE_WAIT_S)
+    except EventNotSeen:
+        run.ready_event = None
     _, run.health = poll_http(f"{stack.base_url}/health", lambda answer: answer.status == 200, UPDATE_WAIT_S)
     try:
         for topic in TOPICS:
@@ -162,7 +166,7 @@ def _check_connected(stack: Stack, run: FullStackRun) -> None:
 def _open_feed(stack: Stack, run: FullStackRun, clients: contextlib.ExitStack) -> FeedReader | None:
     try:
         connection = clients.enter_context(ws_connect(stack.ws_url, open_timeout=5, close_timeout=2))
-    except (OSError, TimeoutError, ValueError) as exc:  # websockets' handshake errors derive from these
+    except (OSError, TimeoutError, WebSocketException) as exc:
         run.feed = f"cannot open {stack.ws_url}: {type(exc).__name__}: {exc}"
         return None
     return FeedReader(connection)
@@ -181,9 +185,7 @@ def _trigger_and_follow(
         event, path = "position_update", "/api/positions"
     run.sent[kind] = sent
     run.logged[kind], run.logged_miss[kind] = logged_update(stack.market_maker, event, sent, UPDATE_WAIT_S)
-    _, answer = poll_http(
-        f"{stack.base_url}{path}", lambda answer: sent.find(answer.json()) is not None, UPDATE_WAIT_S
-    )
+    _, answer = poll_http(f"{stack.base_url}{path}", carrying(sent), UPDATE_WAIT_S)
     run.served[kind], run.served_last[kind] = sent.find(answer.json()), answer
     if feed is not None:
         run.pushed[kind] = feed.find(sent, UPDATE_WAIT_S)

@@ -22,6 +22,7 @@ from specs.e2e.conftest import (
     Answer,
     Stack,
     account_update,
+    carrying,
     logged_update,
     poll_http,
     position_update,
@@ -63,7 +64,7 @@ def _assert_fresh_data_served(stack: Stack, scenario: str, seed: int, when: str)
         )
         served, answer = poll_http(
             f"{stack.base_url}{path}",
-            lambda answer, sent=sent: sent.find(answer.json()) is not None,
+            carrying(sent),
             RECOVERY_WAIT_S,
         )
         assert served, (

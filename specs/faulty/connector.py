@@ -93,7 +93,9 @@ def reorder() -> None:
 def ignore_symbol_filter() -> None:
     """SubscribePositions checks the symbol but forwards the positions of every symbol."""
 
-    async def subscribe_positions(self: ExchangeService, request: pb.SubscribePositionsRequest, context: Any) -> None:
+    async def subscribe_positions(
+        self: ExchangeService, request: pb.SubscribePositionsRequest, context: Any
+    ) -> None:
         try:
             check_symbol(request.symbol)
         except InvalidRequest as exc:
@@ -172,7 +174,9 @@ async def _relay(call: Any, subscription: Subscription) -> None:
                 return
         subscription.end(grpc.StatusCode.UNAVAILABLE, "the upstream ended the stream", discard=False)
     except grpc.aio.AioRpcError as exc:
-        subscription.end(grpc.StatusCode.UNAVAILABLE, f"upstream exchange unavailable: {exc.details()}", discard=False)
+        subscription.end(
+            grpc.StatusCode.UNAVAILABLE, f"upstream exchange unavailable: {exc.details()}", discard=False
+        )
     finally:
         call.cancel()
 
@@ -222,7 +226,9 @@ def leak_task_per_stream() -> None:
             await stream(self, topic, symbol, context)
         finally:
             never = asyncio.Event()
-            leaked.append(asyncio.get_running_loop().create_task(never.wait(), name=f"{topic}-stream-cleanup"))
+            leaked.append(
+                asyncio.get_running_loop().create_task(never.wait(), name=f"{topic}-stream-cleanup")
+            )
 
     ExchangeService._stream = leaky_stream  # type: ignore[method-assign]
 
@@ -286,7 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "--fault" or args[1] not in FAULTS:
         known = ", ".join(sorted(FAULTS))
-        print(f"usage: python -m specs.faulty.connector --fault NAME [serve] FLAGS...; NAME: {known}", file=sys.stderr)
+        print(
+            f"usage: python -m specs.faulty.connector --fault NAME [serve] FLAGS...; NAME: {known}",
+            file=sys.stderr,
+        )
         return 2
     FAULTS[args[1]]()
     rest = args[2:]

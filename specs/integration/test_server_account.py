@@ -14,8 +14,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.probes import assert_no_growth_async
 from harness.tls import TlsMaterial
@@ -30,6 +32,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 TOKEN = "conformance-token-4.2"
 # A client whose transport buffers almost nothing: it really stops reading when the test stops.
 SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+# The program's own count of its concurrent tasks (asyncio tasks; goroutines or the like elsewhere).
+TASKS_GAUGE = "exchange_connector_asyncio_tasks"
+TASKS_ALLOWED_GROWTH = 3  # tasks of calls still finishing when the gauge is read
+TASKS_SETTLE_S = 10.0
 
 
 def position(symbol: str, mark: str) -> pb.Position:
@@ -221,6 +227,35 @@ async def churn(connector: ConnectorUnderTest, rounds: int, clients: int, scenar
         assert got == [account(number)], f"{scenario}: the steady subscriber must keep receiving, got {got}"
 
 
+async def program_tasks(connector: ConnectorUnderTest) -> int | None:
+    """The connector program's task gauge (None in-process: the snapshot counts the tasks there)."""
+    if connector.program is None:
+        return None
+    async with httpx.AsyncClient(trust_env=False) as client:
+        response = await client.get(f"http://127.0.0.1:{connector.metrics_port}/metrics", timeout=5.0)
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == TASKS_GAUGE:
+                return int(sample.value)
+    raise AssertionError(f"the connector's /metrics has no {TASKS_GAUGE} (docs/sut-manifest.md, metrics)")
+
+
+async def assert_tasks_back(connector: ConnectorUnderTest, baseline: int | None, scenario: str) -> None:
+    """The program's task gauge returns to within TASKS_ALLOWED_GROWTH of `baseline`."""
+    if baseline is None:
+        return
+    deadline = asyncio.get_running_loop().time() + TASKS_SETTLE_S
+    while (now := await program_tasks(connector)) is not None and now - baseline > TASKS_ALLOWED_GROWTH:
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(
+                f"{scenario}: expected the connector's asyncio tasks ({TASKS_GAUGE}) back within "
+                f"+{TASKS_ALLOWED_GROWTH} of the baseline {baseline} after the clients vanished, "
+                f"got {now} (+{now - baseline}) after {TASKS_SETTLE_S:.0f} s: a task left behind per stream?"
+            )
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.scenario("4.2.1.c", "4.2.1.ac3")
 @pytest.mark.asyncio
 async def test_abrupt_disconnects_are_logged_and_cleaned_up(connector: ConnectorUnderTest) -> None:
@@ -228,6 +263,7 @@ async def test_abrupt_disconnects_are_logged_and_cleaned_up(connector: Connector
     await connector.wait_subscribers("account", 1, "4.2.1.c")
     await churn(connector, 1, 6, "4.2.1.c (warm-up)", steady)
     before = connector.snapshot()
+    tasks_before = await program_tasks(connector)
     removed_before = len(connector.events("subscriber_removed"))
     await churn(connector, 3, 6, "4.2.1.c", steady)
     account_now = await connector.stub().GetAccount(
@@ -239,6 +275,7 @@ async def test_abrupt_disconnects_are_logged_and_cleaned_up(connector: Connector
     await assert_no_growth_async(
         before, connector.snapshot(), threads=0, tasks=0, fds=0, settle_s=10.0, label="4.2.1.ac3"
     )
+    await assert_tasks_back(connector, tasks_before, "4.2.1.ac3")
 
 
 @pytest.mark.scenario("4.2.1.x6")
@@ -251,10 +288,12 @@ async def test_hundred_clients_connecting_and_vanishing_leave_no_growth(
     await connector.wait_subscribers("account", 1, "4.2.1.x6")
     await churn(connector, 2, 10, "4.2.1.x6 (warm-up)", steady)
     before = connector.snapshot()
+    tasks_before = await program_tasks(connector)
     await churn(connector, 10, 10, "4.2.1.x6", steady)
     await assert_no_growth_async(
         before, connector.snapshot(), threads=0, tasks=0, fds=0, rss_mb=16.0, settle_s=10.0, label="4.2.1.x6"
     )
+    await assert_tasks_back(connector, tasks_before, "4.2.1.x6")
 
 
 # ---------------------------------------------------------------------------------------------- d
