@@ -110,6 +110,7 @@ DEFAULT_EVENTS = {
     "account_update": "account_update",
     "position_update": "position_update",
     "reconnect": "reconnect",
+    "not_ready": "not_ready",
 }
 
 

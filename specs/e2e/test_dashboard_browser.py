@@ -9,12 +9,14 @@ UPDATE_DOCS_SCREENSHOT=1, also as docs/dashboard.png.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Request, expect, sync_playwright
 
 from harness.mock_exchange import spec_account, spec_positions
@@ -62,8 +64,9 @@ def page(chromium: Path) -> Iterator[Page]:
 @pytest.mark.requires("dashboard")
 @pytest.mark.timeout(120)
 def test_dashboard_shows_a_new_update_without_a_reload(
-    page: Page, live_stack: Stack, request: pytest.FixtureRequest
+    chromium: Path, live_stack: Stack, page: Page, request: pytest.FixtureRequest
 ) -> None:
+    # (fixture order: skip before starting anything; the browser closes before the stack stops)
     page_loads: list[str] = []
 
     def on_request(browser_request: Request) -> None:
@@ -104,6 +107,7 @@ def test_dashboard_shows_a_new_update_without_a_reload(
             f"got {len(page_loads)} page loads: {page_loads}"
         )
     finally:
-        page.screenshot(path=str(screenshot), animations="disabled")
+        with contextlib.suppress(PlaywrightError):  # a browser that died must not hide why
+            page.screenshot(path=str(screenshot), animations="disabled")
     if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
         shutil.copyfile(screenshot, DOCS_SCREENSHOT)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,23 +56,19 @@ pytestmark = pytest.mark.e2e
 # ------------------------------------------------------------------------------------------ 5.1.1.x4
 
 Config = dict[str, Any]
+TYPO_KEY = "exchange_grpc_adress"
+BROKEN_CASES = ("missing_key", "unknown_key", "bad_value", "bad_address")
 
 
-def _without(key: str) -> Callable[[Config], Config]:
-    return lambda config: {k: v for k, v in config.items() if k != key}
-
-
-def _with(key: str, value: Any) -> Callable[[Config], Config]:
-    return lambda config: {**config, key: value}
-
-
-# case -> (how the config is broken, the key the message must name)
-BROKEN_CONFIGS: dict[str, Callable[[str], tuple[Callable[[Config], Config], str]]] = {
-    "missing_address": lambda program: (_without(ADDRESS_KEY), ADDRESS_KEY),
-    "unknown_key": lambda program: (_with("exchange_grpc_adress", "127.0.0.1:50051"), "exchange_grpc_adress"),
-    "bad_exchange_kind": lambda program: (_with(KIND_KEY[program], "native"), KIND_KEY[program]),
-    "bad_address": lambda program: (_with(ADDRESS_KEY, "127.0.0.1:not-a-port"), ADDRESS_KEY),
-}
+def _broken(case: str, program: str, config: Config) -> tuple[Config, str]:
+    """`config` broken in one place, and the key the error message must name."""
+    if case == "missing_key":
+        return {key: value for key, value in config.items() if key != ADDRESS_KEY}, ADDRESS_KEY
+    if case == "unknown_key":  # a typo of a real key
+        return {**config, TYPO_KEY: config[ADDRESS_KEY]}, TYPO_KEY
+    if case == "bad_value":  # "native" was the exchange kind before the connector existed
+        return {**config, KIND_KEY[program]: "native"}, KIND_KEY[program]
+    return {**config, ADDRESS_KEY: "127.0.0.1:not-a-port"}, ADDRESS_KEY
 
 
 def _rendered_config(sut: Manifest, name: str, free_port: Callable[[], int], folder: Path) -> str:
@@ -79,7 +76,7 @@ def _rendered_config(sut: Manifest, name: str, free_port: Callable[[], int], fol
     if program.config is None:
         pytest.fail(f"[{BAD_CONFIG}] expected the manifest to give {name} a config template, got none")
     values = {"connector": f"127.0.0.1:{free_port()}", "http_port": free_port(), "workdir": str(folder)}
-    return program.render(program.config, {**values, "root": str(sut.path.parent), "python": "python"})
+    return program.render(program.config, {**values, "root": str(sut.path.parent), "python": sys.executable})
 
 
 def _run_with_config(launcher: ProgramLauncher, name: str, path: Path) -> tuple[int, list[str]]:
@@ -95,7 +92,7 @@ def _run_with_config(launcher: ProgramLauncher, name: str, path: Path) -> tuple[
     return code, [line for line in program.log_lines() + program.output_lines() if line.strip()]
 
 
-def _assert_rejected(name: str, case: str, code: int, lines: list[str], path: Path, names: str) -> None:
+def _assert_rejected(name: str, case: str, code: int, lines: list[str], names: str) -> None:
     shown = "\n".join(lines[:10]) or "(nothing)"
     assert code == CONFIG_ERROR_EXIT_CODE, (
         f"[{BAD_CONFIG}] {name}, {case}: expected exit code {CONFIG_ERROR_EXIT_CODE}, got {code}; it printed:\n{shown}"
@@ -110,7 +107,7 @@ def _assert_rejected(name: str, case: str, code: int, lines: list[str], path: Pa
 
 @pytest.mark.scenario(BAD_CONFIG)
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("case", sorted(BROKEN_CONFIGS))
+@pytest.mark.parametrize("case", BROKEN_CASES)
 @pytest.mark.parametrize("name", [MARKET_MAKER, LIVE_SERVER])
 def test_bad_config_key_exits_2_naming_the_key(
     name: str,
@@ -125,11 +122,11 @@ def test_bad_config_key_exits_2_naming_the_key(
         f"[{BAD_CONFIG}] expected {name}'s config template to hold {ADDRESS_KEY!r} and {KIND_KEY[name]!r} "
         f"(the spec's keys), got {config!r}"
     )
-    breaks, names = BROKEN_CONFIGS[case](name)
+    broken, names = _broken(case, name, config)
     path = tmp_path / f"{name}-{case}.yaml"
-    path.write_text(yaml.safe_dump(breaks(config), sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump(broken, sort_keys=False), encoding="utf-8")
     code, lines = _run_with_config(launcher, name, path)
-    _assert_rejected(name, case, code, lines, path, names)
+    _assert_rejected(name, case, code, lines, names)
 
 
 @pytest.mark.scenario(BAD_CONFIG)
@@ -143,7 +140,7 @@ def test_malformed_yaml_exits_2_naming_the_file(
         _rendered_config(sut, name, free_port, tmp_path) + "\nlog: {level: info\n", encoding="utf-8"
     )
     code, lines = _run_with_config(launcher, name, path)
-    _assert_rejected(name, "malformed YAML", code, lines, path, path.name)
+    _assert_rejected(name, "malformed YAML", code, lines, path.name)
     rest = lines[0].replace(str(path), "").replace(path.name, "").lower()
     assert any(word in rest for word in MALFORMED_WORDS), (
         f"[{BAD_CONFIG}] {name}, malformed YAML: expected the message to say the file cannot be parsed, got {lines[0]!r}"
