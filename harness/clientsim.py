@@ -3,8 +3,10 @@
 A "market_maker-like" client holds an account stream and a position stream (RemoteExchange
 StreamHandles, reconnecting by themselves), as market_maker does. A "live_server-like" client holds
 the same two streams and also polls GetAccount and GetPositions every `poll_interval` seconds, as
-live_server does when its HTTP API and dashboard are read. Both run in the test process, so each
-delivery's end-to-end latency (harness.loadgen tags) and every sequence gap is seen exactly.
+live_server does when its HTTP API and dashboard are read. Each delivery's end-to-end latency
+(harness.loadgen tags) and every sequence gap is seen exactly. They run in the test process (the
+soak and memory levels) or in worker processes of their own (the load level: harness.loadworker,
+which keeps each sample with keep_samples=True so they can be sent back).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +60,7 @@ class SimulatedClient:
         poll_interval: float = 1.0,
         first_seq: int | None = 1,
         name: str = "",
+        keep_samples: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"client kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -68,6 +72,9 @@ class SimulatedClient:
         self.latency = LatencyRecorder(f"{self.name} updates")  # every delivery, since start
         self.interval_latency = LatencyRecorder(f"{self.name} updates (interval)")
         self.poll_latency = LatencyRecorder(f"{self.name} polls")
+        self.keep_samples = keep_samples  # also every latency in microseconds, in arrival order
+        self.samples_us = array("q")
+        self.poll_samples_us = array("q")
         self.primed = asyncio.Event()
         self.poll_calls = 0
         self.poll_errors = 0
@@ -109,9 +116,7 @@ class SimulatedClient:
             if tag is not None and tag[0] == PRIMING_RUN:
                 self.primed.set()
             return
-        elapsed = received_ns - account.updated_at.ToNanoseconds()
-        self.latency.record_ns(elapsed)
-        self.interval_latency.record_ns(elapsed)
+        self._record(received_ns - account.updated_at.ToNanoseconds())
         self.accounts.observe(tag[1])
 
     def _on_position(self, position: pb.Position) -> None:
@@ -121,9 +126,14 @@ class SimulatedClient:
             return
         sent_ns = self._position_sent_ns.get(tag[1])
         if sent_ns is not None:
-            self.latency.record_ns(received_ns - sent_ns)
-            self.interval_latency.record_ns(received_ns - sent_ns)
+            self._record(received_ns - sent_ns)
         self.positions.observe(tag[1])
+
+    def _record(self, elapsed_ns: int) -> None:
+        self.latency.record_ns(elapsed_ns)
+        self.interval_latency.record_ns(elapsed_ns)
+        if self.keep_samples:
+            self.samples_us.append(elapsed_ns // 1000)
 
     async def _poll(self) -> None:
         while True:
@@ -132,7 +142,10 @@ class SimulatedClient:
             try:
                 started = time.perf_counter_ns()
                 await self.exchange.get_account()
-                self.poll_latency.record_ns(time.perf_counter_ns() - started)
+                elapsed_ns = time.perf_counter_ns() - started
+                self.poll_latency.record_ns(elapsed_ns)
+                if self.keep_samples:
+                    self.poll_samples_us.append(elapsed_ns // 1000)
                 await self.exchange.get_positions()
             except Exception:  # counted: the soak's error rate, the load test's failure message
                 self.poll_errors += 1

@@ -278,16 +278,16 @@ def _classify(report: pytest.TestReport) -> tuple[str, str] | None:
                 return "failed", f"listed as a known failure but passed: {report.wasxfail}"
             return "known-failure", str(report.wasxfail)
         if report.failed:
-            return "failed", _first_line(report.longreprtext)
+            return "failed", _reason(report)
         if report.skipped:
             return _skip(report)
         return "passed", ""
     if report.when == "setup" and report.failed:
-        return "error", _first_line(report.longreprtext)
+        return "error", _reason(report)
     if report.when == "setup" and report.skipped:
         return _skip(report)
     if report.when == "teardown" and report.failed:
-        return "error", "teardown: " + _first_line(report.longreprtext)
+        return "error", "teardown: " + _reason(report)
     return None
 
 
@@ -299,9 +299,14 @@ def _skip(report: pytest.TestReport) -> tuple[str, str]:
     return "skipped", reason
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("E ")]
-    return (lines[0][2:].strip() if lines else text.strip().splitlines()[-1] if text.strip() else "")[:300]
+def _reason(report: pytest.TestReport) -> str:
+    """The failure's own message (the crash line), not an exception it was raised from."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    if message:
+        return str(message).splitlines()[0][:300]
+    text = report.longreprtext.strip()
+    return text.splitlines()[-1][:300] if text else ""
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

@@ -213,3 +213,22 @@ def test_trace_records_the_grpc_exchange_of_a_failing_test(pytester: pytest.Pyte
     assert ["x-test", "1"] in trace["calls_to_sut"][0]["metadata"]
     upstream = [(c["method"], c["code"]) for c in trace["calls_to_mock_exchange"]]
     assert ("GetAccount", "OK") in upstream and ("GetPositions", "INVALID_ARGUMENT") in upstream, upstream
+
+
+def test_failure_reason_is_the_tests_own_message(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_reason="""
+        import pytest
+        @pytest.mark.unit
+        @pytest.mark.scenario("3.2.1.d")
+        def test_fails_inside_except():
+            try:
+                raise KeyError("inner")
+            except KeyError:
+                pytest.fail("3.2.1.d: expected no error on a second stop, got KeyError")
+        """
+    )
+    suite.runpytest("--report-dir", "out", "test_reason.py").assert_outcomes(failed=1)
+    report = json.loads((suite.path / "out" / "conformance-report.json").read_text())
+    reason = {r["id"]: r["reason"] for r in report["scenarios"]}["3.2.1.d"]
+    assert reason.startswith("Failed: 3.2.1.d: expected no error on a second stop"), reason

@@ -102,7 +102,7 @@ def ignore_symbol_filter() -> None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._stream(POSITIONS, "", context)
 
-    ExchangeService.SubscribePositions = subscribe_positions  # type: ignore[method-assign,assignment]
+    ExchangeService.SubscribePositions = subscribe_positions  # type: ignore[method-assign]
 
 
 @fault("upstream-per-client")
@@ -132,6 +132,7 @@ def upstream_per_client() -> None:
             log_event(HUB_LOG, "subscriber_removed", topic=topic, symbol=symbol, peer=peer, reason=reason)
 
         subscription = Subscription(topic, symbol, peer, hub.queue_size, on_enter=enter, on_exit=leave)
+        call: Any = None
         feed: asyncio.Task[None] | None = None
         try:
             try:
@@ -149,6 +150,8 @@ def upstream_per_client() -> None:
             if feed is not None:
                 feed.cancel()
                 await asyncio.gather(feed, return_exceptions=True)
+            elif call is not None:  # the client left before the relay started
+                call.cancel()
             self._gate.leave()
 
     Hub.subscriber_count = subscriber_count  # type: ignore[method-assign]
@@ -158,7 +161,7 @@ def upstream_per_client() -> None:
 def _open_upstream(exchange: Any, topic: str, symbol: str) -> Any:
     """A new SubscribeAccount/SubscribePositions call on the exchange adapter's own channel."""
     if not isinstance(exchange, GrpcExchange):
-        raise SystemExit("upstream-per-client needs the grpc exchange adapter (--exchange grpc)")
+        raise RuntimeError("upstream-per-client needs the grpc exchange adapter (--exchange grpc)")
     remote = exchange._remote
     stub = remote._service()
     if topic == ACCOUNT:
@@ -199,20 +202,20 @@ def never_serving() -> None:
 def ignore_sigterm() -> None:
     """SIGTERM does nothing (SIGINT still stops the program)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    connector_main.STOP_SIGNALS = (signal.SIGINT,)
+    connector_main.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
 
 
 @fault("abrupt-shutdown")
 def abrupt_shutdown() -> None:
     """SIGTERM ends the process at once with exit code 0: no NOT_SERVING, no status on open streams."""
-    connector_main.STOP_SIGNALS = (signal.SIGINT,)
+    connector_main.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
     serve = connector_main.serve
 
     async def serve_until_killed(settings: Any) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, os._exit, 0)
         return await serve(settings)
 
-    connector_main.serve = serve_until_killed  # type: ignore[assignment]
+    connector_main.serve = serve_until_killed
 
 
 @fault("leak-task-per-stream")

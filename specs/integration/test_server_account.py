@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import httpx
 import pytest
+from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -46,6 +47,11 @@ def position(symbol: str, mark: str) -> pb.Position:
     return moved
 
 
+def one_line(message: Any) -> str:
+    """A message in one line, so a failure's first line shows all of it."""
+    return text_format.MessageToString(message, as_one_line=True)
+
+
 def account(n: int) -> pb.Account:
     """A distinct, valid account per `n` (fixed timestamp, so equal messages compare equal)."""
     update = spec_account(total_balance=f"{10000 + n}.00")
@@ -66,9 +72,10 @@ async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> l
 
     try:
         await asyncio.wait_for(collect(), timeout)
+        return messages
     except asyncio.TimeoutError:
-        pytest.fail(f"{scenario}: expected {count} messages within {timeout} s, got {len(messages)}")
-    return messages
+        pass  # fail outside the handler: the report's reason is then this message, not the timeout
+    pytest.fail(f"{scenario}: expected {count} messages within {timeout} s, got {len(messages)}")
 
 
 async def stream_end(
@@ -88,9 +95,8 @@ async def stream_end(
     try:
         return messages, await asyncio.wait_for(drain(), timeout)
     except asyncio.TimeoutError:
-        pytest.fail(
-            f"{scenario}: expected the stream to end within {timeout} s ({len(messages)} messages read)"
-        )
+        pass  # fail outside the handler: the report's reason is then this message, not the timeout
+    pytest.fail(f"{scenario}: expected the stream to end within {timeout} s ({len(messages)} messages read)")
 
 
 async def health(connector: ConnectorUnderTest) -> int:
@@ -126,7 +132,8 @@ async def test_single_client_receives_account_updates(connector: ConnectorUnderT
     received = await read(call, 5, "4.2.1.a")
     for index, (got, expected) in enumerate(zip(received, sent, strict=True)):
         assert got == expected, (
-            f"4.2.1.a: update {index}: expected {expected}, got {got} (field values must be identical)"
+            f"4.2.1.a: update {index}: expected {one_line(expected)}, got {one_line(got)} "
+            "(field values must be identical)"
         )
     call.cancel()
     await connector.wait_subscribers("account", 0, "4.2.1.a (the closed stream is cleaned up)")

@@ -49,9 +49,10 @@ async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> l
 
     try:
         await asyncio.wait_for(collect(), timeout)
+        return messages
     except asyncio.TimeoutError:
-        pytest.fail(f"{scenario}: expected {count} positions within {timeout} s, got {len(messages)}")
-    return messages
+        pass  # fail outside the handler: the report's reason is then this message, not the timeout
+    pytest.fail(f"{scenario}: expected {count} positions within {timeout} s, got {len(messages)}")
 
 
 def described(positions: list[pb.Position]) -> list[str]:
@@ -156,8 +157,9 @@ async def test_empty_symbol_forwards_every_update_of_every_symbol(connector: Con
         f"4.2.2.ac2: expected all {len(sent)} updates in order, got {described(received)}"
     )
     eth = [p for p in sent if p.symbol == "ETHUSDT"]
-    assert await read(only_eth, len(eth), "4.2.2.ac2") == eth, (
-        "4.2.2.ac2: the ETHUSDT subscriber gets its own"
+    got_eth = await read(only_eth, len(eth), "4.2.2.ac2")
+    assert got_eth == eth, (
+        f"4.2.2.ac2: expected the ETHUSDT subscriber to get its own {described(eth)}, got {described(got_eth)}"
     )
 
     stub = connector.stub()

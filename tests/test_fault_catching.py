@@ -1,0 +1,206 @@
+"""The suite catches faults: every faulty connector of specs/faulty fails the scenarios meant to catch it.
+
+For each fault of specs/faulty/faults.yaml the suite runs as a subprocess against the fault's
+manifest (the reference's, with the connector replaced), with the fault's --scenario selectors; the
+run must fail, and every scenario of the fault's `caught_by` must be reported failed or error. The
+control: the reference passes the same selections. The runs go two at a time (one under
+pytest-xdist, whose workers already share the machine); the reference's run of the timed (§6)
+selections goes last, alone, since it measures latency.
+
+The runs' reports stay in $FAULT_REPORTS_DIR (one folder per run) when it is set;
+`python tools/fault_table.py` turns them into docs/fault-catch-table.md.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from harness.manifest import DEFAULT_MANIFEST, load_manifest
+from specs.faulty.catalogue import Fault, is_timed, load_faults
+from specs.faulty.connector import FAULTS as IMPLEMENTED
+from specs.faulty.manifests import write_manifest
+from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
+
+FAULTS = load_faults()
+CONTROL, TIMED_CONTROL = "control", "control-timed"
+RUN_TIMEOUT_S = 300.0
+PARALLEL_RUNS = 2
+MATRIX_TIMEOUT_S = 900  # a test may wait for the runs queued before its own
+
+
+def control_selectors(timed: bool) -> list[str]:
+    """Every fault's selectors, once each: the timed ones or the others."""
+    chosen = [s for fault in FAULTS.values() for s in fault.select if is_timed(s) == timed]
+    return list(dict.fromkeys(chosen))
+
+
+def control_expectations(timed: bool) -> list[str]:
+    """The IDs some fault must fail, in the timed control or the other: the reference must pass them."""
+    wanted = [sid for fault in FAULTS.values() for sid in fault.caught_by if is_timed(sid) == timed]
+    return list(dict.fromkeys(wanted))
+
+
+@dataclass
+class Matrix:
+    """The runs of this module: started on demand, or all at once in a pool of PARALLEL_RUNS."""
+
+    folder: Path
+    parallel: int
+    _pool: ThreadPoolExecutor = field(init=False)
+    _runs: dict[str, Future[SuiteRun]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="fault-run")
+
+    def submit(self, name: str) -> Future[SuiteRun]:
+        with self._lock:
+            if name not in self._runs:
+                self._runs[name] = self._pool.submit(self._run, name)
+            return self._runs[name]
+
+    def result(self, name: str) -> SuiteRun:
+        if name == TIMED_CONTROL:  # it measures latency: only once every other run has ended
+            with self._lock:
+                others = [future for key, future in self._runs.items() if key != name]
+            wait(others)
+        return self.submit(name).result(timeout=MATRIX_TIMEOUT_S)
+
+    def _run(self, name: str) -> SuiteRun:
+        folder = self.folder / name
+        if name in (CONTROL, TIMED_CONTROL):
+            return run_suite(
+                name,
+                DEFAULT_MANIFEST,
+                control_selectors(name == TIMED_CONTROL),
+                folder,
+                timeout=RUN_TIMEOUT_S,
+            )
+        fault = FAULTS[name]
+        manifest = write_manifest(name, self.folder / "manifests")
+        # a private temp folder: a fault's run never waits for the machine-wide benchmark lock
+        private_tmp = folder / "tmpdir"
+        private_tmp.mkdir(parents=True, exist_ok=True)
+        return run_suite(
+            name, manifest, fault.select, folder, timeout=RUN_TIMEOUT_S, env={"TMPDIR": str(private_tmp)}
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _queued_first(names: list[str]) -> list[str]:
+    """Longest runs first, so the two lanes finish together."""
+    slow = {name for name in names if name == CONTROL or (name in FAULTS and FAULTS[name].slow)}
+    return sorted(names, key=lambda name: (name != CONTROL, name not in slow))
+
+
+@pytest.fixture(scope="module")
+def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    chosen = os.environ.get("FAULT_REPORTS_DIR")
+    folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("fault-runs")
+    under_xdist = "PYTEST_XDIST_WORKER" in os.environ
+    runs = Matrix(folder, 1 if under_xdist else PARALLEL_RUNS)
+    try:
+        if not under_xdist:  # start every run this session will ask for, two at a time
+            wanted = [
+                str(item.callspec.params["run"])
+                for item in request.session.items
+                if isinstance(item, pytest.Function)
+                and item.module is request.module
+                and hasattr(item, "callspec")
+                and "run" in item.callspec.params
+            ]
+            for name in _queued_first([name for name in dict.fromkeys(wanted) if name != TIMED_CONTROL]):
+                runs.submit(name)
+        yield runs
+    finally:
+        runs.close()
+
+
+def fault_param(fault: Fault) -> object:
+    marks = [pytest.mark.slow] if fault.slow else []
+    return pytest.param(fault.name, marks=marks, id=fault.name)
+
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+
+
+def test_fault_catalogue_matches_the_faulty_connector() -> None:
+    assert set(FAULTS) == set(IMPLEMENTED), (
+        f"expected faults.yaml to list exactly the faults specs/faulty/connector.py implements, "
+        f"got catalogue {sorted(FAULTS)} and connector {sorted(IMPLEMENTED)}"
+    )
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) -> None:
+    manifest = load_manifest(write_manifest(fault, tmp_path))
+    reference = load_manifest(DEFAULT_MANIFEST)
+    command = manifest.program("exchange_connector").command
+    assert command[1:5] == ("-m", "specs.faulty.connector", "--fault", fault), (
+        f"expected the connector command to run the fault {fault!r}, got {command}"
+    )
+    assert command[5:] == reference.program("exchange_connector").command[3:], (
+        f"expected the reference's serve flags unchanged, got {command[5:]}"
+    )
+    for name in ("market_maker", "live_server"):
+        assert manifest.program(name) == reference.program(name), f"expected {name} unchanged"
+    assert manifest.capabilities == reference.capabilities - {"reference_library"}, (
+        f"expected the reference's capabilities but reference_library, got {sorted(manifest.capabilities)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the matrix
+
+
+@pytest.mark.timeout(MATRIX_TIMEOUT_S)
+@pytest.mark.parametrize("run", [fault_param(fault) for fault in FAULTS.values()])
+def test_suite_fails_the_faulty_connector(run: str, matrix: Matrix) -> None:
+    fault = FAULTS[run]
+    result = matrix.result(run)
+    caught = result.caught() if result.report_path.is_file() else {}
+    print(f"catch table: {run}: caught by {', '.join(caught) or 'nothing'} ({result.describe()})")
+    for sid, reason in caught.items():
+        print(f"  {sid}: {reason}")
+    assert not result.timed_out, f"{result.describe()}; {result.output_tail()}"
+    assert result.returncode == PYTEST_TESTS_FAILED, (
+        f"expected the suite to fail against the fault {run!r} (exit code {PYTEST_TESTS_FAILED}: tests failed), "
+        f"got {result.describe()}; {result.output_tail()}"
+    )
+    statuses = result.statuses()
+    missed = {sid: statuses.get(sid, ("not run", ""))[0] for sid in fault.caught_by if sid not in caught}
+    assert not missed, (
+        f"expected the fault {run!r} ({fault.description}) to be caught by {', '.join(fault.caught_by)}; "
+        f"these were not failed or error: {missed}; caught by: {caught or 'nothing'}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(MATRIX_TIMEOUT_S)
+@pytest.mark.parametrize("run", [CONTROL, TIMED_CONTROL])
+def test_reference_passes_the_same_selections(run: str, matrix: Matrix) -> None:
+    result = matrix.result(run)
+    assert not result.timed_out, f"{result.describe()}; {result.output_tail()}"
+    caught = result.caught() if result.report_path.is_file() else {}
+    assert result.returncode == 0 and not caught, (
+        f"expected the reference to pass the selections {' '.join(result.selectors)}, got {result.describe()}; "
+        f"failed: {caught}; {result.output_tail()}"
+    )
+    statuses = result.statuses()
+    expected = control_expectations(timed=run == TIMED_CONTROL)
+    not_passed = {
+        sid: statuses.get(sid, ("not run", ""))[0]
+        for sid in expected
+        if statuses.get(sid, ("",))[0] != "passed"
+    }
+    assert not not_passed, (
+        f"expected the reference to pass every scenario a fault must fail, got {not_passed}"
+    )
