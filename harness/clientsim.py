@@ -1,9 +1,10 @@
 """Simulated clients of the connector for the load and soak levels, built on the real client library.
 
 A "market_maker-like" client holds an account stream and a position stream (RemoteExchange
-StreamHandles, reconnecting by themselves), as market_maker does. A "live_server-like" client holds
-the same two streams and also polls GetAccount and GetPositions every `poll_interval` seconds, as
-live_server does when its HTTP API and dashboard are read. Each delivery's end-to-end latency
+StreamHandles, reconnecting by themselves) and, once they are subscribed, reads the account and the
+positions once, as market_maker does when it starts. A "live_server-like" client does the same
+and also polls GetAccount and GetPositions every `poll_interval` seconds, as live_server does when
+its HTTP API and dashboard are read. Each delivery's end-to-end latency
 (harness.loadgen tags) and every sequence gap is seen exactly. They run in the test process (the
 soak and memory levels) or in worker processes of their own (the load level: harness.loadworker,
 which keeps each sample with keep_samples=True so they can be sent back).
@@ -91,6 +92,9 @@ class SimulatedClient:
         for handle in self._handles:
             if not await handle.wait_connected(timeout):
                 raise TimeoutError(f"{self.name}: {handle.name} stream not subscribed within {timeout} s")
+        # Once subscribed, read the whole state once, as both programs do when they start.
+        await self.exchange.get_account()
+        await self.exchange.get_positions()
         if self.kind == "live_server":
             self._poller = asyncio.create_task(self._poll(), name=f"{self.name} poller")
 

@@ -20,6 +20,8 @@ report per client through its pipe, then stops its clients and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import multiprocessing
 import time
 from array import array
@@ -102,13 +104,15 @@ def _worker(connection: Connection, job: _Job, primed: Any, finished: Any) -> No
     from implementation.clients import run as run_loop  # the real programs' event loop
 
     started = time.process_time()
+    outcome: tuple[str, Any]
     try:
         reports, reference = run_loop(_serve(job, primed, finished))
-        connection.send(("ok", WorkerResult(job.group, reports, time.process_time() - started, reference)))
+        outcome = ("ok", WorkerResult(job.group, reports, time.process_time() - started, reference))
     except BaseException as error:  # reported to the test process, which raises it in the test
-        connection.send(("error", f"{job.group.kind} clients: {type(error).__name__}: {error}"))
-    finally:
-        connection.close()
+        outcome = ("error", f"{job.group.kind} clients: {type(error).__name__}: {error}")
+    with contextlib.suppress(OSError):  # the test process stopped listening: it failed already
+        connection.send(outcome)
+    connection.close()
 
 
 async def _serve(job: _Job, primed: Any, finished: Any) -> tuple[list[ClientReport], SubscriberReport | None]:
@@ -134,6 +138,7 @@ async def _serve(job: _Job, primed: Any, finished: Any) -> tuple[list[ClientRepo
     tasks: list[asyncio.Task[None]] = []
     try:
         await start_all(clients, START_TIMEOUT_S)
+        gc.freeze()  # as a long-running client program would: start-up objects out of every collection
         tasks = [asyncio.create_task(_when_primed(client, count_primed)) for client in clients]
         if channel is not None:
             plan = StreamPlan(count=job.count, run=job.run)

@@ -203,6 +203,13 @@ class MockExchangeServer:
                 self._book.positions = [*positions[:index], message, *positions[index + 1 :]]
             self._post(self._book.deliver, "positions", message)
 
+    def stamp_on_send(self, enabled: bool = True) -> None:
+        """Stamp each account's updated_at as the mock writes it to a stream (the exchange's send
+        time), instead of keeping the time the test triggered it: latency then excludes the
+        harness's hand-off from the triggering thread to the mock's loop."""
+        with self._book.lock:
+            self._book.stamp_on_send = enabled
+
     def fail_calls(self, code: grpc.StatusCode | None, details: str = "") -> None:
         """While set, unary calls and new streams fail with `code`; None serves normally again."""
         if code is grpc.StatusCode.OK:

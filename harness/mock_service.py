@@ -93,6 +93,7 @@ class MockBook:
         self.account = spec_account()
         self.positions = spec_positions()
         self.failure: StreamEnd | None = None
+        self.stamp_on_send = False  # set updated_at of accounts as they are written (latency runs)
         self.streams: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
         self.totals: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
@@ -220,6 +221,10 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
                             await context.abort(item.code, item.details)
                         self._book.log_call(method, context, "OK", "", written)
                         return
+                    if self._book.stamp_on_send and isinstance(item, pb.Account):
+                        # the exchange's send time, taken as the update leaves it (after the
+                        # harness's own hand-off from the triggering thread)
+                        item.updated_at.GetCurrentTime()
                     await context.write(item)
                     written += 1
             finally:

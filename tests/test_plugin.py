@@ -232,3 +232,18 @@ def test_failure_reason_is_the_tests_own_message(suite: pytest.Pytester) -> None
     report = json.loads((suite.path / "out" / "conformance-report.json").read_text())
     reason = {r["id"]: r["reason"] for r in report["scenarios"]}["3.2.1.d"]
     assert reason.startswith("Failed: 3.2.1.d: expected no error on a second stop"), reason
+
+
+def test_long_benchmarks_run_only_under_m_perf(suite: pytest.Pytester) -> None:
+    suite.makepyfile(
+        test_long="""
+        import pytest
+        @pytest.mark.perf
+        @pytest.mark.perf_long
+        @pytest.mark.scenario("6.3.1.a")
+        def test_load(load_duration):
+            assert load_duration == 300.0
+        """
+    )
+    suite.runpytest("test_long.py").assert_outcomes(deselected=1)
+    suite.runpytest("test_long.py", "-m", "perf").assert_outcomes(passed=1)

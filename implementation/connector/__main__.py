@@ -11,6 +11,7 @@ variable or unreadable file, with one line on stderr saying which.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -70,6 +71,9 @@ async def serve(settings: ServeSettings) -> int:
     code = 0
     try:
         await server.start(settings.listen)
+        # Everything built so far (modules, server, hub) lives as long as the process: keep it out
+        # of the collector's scans, so a full collection stays short on the streaming path.
+        gc.freeze()
         if metrics is not None and settings.metrics_listen:
             try:
                 port = metrics.start(settings.metrics_listen)

@@ -2,7 +2,8 @@
 
 It is the `remote` exchange of market_maker and live_server, and the base of the connector's
 `grpc` adapter. One grpc.aio channel per client; unary calls map gRPC failures to RemoteError
-(keeping code and details); streams are either one plain subscription (subscribe_*, run_*) or a
+(keeping code and details); streams are either one plain subscription (subscribe_*, run_*, and
+relay_* for the connector's upstream: each message as received, straight to a callback) or a
 StreamHandle that reconnects by itself (start_*_stream).
 """
 
@@ -12,7 +13,6 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -220,13 +220,22 @@ class RemoteExchange:
 
     async def run_account_stream(self, callback: Callable[[pb.Account], object]) -> None:
         """Exchange interface: deliver valid account updates until cancelled; ExchangeError when the stream ends."""
-        await self._run_stream("SubscribeAccount", self._account_subscription(), validate_account, callback)
+        await self._run_stream("SubscribeAccount", self._open_account_call(), validate_account, callback)
 
     async def run_position_stream(self, callback: Callable[[pb.Position], object]) -> None:
         """Exchange interface: deliver valid position updates (all symbols) until cancelled or failed."""
         await self._run_stream(
-            "SubscribePositions", self._position_subscription(""), validate_position, callback
+            "SubscribePositions", self._open_position_call(""), validate_position, callback
         )
+
+    async def relay_account(self, callback: Callable[[pb.Account], object]) -> None:
+        """One SubscribeAccount stream, each message as received (not validated, no reconnect) to the
+        plain function `callback`; returns when the server ends the stream, RemoteError if it fails."""
+        await _relay("SubscribeAccount", self._open_account_call(), callback)
+
+    async def relay_positions(self, callback: Callable[[pb.Position], object], symbol: str = "") -> None:
+        """One SubscribePositions stream (empty symbol: all), as relay_account()."""
+        await _relay("SubscribePositions", self._open_position_call(symbol), callback)
 
     def start_account_stream(
         self,
@@ -274,6 +283,15 @@ class RemoteExchange:
         return _subscription(
             "SubscribePositions", lambda: stub.SubscribePositions(request, metadata=self._metadata)
         )
+
+    def _open_account_call(self) -> grpc.aio.UnaryStreamCall[pb.SubscribeAccountRequest, pb.Account]:
+        return self._service().SubscribeAccount(pb.SubscribeAccountRequest(), metadata=self._metadata)
+
+    def _open_position_call(
+        self, symbol: str
+    ) -> grpc.aio.UnaryStreamCall[pb.SubscribePositionsRequest, pb.Position]:
+        request = pb.SubscribePositionsRequest(symbol=symbol)
+        return self._service(symbol).SubscribePositions(request, metadata=self._metadata)
 
     def _open_channel(self) -> grpc.aio.Channel:
         if self._closed:
@@ -339,20 +357,29 @@ class RemoteExchange:
     async def _run_stream(
         self,
         method: str,
-        updates: AsyncGenerator[T, None],
+        call: grpc.aio.UnaryStreamCall[Any, T],
         validate: Callable[[T], T],
         callback: Callable[[T], object],
     ) -> None:
-        async with aclosing(updates):
-            async for message in updates:
+        # One read loop on the call itself: no async generator between the socket and the callback.
+        try:
+            while True:
                 try:
-                    item = validate(message)
+                    message = await call.read()
+                except grpc.aio.AioRpcError as exc:
+                    raise _from_rpc_error(method, exc) from exc
+                if message is grpc.aio.EOF:
+                    break
+                try:
+                    item = validate(cast(T, message))
                 except InvalidData as exc:
                     self._log(logging.WARNING, "invalid_message_skipped", method=method, reason=str(exc))
                     continue
                 result = callback(item)
                 if inspect.isawaitable(result):
                     await result
+        finally:
+            call.cancel()
         raise RemoteUnavailable(
             method, grpc.StatusCode.UNAVAILABLE, f"the server at {self.address} ended the stream"
         )
@@ -395,6 +422,25 @@ class RemoteExchange:
         extra = {"event": event, "address": self.address, **fields}
         shown = " ".join(f"{key}={value}" for key, value in fields.items())
         self._logger.log(level, "%s %s %s", event, self.address, shown, extra=extra)
+
+
+async def _relay(
+    method: str, call: grpc.aio.UnaryStreamCall[Any, T], callback: Callable[[T], object]
+) -> None:
+    """Every message of one stream call to `callback`, in one read loop (the connector's hot path);
+    returns at the end of the stream, RemoteError when it fails; the call is cancelled on the way out."""
+    read = call.read
+    try:
+        while True:
+            try:
+                message = await read()
+            except grpc.aio.AioRpcError as exc:
+                raise _from_rpc_error(method, exc) from exc
+            if message is grpc.aio.EOF:
+                return
+            callback(cast(T, message))
+    finally:
+        call.cancel()
 
 
 async def _subscription(

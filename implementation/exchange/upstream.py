@@ -10,17 +10,12 @@ hub validates every update and logs what it drops.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
 from pathlib import Path
-from typing import TypeVar
 
 from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import AccountCallback, PositionCallback
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.remote import RemoteExchange
-
-T = TypeVar("T")
 
 
 class GrpcExchange:
@@ -65,22 +60,18 @@ class GrpcExchange:
     async def get_positions(self, symbol: str = "") -> list[pb.Position]:
         return await self._remote.get_positions(symbol)
 
+    # Each stream is one read loop straight into the hub's callback (RemoteExchange.relay_*): every
+    # update passes here, so no async generator or iterator sits in between.
     async def run_account_stream(self, callback: AccountCallback) -> None:
-        await self._relay("SubscribeAccount", self._remote.subscribe_account(), callback)
+        await self._remote.relay_account(callback)
+        raise self._ended("SubscribeAccount")
 
     async def run_position_stream(self, callback: PositionCallback) -> None:
-        await self._relay("SubscribePositions", self._remote.subscribe_positions(""), callback)
+        await self._remote.relay_positions(callback, "")
+        raise self._ended("SubscribePositions")
 
-    async def _relay(self, method: str, updates: AsyncIterator[T], callback: Callable[[T], object]) -> None:
-        """Every message of one subscription to `callback`; an error when the subscription ends."""
-        if isinstance(updates, AsyncGenerator):
-            async with aclosing(updates):
-                async for message in updates:
-                    callback(message)
-        else:
-            async for message in updates:
-                callback(message)
-        raise ExchangeUnavailable(f"the upstream at {self.address} ended the {method} stream")
+    def _ended(self, method: str) -> ExchangeUnavailable:
+        return ExchangeUnavailable(f"the upstream at {self.address} ended the {method} stream")
 
 
 __all__ = ["GrpcExchange"]
