@@ -353,8 +353,21 @@ def test_a_failing_test_leaves_nothing_running_and_shows_the_logs(pytester: pyte
     assert '"event": "ready"' in output and '"event": "shutdown_complete"' not in output, output
 
 
+_CHILDREN_BEFORE_TEST: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _note_children_before_test() -> None:
+    """Programs other fixtures of the session keep running (e.g. a benchmark baseline) are not this test's."""
+    _CHILDREN_BEFORE_TEST.clear()
+    _CHILDREN_BEFORE_TEST.update(p.pid for p in psutil.Process().children(recursive=True))
+
+
 def _running_children() -> list[str]:
+    """Child processes started during this test and still running."""
     children = psutil.Process().children(recursive=True)
     return [
-        f"{p.pid} {p.cmdline()}" for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        f"{p.pid} {p.cmdline()}"
+        for p in children
+        if p.pid not in _CHILDREN_BEFORE_TEST and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     ]
