@@ -264,8 +264,12 @@ METHODS = [
     "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator.",
     "- **Memory (6.2).** Two RemoteExchange clients, 500 account updates/s, warm-up first; psutil RSS, threads "
     "and fds of the connector, RSS, threads, tasks and fds of the test process, before and after.",
-    "- **Load (6.3).** 10 market_maker-like and 5 live_server-like RemoteExchange clients in the test process, "
-    "100 account updates/s; connector CPU = (user + system time) / wall time, 100 % = one core.",
+    "- **Load (6.3, -m perf only).** 10 market_maker-like and 5 live_server-like clients, each its own "
+    "RemoteExchange (own connection), in two worker processes (`harness/loadworker.py`) as the real programs "
+    "would be; the live_server-like ones poll GetAccount/GetPositions every second. 100 account updates/s, "
+    "stamped by the mock exchange as it writes them; `load_exchange_direct_p99_ms` is the same updates read "
+    "straight from the mock (what the machine and the harness alone cost). Connector CPU = (user + system "
+    "time) / wall time, 100 % = one core.",
     "- **Soak (7.1).** `harness/soakrun.py`: updates every 5 s / 1 s, random restarts of simulated clients and "
     "of the real market_maker and live_server programs, snapshots to `reports/soak-snapshots.jsonl`.",
 ]

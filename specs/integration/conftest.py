@@ -265,3 +265,24 @@ async def connector(start_connector: StartConnector) -> ConnectorUnderTest:
 
 
 __all__ = ["FORMS", "TOKEN", "ConnectorUnderTest", "StartConnector"]
+
+
+async def read_stream(
+    call: Any, count: int, scenario: str, *, noun: str = "messages", timeout: float = 15.0
+) -> list[Any]:
+    """The next `count` messages of a stream; fails naming the scenario when they do not come."""
+    messages: list[Any] = []
+
+    async def collect() -> None:
+        while len(messages) < count:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                pytest.fail(f"{scenario}: expected {count} {noun}, the stream ended after {len(messages)}")
+            messages.append(message)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+        return messages
+    except asyncio.TimeoutError:
+        pass  # fail outside the handler: the report's reason is then this message, not the timeout
+    pytest.fail(f"{scenario}: expected {count} {noun} within {timeout} s, got {len(messages)}")

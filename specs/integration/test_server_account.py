@@ -25,6 +25,7 @@ from harness.tls import TlsMaterial
 from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.testdata import test_account as spec_account
 from implementation.exchange.testdata import test_positions as spec_positions
+from specs.integration.conftest import read_stream
 
 if TYPE_CHECKING:
     from specs.integration.conftest import ConnectorUnderTest, StartConnector
@@ -60,22 +61,7 @@ def account(n: int) -> pb.Account:
 
 
 async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> list[Any]:
-    """The next `count` messages of a stream; fails naming the scenario when they do not come."""
-    messages: list[Any] = []
-
-    async def collect() -> None:
-        while len(messages) < count:
-            message = await call.read()
-            if message is grpc.aio.EOF:
-                pytest.fail(f"{scenario}: expected {count} messages, the stream ended after {len(messages)}")
-            messages.append(message)
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-        return messages
-    except asyncio.TimeoutError:
-        pass  # fail outside the handler: the report's reason is then this message, not the timeout
-    pytest.fail(f"{scenario}: expected {count} messages within {timeout} s, got {len(messages)}")
+    return await read_stream(call, count, scenario, timeout=timeout)
 
 
 async def stream_end(

@@ -7,7 +7,6 @@ subscription for every symbol and filters for each client itself.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -15,6 +14,7 @@ import pytest
 
 from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.testdata import test_positions as spec_positions
+from specs.integration.conftest import read_stream
 
 if TYPE_CHECKING:
     from specs.integration.conftest import ConnectorUnderTest
@@ -38,21 +38,7 @@ def subscribe(connector: ConnectorUnderTest, symbol: str) -> Any:
 
 
 async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> list[pb.Position]:
-    messages: list[pb.Position] = []
-
-    async def collect() -> None:
-        while len(messages) < count:
-            message = await call.read()
-            if message is grpc.aio.EOF:
-                pytest.fail(f"{scenario}: expected {count} positions, the stream ended after {len(messages)}")
-            messages.append(message)
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-        return messages
-    except asyncio.TimeoutError:
-        pass  # fail outside the handler: the report's reason is then this message, not the timeout
-    pytest.fail(f"{scenario}: expected {count} positions within {timeout} s, got {len(messages)}")
+    return await read_stream(call, count, scenario, noun="positions", timeout=timeout)
 
 
 def described(positions: list[pb.Position]) -> list[str]:
