@@ -52,7 +52,10 @@ def criteria_rows(results: RunResults, catalogue: Catalogue) -> list[tuple[Scena
             if ran:
                 passed = sum(1 for r in ran if r.outcome == "passed")
                 failed = sum(1 for r in ran if r.outcome in ("failed", "error"))
-                measured = f"{passed}/{len(ran)} scenarios passed"
+                applicable = sum(1 for r in ran if r.outcome not in ("not-applicable", "skipped"))
+                measured = f"{passed}/{applicable} applicable scenarios passed"
+                if applicable < len(ran):
+                    measured += f" ({len(ran) - applicable} not applicable or skipped)"
                 verdict = "FAIL" if failed else ("PASS" if passed else "not run")
         rows.append((criterion, measured or "-", verdict))
     return rows

@@ -70,6 +70,11 @@ def test_unclaimed_capability_is_not_applicable(suite: pytest.Pytester) -> None:
     assert "does not claim tls" in status["3.2.1.c"]["reason"]
     assert status["3.2.1.a"]["status"] == "passed"
     assert report["sut"]["name"] == "other"
+    markdown = (suite.path / "out" / "conformance-report.md").read_text()
+    assert (
+        "| unit tests pass | 100 % | 3/3 applicable scenarios passed (1 not applicable or skipped) | PASS |"
+        in markdown
+    )
 
 
 def test_known_failure_that_fails_is_reported_and_one_that_passes_fails_the_run(
