@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,9 @@ GENERATED_DIR = "opensqt"  # the generated tree, under OUT; OUT/__init__.py is h
 
 
 def generate(out: Path) -> None:
+    # protoc finds the mypy plugins (protoc-gen-mypy*) on PATH: the ones beside this interpreter
+    scripts = str(Path(sys.executable).parent)
+    os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
