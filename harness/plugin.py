@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from harness import catalogue as catalogue_module
+from harness import coverage_run
 from harness.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
 from harness.results import Metric, RunResults, TestOutcome
 
@@ -213,6 +214,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    if not coverage_run.is_uninstrumented(item):
+        return (yield)
+    with coverage_run.uninstrumented():  # benchmarks measure the code, not a tracer
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed and report.when == "call" and item.config.getoption("grpc_trace"):
@@ -265,7 +274,13 @@ class _Recorder:
             return
         from harness.report import write_reports
 
+        self._record_coverage()
         write_reports(self.results, catalogue_module.load(), self.config.getoption("report_dir"))
+
+    def _record_coverage(self) -> None:
+        total = coverage_run.measured_total(self.config)
+        if total is not None:
+            self.results.add_metric(Metric("coverage_pct", round(total, 2), "%", ["10.4"], "pytest-cov"))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._is_worker or not self.results.scenario_status():

@@ -28,6 +28,9 @@ def _worker_slice() -> tuple[int, int]:
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As servers bind: connections of a stopped server left in TIME_WAIT do not make the port
+        # busy for its restart, a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
