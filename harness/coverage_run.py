@@ -41,9 +41,11 @@ def uninstrumented() -> Iterator[None]:
     try:
         yield
     finally:
-        os.environ.update(saved)
         if collector is not None:
             collector.start()
+        # after start(), which writes its configuration anew with paths resolved in the current
+        # folder (a test may have moved it): children keep writing where the run combines
+        os.environ.update(saved)
 
 
 def measured_total(config: pytest.Config) -> float | None:

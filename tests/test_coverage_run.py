@@ -85,3 +85,24 @@ def test_the_figure_is_read_from_pytest_cov_when_it_measured(pytester: pytest.Py
 
     config.pluginmanager.register(FinishedCoverage(), "_cov")
     assert coverage_run.measured_total(config) == pytest.approx(83.4)
+
+
+def test_children_keep_the_configuration_they_had_when_a_test_moved_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "coverage.toml"
+    config.write_text('[tool.coverage.run]\ndata_file = ".probe-coverage"\npatch = ["subprocess"]\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COVERAGE_PROCESS_CONFIG", raising=False)
+    probe = coverage.Coverage(data_file=None, config_file=str(config))
+    probe.start()
+    try:
+        before = os.environ["COVERAGE_PROCESS_CONFIG"]
+        moved = tmp_path / "elsewhere"
+        moved.mkdir()
+        with coverage_run.uninstrumented():
+            os.chdir(moved)  # as an in-process pytest run does
+        after = os.environ["COVERAGE_PROCESS_CONFIG"]
+    finally:
+        probe.stop()
+    assert after == before
