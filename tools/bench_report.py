@@ -269,7 +269,9 @@ METHODS = [
     "would be; the live_server-like ones poll GetAccount/GetPositions every second. 100 account updates/s, "
     "stamped by the mock exchange as it writes them; `load_exchange_direct_p99_ms` is the same updates read "
     "straight from the mock (what the machine and the harness alone cost). Connector CPU = (user + system "
-    "time) / wall time, 100 % = one core.",
+    "time) / wall time, 100 % = one core. Before the run, `harness/machine_probe.py` times a ~1 ms piece of "
+    "plain CPU work for 5 s on the idle machine (`machine_cpu_work_p99_ms`, `machine_cpu_work_max_ms`): the "
+    "floor under any tail latency measured there.",
     "- **Soak (7.1).** `harness/soakrun.py`: updates every 5 s / 1 s, random restarts of simulated clients and "
     "of the real market_maker and live_server programs, snapshots to `reports/soak-snapshots.jsonl`.",
 ]
