@@ -264,7 +264,7 @@ METHODS = [
     "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator.",
     "- **Memory (6.2).** Two RemoteExchange clients, 500 account updates/s, warm-up first; psutil RSS, threads "
     "and fds of the connector, RSS, threads, tasks and fds of the test process, before and after.",
-    "- **Load (6.3, -m perf only).** 10 market_maker-like and 5 live_server-like clients, each its own "
+    "- **Load (6.3).** Quick form in the default run: 20 s, p99 reported as `load_quick_p99_ms`, not judged; full form under -m perf. 10 market_maker-like and 5 live_server-like clients, each its own "
     "RemoteExchange (own connection), in two worker processes (`harness/loadworker.py`) as the real programs "
     "would be; the live_server-like ones poll GetAccount/GetPositions every second. 100 account updates/s, "
     "stamped by the mock exchange as it writes them; `load_exchange_direct_p99_ms` is the same updates read "

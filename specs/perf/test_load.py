@@ -9,7 +9,8 @@ does. Each delivery is timed in the client (send stamp in ``updated_at`` to the 
 every process reads the same wall clock; the mock exchange stamps each update as it writes it, so
 the harness's own trigger hand-off is not counted) and each gap is seen by sequence number. The test process
 keeps only the mock exchange and a thread triggering 100 tagged account updates/s on it for the
-run's duration (``--load-duration``; 20 s in the default run, 300 s with -m perf), after priming
+run's duration (-m perf: ``--load-duration``, 300 s by default; the quick form in the default run:
+20 s, without judging p99), after priming
 updates proved every client registered. The connector's CPU (user + system time over wall time;
 100 % = one core) and RSS are sampled with psutil over the whole run.
 
@@ -36,10 +37,7 @@ from harness.machine_probe import probe_steadiness
 from harness.perfresults import PerfRecorder
 from harness.procwatch import ProcessWatch
 
-# Only under -m perf: its p99 target (< 10 ms) is within the noise of a 2-core machine shared by the
-# connector, two client processes and the harness (the harness alone measured p99 3-8 ms), so a
-# 20-second quick form in the default run would pass or fail by chance.
-pytestmark = [pytest.mark.perf, pytest.mark.perf_long]
+pytestmark = pytest.mark.perf
 
 RATE = 100  # account updates per second
 MARKET_MAKERS, LIVE_SERVERS = 10, 5
@@ -47,16 +45,38 @@ P99_TARGET_MS = 10.0
 CPU_TARGET_PCT = 80.0
 RSS_TARGET_MB = 1024.0
 STEADINESS_PROBE_S = 5.0
+QUICK_DURATION_S = 20.0
 
 
+# The p99 target is judged only in the full run (-m perf): on a virtual machine that stalls now and
+# then (docs/BENCHMARKS.md), 20 seconds hold too few stalls for a stable p99, so the quick form in
+# the default run judges loss, CPU and memory and reports its p99 without judging it.
+@pytest.mark.perf_long
 @pytest.mark.scenario("6.3.1.a", "6.3.1.b", "6.3.1.c", "6.3.1.d")
 @pytest.mark.asyncio
 async def test_load_of_15_clients_at_100_updates_per_second(
     connector: Any, mock_exchange: Any, perf: PerfRecorder, load_duration: float
 ) -> None:
+    await _run_load(connector, mock_exchange, perf, load_duration, judge_p99=True)
+
+
+@pytest.mark.scenario("6.3.1.a", "6.3.1.c", "6.3.1.d")
+@pytest.mark.asyncio
+async def test_load_quick_form_loses_nothing_within_cpu_and_memory(
+    connector: Any, mock_exchange: Any, perf: PerfRecorder
+) -> None:
+    await _run_load(connector, mock_exchange, perf, QUICK_DURATION_S, judge_p99=False)
+
+
+async def _run_load(
+    connector: Any, mock_exchange: Any, perf: PerfRecorder, load_duration: float, *, judge_p99: bool
+) -> None:
     count = int(RATE * load_duration)
+    prefix = (
+        "load_" if judge_p99 else "load_quick_"
+    )  # the quick form's figures never stand for the full run's
     # what the machine alone does with plain CPU work, measured while the connector is idle
-    steadiness = await asyncio.to_thread(probe_steadiness, STEADINESS_PROBE_S)
+    steadiness = await asyncio.to_thread(probe_steadiness, STEADINESS_PROBE_S) if judge_p99 else None
     mock_exchange.stamp_on_send()  # the send time is when the exchange writes the update
     groups = [ClientGroup("market_maker", MARKET_MAKERS), ClientGroup("live_server", LIVE_SERVERS)]
     with ClientProcesses(
@@ -81,23 +101,24 @@ async def test_load_of_15_clients_at_100_updates_per_second(
     latency = merged((report.latency() for report in reports), "load")
     polls = merged((report.poll_latency() for report in reports if report.kind == "live_server"), "polls")
     direct = [result.reference for result in results if result.reference is not None]
-    perf.record("load_lost_messages", lost, "msgs")
-    perf.record("load_reordered_messages", reordered, "msgs")
-    p99 = perf.record("load_p99_ms", latency.p_ms(99) if latency.count else float("inf"), "ms")
+    perf.record(f"{prefix}lost_messages", lost, "msgs")
+    perf.record(f"{prefix}reordered_messages", reordered, "msgs")
+    p99 = perf.record(f"{prefix}p99_ms", latency.p_ms(99) if latency.count else float("inf"), "ms")
     if latency.count:
-        perf.record("load_p50_ms", latency.p_ms(50), "ms")
-        perf.record("load_p999_ms", latency.p_ms(99.9), "ms")
-    cpu = perf.record("load_server_cpu_pct", server.cpu_avg_pct, "%")
-    perf.record("load_server_cpu_peak_pct", server.cpu_peak_pct, "%")
-    rss = perf.record("load_server_rss_mb", server.rss_peak_mb, "MB")
+        perf.record(f"{prefix}p50_ms", latency.p_ms(50), "ms")
+        perf.record(f"{prefix}p999_ms", latency.p_ms(99.9), "ms")
+    cpu = perf.record(f"{prefix}server_cpu_pct", server.cpu_avg_pct, "%")
+    perf.record(f"{prefix}server_cpu_peak_pct", server.cpu_peak_pct, "%")
+    rss = perf.record(f"{prefix}server_rss_mb", server.rss_peak_mb, "MB")
     if polls.count:
-        perf.record("load_poll_p99_ms", polls.p_ms(99), "ms")
+        perf.record(f"{prefix}poll_p99_ms", polls.p_ms(99), "ms")
     exchange_direct = summarise(direct, StreamPlan(count=count, run=1), None, 0.0).latency if direct else None
     if exchange_direct is not None and exchange_direct.count:
-        perf.record("load_exchange_direct_p99_ms", exchange_direct.p_ms(99), "ms")
-    perf.record("machine_cpu_work_p99_ms", steadiness.p99_ms, "ms")
-    perf.record("machine_cpu_work_max_ms", steadiness.max_ms, "ms")
-    perf.detail("machine_cpu_work_unit_ms", round(steadiness.unit_ms, 3))
+        perf.record(f"{prefix}exchange_direct_p99_ms", exchange_direct.p_ms(99), "ms")
+    if steadiness is not None:
+        perf.record("machine_cpu_work_p99_ms", steadiness.p99_ms, "ms")
+        perf.record("machine_cpu_work_max_ms", steadiness.max_ms, "ms")
+        perf.detail("machine_cpu_work_unit_ms", round(steadiness.unit_ms, 3))
     perf.detail("duration_s", load_duration)
     perf.detail("deliveries", latency.count)
     perf.detail("generator_max_lag_ms", round(pacing.max_lag_s * 1000, 3))
@@ -114,13 +135,14 @@ async def test_load_of_15_clients_at_100_updates_per_second(
             f"clients ({expected} deliveries), got {latency.count} with {lost} lost and {reordered} "
             f"reordered/duplicated (e.g. {worst.name} missing {worst.missing}, {reconnects} reconnects)"
         )
-    if not p99 < P99_TARGET_MS:
+    if judge_p99 and not p99 < P99_TARGET_MS:
         machine = (
             f"; the exchange's own stream read directly had p99 {exchange_direct.p_ms(99):.2f} ms over the same run"
             if exchange_direct is not None and exchange_direct.count
             else ""
         )
-        machine += f"; on this machine {steadiness.describe()}"
+        if steadiness is not None:
+            machine += f"; on this machine {steadiness.describe()}"
         failures.append(
             f"6.3.1.b: expected update latency p99 below {P99_TARGET_MS} ms, got {p99:.2f} ms{machine}"
         )
