@@ -10,8 +10,7 @@ every process reads the same wall clock; the mock exchange stamps each update as
 the harness's own trigger hand-off is not counted) and each gap is seen by sequence number. The test process
 keeps only the mock exchange and a thread triggering 100 tagged account updates/s on it for the
 run's duration (-m perf: ``--load-duration``, 300 s by default; the quick form in the default run:
-20 s, without judging p99), after priming
-updates proved every client registered. The connector's CPU (user + system time over wall time;
+20 s, without judging p99), after priming updates proved every client registered. The connector's CPU (user + system time over wall time;
 100 % = one core) and RSS are sampled with psutil over the whole run.
 
 Also reported, not asserted: the same updates read straight from the mock exchange by a raw
@@ -72,9 +71,8 @@ async def _run_load(
     connector: Any, mock_exchange: Any, perf: PerfRecorder, load_duration: float, *, judge_p99: bool
 ) -> None:
     count = int(RATE * load_duration)
-    prefix = (
-        "load_" if judge_p99 else "load_quick_"
-    )  # the quick form's figures never stand for the full run's
+    # the quick form's figures have names of their own: they never stand for the full run's
+    prefix = "load_" if judge_p99 else "load_quick_"
     # what the machine alone does with plain CPU work, measured while the connector is idle
     steadiness = await asyncio.to_thread(probe_steadiness, STEADINESS_PROBE_S) if judge_p99 else None
     mock_exchange.stamp_on_send()  # the send time is when the exchange writes the update
