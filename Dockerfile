@@ -25,6 +25,7 @@ RUN set -eu; \
 
 # Then the code (README.md is the package's long description; the wildcard keeps it optional).
 COPY README.m[d] /tmp/src/
+COPY opensqt/ /tmp/src/opensqt/
 COPY implementation/ /tmp/src/implementation/
 RUN set -eu; \
     if ls /tmp/wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /tmp/wheels; fi; \

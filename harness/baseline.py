@@ -40,8 +40,8 @@ from typing import Any
 import grpc
 
 from harness.loadgen import Schedule, tagged_account, tagged_position
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 COUNT_KEY = "x-bench-count"
 RATE_KEY = "x-bench-rate"

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from harness.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag, tagged_account
 from harness.mock_exchange import MockExchangeServer
 from harness.probes import LatencyRecorder
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.remote import RemoteExchange
 from implementation.exchange.remote_stream import StreamHandle
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 KINDS = ("market_maker", "live_server")
 _QUIET = logging.getLogger("harness.clientsim.remote")

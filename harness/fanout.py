@@ -40,8 +40,8 @@ from harness.loadgen import (
 )
 from harness.mock_exchange import MockExchangeServer
 from harness.probes import LatencyRecorder
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 WINDOW = 256  # updates in flight when sending "as fast as the path sustains"; below any sane queue bound
 

@@ -31,7 +31,7 @@ from typing import Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from harness.probes import LatencyRecorder
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 SEQ_DIGITS = 9
 PRIMING_RUN = 0  # the run number of updates that only check that every subscriber is listening

@@ -31,8 +31,8 @@ from harness.mock_service import (
     spec_account,
     spec_positions,
 )
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "opensqt.exchange.v1.ExchangeService"
 

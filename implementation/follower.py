@@ -19,11 +19,11 @@ from typing import Literal
 
 import grpc
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.errors import ExchangeError
 from implementation.exchange.remote import RemoteExchange, StreamHandle
 from implementation.logs import log_event
 from implementation.state import LiveState
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 Cause = Literal["start", "reconnect", "retry"]
 StreamName = Literal["account", "positions"]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 ChangeKind = Literal["account", "position", "snapshot", "status"]
 ChangeSource = Literal["stream", "resync", "status"]

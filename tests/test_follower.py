@@ -12,10 +12,10 @@ import pytest_asyncio
 
 from harness.mock_exchange import MockExchangeServer
 from harness.ports import free_port
-from implementation.exchange import testdata
 from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
 from implementation.follower import StateFollower
 from implementation.state import LiveState
+from opensqt.exchange import testdata
 
 pytestmark = pytest.mark.timeout(60)
 FAST = ReconnectPolicy(initial_backoff=0.05, max_backoff=0.3)
@@ -72,7 +72,7 @@ async def test_waits_for_the_server_then_reads_and_follows(running: Running) -> 
     await asyncio.sleep(0.8)
     assert not running.state.ready, "expected not ready while the server is down"
     assert running.state.not_ready_reason, "expected a reason while the server is down"
-    running.server.set_account(testdata.test_account(total_balance="111.11"))
+    running.server.set_account(testdata.spec_account(total_balance="111.11"))
     running.server.start()
     await eventually(lambda: running.state.ready, "the state ready once the server is up")
     assert running.state.account is not None and running.state.account.total_balance == "111.11", (
@@ -80,7 +80,7 @@ async def test_waits_for_the_server_then_reads_and_follows(running: Running) -> 
     )
     assert list(running.state.positions) == ["BTCUSDT", "ETHUSDT"], f"got {list(running.state.positions)}"
     await asyncio.to_thread(running.server.wait_for_subscriptions, "positions", 1)
-    position = testdata.test_positions()[0]
+    position = testdata.spec_positions()[0]
     position.mark_price = "43210.00"
     running.server.trigger_position_update(position)
     await eventually(
@@ -99,7 +99,7 @@ async def test_server_restart_resyncs_once_with_fresh_data(
     running.server.stop(grace=0.1)
     await eventually(lambda: not running.state.connected, "the loss of the server noticed")
     assert "lost" in running.state.not_ready_reason, f"got {running.state.not_ready_reason!r}"
-    running.server.set_account(testdata.test_account(total_balance="222.22"))
+    running.server.set_account(testdata.spec_account(total_balance="222.22"))
     running.server.start()
     await eventually(lambda: running.state.ready, "the state ready again after the restart")
     assert running.state.account is not None and running.state.account.total_balance == "222.22", (
@@ -108,7 +108,7 @@ async def test_server_restart_resyncs_once_with_fresh_data(
     await asyncio.sleep(0.3)
     reconnects = [r for r in caplog.records if getattr(r, "event", "") == "reconnect"]
     assert len(reconnects) == 1, f"expected one reconnect event for both streams, got {len(reconnects)}"
-    running.server.trigger_account_update(testdata.test_account(total_balance="333.33"))
+    running.server.trigger_account_update(testdata.spec_account(total_balance="333.33"))
     await eventually(
         lambda: running.state.account is not None and running.state.account.total_balance == "333.33",
         "the update after the restart applied",
@@ -122,7 +122,7 @@ async def test_stop_ends_everything(running: Running) -> None:
     await eventually(lambda: running.state.ready, "the state ready")
     await running.stop()
     updates = running.state.updates
-    running.server.trigger_account_update(testdata.test_account(total_balance="9.99"))
+    running.server.trigger_account_update(testdata.spec_account(total_balance="9.99"))
     await asyncio.sleep(0.3)
     assert running.state.updates == updates, (
         f"expected no update after stop, got {running.state.updates - updates}"

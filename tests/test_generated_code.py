@@ -20,11 +20,11 @@ def test_generated_code_is_fresh() -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0, f"implementation/_pb is stale:\n{done.stderr}"
+    assert done.returncode == 0, f"the contract package opensqt/exchange/v1 is stale:\n{done.stderr}"
 
 
 def test_contract_is_the_spec_data_model() -> None:
-    from implementation._pb import exchange_pb2 as pb
+    from opensqt.exchange.v1 import exchange_pb2 as pb
 
     account_fields = [f.name for f in pb.Account.DESCRIPTOR.fields]
     assert account_fields == [

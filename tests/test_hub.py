@@ -13,13 +13,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub, SubscriptionEnded
 from implementation.exchange.mock import MockExchange
 from implementation.exchange.remote_stream import ReconnectPolicy
-from implementation.exchange.testdata import test_account as spec_account
-from implementation.exchange.testdata import test_positions as spec_positions
+from opensqt.exchange.testdata import spec_account, spec_positions
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 pytestmark = pytest.mark.timeout(10)
 FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.0)

@@ -16,10 +16,10 @@ import pytest
 import uvicorn
 import websockets
 
-from implementation.exchange import testdata
 from implementation.live_server.app import create_app
 from implementation.live_server.feed import TRY_AGAIN_LATER, Broadcaster, connect_state
 from implementation.state import LiveState
+from opensqt.exchange import testdata
 
 pytestmark = [pytest.mark.timeout(30)]
 
@@ -32,7 +32,7 @@ class Served:
         self.app = create_app(self.state, self.broadcaster)
 
     def fill(self) -> None:
-        self.state.resync(testdata.test_account(), testdata.test_positions())
+        self.state.resync(testdata.spec_account(), testdata.spec_positions())
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +135,7 @@ async def test_health_needs_connection_and_data() -> None:
 async def test_metrics_are_prometheus_text() -> None:
     served = Served()
     served.fill()
-    served.state.apply_account(testdata.test_account())
+    served.state.apply_account(testdata.spec_account())
     async with client_for(served) as client:
         await client.get("/nope")
         response = await client.get("/metrics")
@@ -228,8 +228,8 @@ async def test_websocket_sends_snapshot_then_each_update() -> None:
             f"got {snapshot}"
         )
         assert snapshot["data"]["status"]["ready"] is True, f"got {snapshot['data']['status']}"
-        served.state.apply_account(testdata.test_account(total_balance="123.45"))
-        position = testdata.test_positions()[1]
+        served.state.apply_account(testdata.spec_account(total_balance="123.45"))
+        position = testdata.spec_positions()[1]
         position.mark_price = "2899.99"
         served.state.apply_position(position)
         served.state.mark_disconnected("connector gone")
@@ -260,7 +260,7 @@ async def test_websocket_client_that_never_reads_is_dropped_and_others_keep_up()
     try:
         await healthy.next()  # its snapshot
         for n in range(40):
-            served.state.apply_account(testdata.test_account(total_balance=f"{n}.00"))
+            served.state.apply_account(testdata.spec_account(total_balance=f"{n}.00"))
             got = await healthy.next(timeout=2.0)
             assert got["data"]["total_balance"] == f"{n}.00", f"expected update {n} in order, got {got}"
         assert stuck.task is not None

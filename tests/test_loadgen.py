@@ -36,9 +36,9 @@ from harness.perffixtures import bench_lock
 from harness.perfresults import PerfRecorder, latest_figures, load
 from harness.probes import LatencyRecorder
 from harness.procwatch import ProcessWatch
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.validation import validate_account, validate_position
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 # ------------------------------------------------------------------------------------------ tags
 

@@ -16,8 +16,8 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.mock_exchange import MockExchangeServer, MockExchangeViolation
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(20)
 T = TypeVar("T")
@@ -238,7 +238,7 @@ def test_the_fixture_reraises_violations_at_teardown(pytester: pytest.Pytester) 
         test_inner=textwrap.dedent(
             """
             import grpc
-            from implementation._pb import exchange_pb2 as pb, exchange_pb2_grpc as pb_grpc
+            from opensqt.exchange.v1 import exchange_pb2 as pb, exchange_pb2_grpc as pb_grpc
 
             def test_uses_a_broken_mock(mock_exchange, monkeypatch):
                 monkeypatch.setattr(mock_exchange._book, "current_account", lambda: 1 / 0)

@@ -190,7 +190,7 @@ def test_trace_records_the_grpc_exchange_of_a_failing_test(pytester: pytest.Pyte
     pytester.makepyfile(
         test_traced="""
         import grpc, pytest
-        from implementation._pb import exchange_pb2 as pb, exchange_pb2_grpc as pb_grpc
+        from opensqt.exchange.v1 import exchange_pb2 as pb, exchange_pb2_grpc as pb_grpc
 
         @pytest.mark.integration
         @pytest.mark.scenario("4.2.1.a")

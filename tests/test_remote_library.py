@@ -16,8 +16,6 @@ import pytest
 import pytest_asyncio
 
 from harness.mock_exchange import MockExchangeServer
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import ExchangeUnavailable, InvalidData, InvalidRequest
 from implementation.exchange.remote import (
@@ -27,7 +25,9 @@ from implementation.exchange.remote import (
     RemoteExchange,
     RemoteUnavailable,
 )
-from implementation.exchange.testdata import test_account as spec_account
+from opensqt.exchange.testdata import spec_account
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 
 @pytest_asyncio.fixture

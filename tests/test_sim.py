@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.sim import DEFAULT_SYMBOLS, SimExchange
 from implementation.exchange.validation import validate_account, validate_position
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 pytestmark = pytest.mark.timeout(10)
 

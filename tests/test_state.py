@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from implementation._pb import exchange_pb2 as pb
-from implementation.exchange import testdata
 from implementation.state import LiveState, StateChange, message_fields
+from opensqt.exchange import testdata
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -37,7 +37,7 @@ def test_resync_replaces_everything_and_marks_ready() -> None:
     state = LiveState(clock)
     state.apply_position(pb.Position(symbol="OLDUSDT", side="LONG"))
     changes = recording(state)
-    state.resync(testdata.test_account(), testdata.test_positions())
+    state.resync(testdata.spec_account(), testdata.spec_positions())
     assert state.ready, f"expected ready after a resync, got reason {state.not_ready_reason!r}"
     assert list(state.positions) == ["BTCUSDT", "ETHUSDT"], (
         f"expected the read's positions only, got {state.positions}"
@@ -51,13 +51,13 @@ def test_resync_replaces_everything_and_marks_ready() -> None:
 
 def test_updates_keep_latest_per_symbol_in_order() -> None:
     state = LiveState()
-    state.resync(testdata.test_account(), testdata.test_positions())
+    state.resync(testdata.spec_account(), testdata.spec_positions())
     changes = recording(state)
-    btc = testdata.test_positions()[0]
+    btc = testdata.spec_positions()[0]
     btc.mark_price = "42000.50"
     state.apply_position(btc)
     state.apply_position(pb.Position(symbol="SOLUSDT", side="SHORT", size="3"))
-    state.apply_account(testdata.test_account(total_balance="12.30"))
+    state.apply_account(testdata.spec_account(total_balance="12.30"))
     assert [c.kind for c in changes] == ["position", "position", "account"], (
         f"got {[c.kind for c in changes]}"
     )
@@ -69,7 +69,7 @@ def test_updates_keep_latest_per_symbol_in_order() -> None:
 
 def test_position_filter_by_symbol() -> None:
     state = LiveState()
-    state.resync(testdata.test_account(), testdata.test_positions())
+    state.resync(testdata.spec_account(), testdata.spec_positions())
     assert [p.symbol for p in state.position_list("ETHUSDT")] == ["ETHUSDT"], "expected only ETHUSDT"
     assert state.position_list("XRPUSDT") == [], "expected no position for an unknown symbol"
     assert len(state.position_list()) == 2, "expected every position with an empty symbol"
@@ -77,7 +77,7 @@ def test_position_filter_by_symbol() -> None:
 
 def test_disconnect_keeps_data_but_is_not_ready() -> None:
     state = LiveState()
-    state.resync(testdata.test_account(), testdata.test_positions())
+    state.resync(testdata.spec_account(), testdata.spec_positions())
     changes = recording(state)
     state.mark_disconnected("connector gone")
     state.mark_disconnected("connector gone")  # same status again: no new change
@@ -105,23 +105,23 @@ def test_failing_listener_does_not_starve_the_others(caplog: pytest.LogCaptureFi
 
     state.add_listener(broken)
     changes = recording(state)
-    state.apply_account(testdata.test_account())
+    state.apply_account(testdata.spec_account())
     assert [c.kind for c in changes] == ["account"], f"expected the second listener called, got {changes}"
     assert "listener bug" in caplog.text, f"expected the failure logged, got {caplog.text!r}"
     state.remove_listener(broken)
-    state.apply_account(testdata.test_account())
+    state.apply_account(testdata.spec_account())
     assert len(changes) == 2, f"expected delivery to go on, got {changes}"
 
 
 def test_message_fields_are_strings_exactly_as_sent() -> None:
-    account = testdata.test_account(total_balance="10000.00", unrealized_pnl="-0.000001")
+    account = testdata.spec_account(total_balance="10000.00", unrealized_pnl="-0.000001")
     fields = message_fields(account)
     assert fields["total_balance"] == "10000.00", f"expected the decimal unchanged, got {fields}"
     assert fields["unrealized_pnl"] == "-0.000001", f"expected the decimal unchanged, got {fields}"
     assert fields["updated_at"].endswith("Z"), f"expected an RFC 3339 time, got {fields['updated_at']!r}"
     assert all(isinstance(value, str) for value in fields.values()), f"expected only strings, got {fields}"
     assert message_fields(pb.Account())["updated_at"] == "", "expected an unset time as an empty string"
-    position = message_fields(testdata.test_positions()[1])
+    position = message_fields(testdata.spec_positions()[1])
     assert set(position) == {f.name for f in pb.Position.DESCRIPTOR.fields}, (
         f"expected every field, got {position}"
     )

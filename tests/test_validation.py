@@ -7,9 +7,8 @@ import re
 import pytest
 
 from implementation.exchange.errors import InvalidData, InvalidRequest
-from implementation.exchange.testdata import test_account as spec_account
-from implementation.exchange.testdata import test_positions as spec_positions
 from implementation.exchange.validation import check_symbol, is_decimal, validate_account, validate_position
+from opensqt.exchange.testdata import spec_account, spec_positions
 
 
 @pytest.mark.parametrize("value", ["0", "10000.00", "-500.00", "0.5", "123456789012345678901234567890.50"])

@@ -1,4 +1,4 @@
-"""Regenerate implementation/_pb from proto/ (python, grpc and mypy stubs).
+"""Regenerate the contract package opensqt/exchange/v1 from proto/ (python, grpc and mypy stubs).
 
 Usage: python tools/gen_proto.py [--check]
 --check generates into a temporary folder and exits 1 if anything differs from what is committed.
@@ -18,8 +18,9 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUT = ROOT / "implementation" / "_pb"
-GENERATED_DIR = "opensqt"  # the generated tree, under OUT; OUT/__init__.py is hand-written
+OUT = ROOT  # protoc writes opensqt/exchange/v1/ under the repository root, the proto package's path
+# the generated tree; opensqt/__init__.py, opensqt/exchange/__init__.py and testdata.py are hand-written
+GENERATED_DIR = "opensqt/exchange/v1"
 
 
 def generate(out: Path) -> None:
@@ -40,9 +41,6 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for folder in (out / GENERATED_DIR).rglob("*"):
-        if folder.is_dir():
-            (folder / "__init__.py").touch()
     (out / GENERATED_DIR / "__init__.py").touch()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 AccountCallback = Callable[[pb.Account], None]
 PositionCallback = Callable[[pb.Position], None]

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import InvalidData
 from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.subscription import Subscription, SubscriptionEnded
 from implementation.exchange.validation import validate_account, validate_position
 from implementation.logs import log_event
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 ACCOUNT = "account"
 POSITIONS = "positions"

@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TypeVar
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import AccountCallback, PositionCallback
-from implementation.exchange.testdata import test_account, test_positions
+from opensqt.exchange.testdata import spec_account, spec_positions
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 C = TypeVar("C", AccountCallback, PositionCallback)
 
@@ -29,8 +29,8 @@ class MockExchange:
     def __init__(
         self, account: pb.Account | None = None, positions: Iterable[pb.Position] | None = None
     ) -> None:
-        self.account = account if account is not None else test_account()
-        self.positions = list(positions) if positions is not None else test_positions()
+        self.account = account if account is not None else spec_account()
+        self.positions = list(positions) if positions is not None else spec_positions()
         self.connections = 0  # successful connect() calls
         self.closed = False
         self.calls: Counter[str] = Counter()  # every call by method name, failed ones included

@@ -19,12 +19,12 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
 from implementation.exchange.remote_address import check_address
 from implementation.exchange.remote_stream import ReconnectPolicy, StreamBreak, StreamHandle
 from implementation.exchange.validation import check_symbol, validate_account, validate_position
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 LOGGER_NAME = "implementation.exchange.remote"
 # How long connect() spends, after its timeout, asking gRPC why the channel is not ready.

@@ -22,8 +22,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.auth import BearerTokenInterceptor
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
@@ -39,6 +37,8 @@ from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.tls import TlsServerConfig
 from implementation.exchange.validation import check_symbol, validate_account, validate_position
 from implementation.logs import log_event
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)

@@ -19,10 +19,10 @@ from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import AccountCallback, PositionCallback
 from implementation.exchange.errors import ExchangeUnavailable, InvalidRequest
 from implementation.exchange.validation import check_symbol
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 WALLET_BALANCE = Decimal("20000.00")

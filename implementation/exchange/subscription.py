@@ -14,7 +14,7 @@ from types import TracebackType
 
 import grpc
 
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 Message = pb.Account | pb.Position
 

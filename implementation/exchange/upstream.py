@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.base import AccountCallback, PositionCallback
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.remote import RemoteExchange
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 
 class GrpcExchange:

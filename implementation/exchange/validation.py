@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from operator import attrgetter
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.errors import InvalidData, InvalidRequest
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # used with fullmatch: no trailing newline slips through
 SYMBOL = re.compile(r"[A-Z0-9]{1,32}")  # used with fullmatch

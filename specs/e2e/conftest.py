@@ -31,7 +31,7 @@ from websockets.sync.client import ClientConnection
 
 from harness.launch import EventNotSeen, ProgramLauncher, RunningProgram
 from harness.mock_exchange import MockExchangeServer
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 CONNECTOR, MARKET_MAKER, LIVE_SERVER = "exchange_connector", "market_maker", "live_server"
 PROGRAMS = (CONNECTOR, MARKET_MAKER, LIVE_SERVER)

@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.launch import ProgramLauncher, ProgramStopFailed, RunningProgram
 from harness.mock_exchange import MockExchangeServer, spec_account
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 SCENARIO = "3.2.1.x1"
 SHUTTING_DOWN = "shutting down"

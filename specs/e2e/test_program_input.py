@@ -30,7 +30,7 @@ from websockets.sync.client import connect as ws_connect
 
 from harness.launch import ProgramLauncher
 from harness.manifest import Manifest
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.e2e.conftest import (
     LIVE_SERVER,
     MARKET_MAKER,

@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.connector import __main__ as connector_main
 from implementation.exchange.errors import InvalidRequest
 from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub
@@ -30,6 +29,7 @@ from implementation.exchange.subscription import Subscription, SubscriptionEnded
 from implementation.exchange.upstream import GrpcExchange
 from implementation.exchange.validation import check_symbol
 from implementation.logs import log_event
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 DROP_EVERY = 4  # drop-one-in-n: the 4th, 8th, ... account update is lost
 REORDER_FLUSH_S = 0.2  # reorder: a held update with no successor goes out after this long

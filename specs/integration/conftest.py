@@ -32,12 +32,12 @@ from harness.launch import ProgramLauncher, RunningProgram
 from harness.mock_exchange import MockExchangeServer
 from harness.probes import ResourceSnapshot
 from harness.tls import TlsMaterial
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.server import ExchangeServer
 from implementation.exchange.tls import TlsServerConfig
 from implementation.exchange.upstream import GrpcExchange
 from implementation.logs import record_event, record_fields
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 FORMS = [pytest.param("inprocess", marks=pytest.mark.requires("reference_library")), "program"]
 TOKEN = "conformance-token-4.2"

@@ -30,7 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from harness.launch import ProgramLauncher, RunningProgram
 from harness.mock_exchange import MockExchangeServer
 from harness.tls import TlsMaterial
-from implementation._pb import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 INTEROP_DIR = Path(__file__).resolve().parents[2] / "tools" / "interop"
 INSTALL_STAMP = INTEROP_DIR / "node_modules" / ".installed-package-lock.sha256"

@@ -20,10 +20,9 @@ import pytest_asyncio
 
 from harness.mock_exchange import MockExchangeServer
 from harness.probes import LeakProbe
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.remote import LOGGER_NAME, ReconnectPolicy, RemoteExchange, StreamHandle
-from implementation.exchange.testdata import test_account as spec_account
-from implementation.exchange.testdata import test_positions as spec_positions
+from opensqt.exchange.testdata import spec_account, spec_positions
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 # White-box tests of the reference client library: not applicable to another SUT.
 pytestmark = [pytest.mark.integration, pytest.mark.requires("reference_library"), pytest.mark.asyncio]

@@ -22,9 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.probes import assert_no_growth_async
 from harness.tls import TlsMaterial
-from implementation._pb import exchange_pb2 as pb
-from implementation.exchange.testdata import test_account as spec_account
-from implementation.exchange.testdata import test_positions as spec_positions
+from opensqt.exchange.testdata import spec_account, spec_positions
+from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.integration.conftest import read_stream
 
 if TYPE_CHECKING:

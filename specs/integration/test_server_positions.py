@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
-from implementation._pb import exchange_pb2 as pb
-from implementation.exchange.testdata import test_positions as spec_positions
+from opensqt.exchange.testdata import spec_positions
+from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.integration.conftest import read_stream
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ import pytest
 from harness.baseline import BaselineProcess
 from harness.loadgen import measure_unary
 from harness.perfresults import PerfRecorder
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.perf
 

@@ -9,11 +9,10 @@ import asyncio
 
 import pytest
 
-from implementation._pb import exchange_pb2 as pb
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.mock import MockExchange
-from implementation.exchange.testdata import test_account as spec_account
-from implementation.exchange.testdata import test_positions as spec_positions
+from opensqt.exchange.testdata import spec_account, spec_positions
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library"), pytest.mark.timeout(10)]
 

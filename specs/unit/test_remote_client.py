@@ -20,8 +20,6 @@ import pytest_asyncio
 from harness.mock_exchange import MockExchangeServer
 from harness.probes import LeakProbe
 from harness.tls import TlsMaterial
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.remote import (
     ConnectTimeout,
@@ -29,7 +27,9 @@ from implementation.exchange.remote import (
     RemoteError,
     RemoteExchange,
 )
-from implementation.exchange.testdata import test_account as spec_account
+from opensqt.exchange.testdata import spec_account
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 # White-box tests of the reference client library: not applicable to another SUT.
 pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library")]

@@ -19,12 +19,12 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from implementation._pb import exchange_pb2 as pb
-from implementation._pb import exchange_pb2_grpc as pb_grpc
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.mock import MockExchange
 from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.server import SERVICE_NAME, ExchangeServer, ListenError
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library"), pytest.mark.timeout(30)]
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,1 @@
+"""The exchange contract: `v1` (generated code) and `testdata` (the spec's §8 data)."""
