@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.launch import ProgramLauncher
-from harness.manifest import Manifest
-from harness.mock_exchange import MockExchangeServer
-from harness.probes import LeakProbe
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.probes import LeakProbe
+from harness.sut.launch import ProgramLauncher
+from harness.sut.manifest import Manifest
 from harness.tls import TlsMaterial, make_tls_material
 
 LAUNCHER_KEY = pytest.StashKey[ProgramLauncher]()

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from harness import catalogue as catalogue_module
-from harness import coverage_run
-from harness.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
-from harness.results import Metric, RunResults, TestOutcome
+from harness.report import coverage
+from harness.report.results import Metric, RunResults, TestOutcome
+from harness.sut.manifest import DEFAULT_MANIFEST, Manifest, ManifestError, load_manifest
 
 LEVEL_MARKERS = {
     "unit": "spec level 1: one component in isolation, no network I/O",
@@ -215,9 +215,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    if not coverage_run.is_uninstrumented(item):
+    if not coverage.is_uninstrumented(item):
         return (yield)
-    with coverage_run.uninstrumented():  # benchmarks measure the code, not a tracer
+    with coverage.uninstrumented():  # benchmarks measure the code, not a tracer
         return (yield)
 
 
@@ -272,7 +272,7 @@ class _Recorder:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._is_worker or self.config.getoption("collectonly") or not self.results.outcomes:
             return
-        from harness.report import write_reports
+        from harness.report.markdown import write_reports
 
         self._record_coverage()
         write_reports(self.results, catalogue_module.load(), self.config.getoption("report_dir"))
@@ -282,14 +282,14 @@ class _Recorder:
         # coverage (--cov-fail-under, as a whole ./test run) fills the §10 row
         if getattr(self.config.option, "cov_fail_under", None) is None:
             return
-        total = coverage_run.measured_total(self.config)
+        total = coverage.measured_total(self.config)
         if total is not None:
             self.results.add_metric(Metric("coverage_pct", round(total, 2), "%", ["10.4"], "pytest-cov"))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._is_worker or not self.results.scenario_status():
             return
-        from harness.report import summary_lines
+        from harness.report.markdown import summary_lines
 
         terminalreporter.section("conformance: per-scenario summary")
         for line in summary_lines(self.results, catalogue_module.load()):
@@ -385,7 +385,7 @@ def run_mode(pytestconfig: pytest.Config) -> str:
 
 @pytest.fixture
 def soak_duration(pytestconfig: pytest.Config) -> float:
-    from harness.durations import parse_duration
+    from harness.perf.durations import parse_duration
 
     if os.environ.get("SOAK_TEST") != "1":
         pytest.skip("environment: set SOAK_TEST=1 to run the soak test")

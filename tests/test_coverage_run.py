@@ -11,7 +11,7 @@ from types import ModuleType
 import coverage
 import pytest
 
-from harness import coverage_run
+from harness.report import coverage as coverage_run
 
 
 def _module(folder: Path, name: str, body: str) -> ModuleType:

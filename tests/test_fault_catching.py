@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.manifest import DEFAULT_MANIFEST, load_manifest
+from harness.sut.manifest import DEFAULT_MANIFEST, load_manifest
 from specs.faulty.catalogue import Fault, is_timed, load_faults
 from specs.faulty.connector import FAULTS as IMPLEMENTED
 from specs.faulty.manifests import write_manifest

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from harness.mock_exchange import MockExchangeServer
+from harness.doubles.mock_exchange import MockExchangeServer
 from harness.ports import free_port
 from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
 from implementation.follower import StateFollower

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
-from harness.manifest import Manifest, load_manifest
 from harness.ports import free_port
+from harness.sut.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
+from harness.sut.manifest import Manifest, load_manifest
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from harness.baseline import BaselineServer, StreamPlan
-from harness.fanout import BaselineSource, MockExchangeSource, measure_stream
-from harness.loadgen import (
+from harness.doubles.baseline import BaselineServer, StreamPlan
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.fanout import BaselineSource, MockExchangeSource, measure_stream
+from harness.perf.fixtures import bench_lock
+from harness.perf.loadgen import (
     PacingReport,
     Schedule,
     SequenceTracker,
@@ -31,11 +33,9 @@ from harness.loadgen import (
     tagged_account,
     tagged_position,
 )
-from harness.mock_exchange import MockExchangeServer
-from harness.perffixtures import bench_lock
-from harness.perfresults import PerfRecorder, latest_figures, load
-from harness.probes import LatencyRecorder
-from harness.procwatch import ProcessWatch
+from harness.perf.probes import LatencyRecorder
+from harness.perf.procwatch import ProcessWatch
+from harness.perf.results import PerfRecorder, latest_figures, load
 from implementation.exchange.validation import validate_account, validate_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc

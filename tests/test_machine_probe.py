@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from harness import machine_probe
+from harness.perf import machine_probe
 
 
 def test_a_short_probe_times_about_a_millisecond_of_work_many_times() -> None:

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from harness.mock_exchange import MockExchangeServer, MockExchangeViolation
+from harness.doubles.mock_exchange import MockExchangeServer, MockExchangeViolation
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

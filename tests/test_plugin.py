@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.manifest import DEFAULT_MANIFEST
+from harness.sut.manifest import DEFAULT_MANIFEST
 
 SPEC_TESTS = """
 import pytest

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness.probes import (
+from harness.perf.probes import (
     LatencyRecorder,
     LeakProbe,
     ResourceSnapshot,

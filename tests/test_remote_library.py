@@ -15,7 +15,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from harness.mock_exchange import MockExchangeServer
+from harness.doubles.mock_exchange import MockExchangeServer
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import ExchangeUnavailable, InvalidData, InvalidRequest
 from implementation.exchange.remote import (

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the harness package is at the root
 
-from harness.perfresults import latest_figures  # noqa: E402
+from harness.perf.results import latest_figures  # noqa: E402
 
 FANOUT_RATES = (100, 1_000, 10_000)
 
@@ -196,7 +196,7 @@ def render(figures: dict[str, Any], docs: Path, soak_plot: Path | None, notes: l
         "",
         "## Against bare grpcio (reported, not asserted)",
         "",
-        "The baseline is `harness/baseline.py`: the same contract with no logic, measured in the same run with",
+        "The baseline is `harness/doubles/baseline.py`: the same contract with no logic, measured in the same run with",
         "the same client code.",
         "",
         "| What | Connector | Bare baseline | Ratio | Aim | Meets aim |",
@@ -253,26 +253,26 @@ METHODS = [
     "- **Clock and tags.** Each measured update carries `<run>.<seq:09d>` in a decimal field "
     "(`total_balance`, `size`) and its send time in `updated_at` (wall clock, shared by every process on the "
     "host). Receivers check every sequence number (loss, reorder, duplicates) and time each delivery; "
-    "percentiles come from HdrHistograms, never from averages (`harness/loadgen.py`).",
+    "percentiles come from HdrHistograms, never from averages (`harness/perf/loadgen.py`).",
     "- **GetAccount latency (6.1.1).** Synchronous grpcio channel per target, closed loop, each call timed; "
     "baseline and connector interleaved in blocks of 500 calls after an unrecorded warm-up; 10,000 calls each "
     "under -m perf.",
     "- **Stream throughput (6.1.2.a) and fan-out (6.1.2.x1).** Raw grpc.aio subscribers in a separate process "
-    "(`harness/streamworker.py`), one connection each. The connector is fed by a thread triggering the mock "
+    "(`harness/perf/streamworker.py`), one connection each. The connector is fed by a thread triggering the mock "
     "exchange (at most 256 updates in flight for throughput; paced at 100, 1,000 and 10,000/s for fan-out, "
     "the last a burst of 1,000), after priming updates proved every subscriber registered. The baseline "
     "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator.",
     "- **Memory (6.2).** Two RemoteExchange clients, 500 account updates/s, warm-up first; psutil RSS, threads "
     "and fds of the connector, RSS, threads, tasks and fds of the test process, before and after.",
     "- **Load (6.3).** Quick form in the default run: 20 s, p99 reported as `load_quick_p99_ms`, not judged; full form under -m perf. 10 market_maker-like and 5 live_server-like clients, each its own "
-    "RemoteExchange (own connection), in two worker processes (`harness/loadworker.py`) as the real programs "
+    "RemoteExchange (own connection), in two worker processes (`harness/perf/loadworker.py`) as the real programs "
     "would be; the live_server-like ones poll GetAccount/GetPositions every second. 100 account updates/s, "
     "stamped by the mock exchange as it writes them; `load_exchange_direct_p99_ms` is the same updates read "
     "straight from the mock (what the machine and the harness alone cost). Connector CPU = (user + system "
-    "time) / wall time, 100 % = one core. Before the run, `harness/machine_probe.py` times a ~1 ms piece of "
+    "time) / wall time, 100 % = one core. Before the run, `harness/perf/machine_probe.py` times a ~1 ms piece of "
     "plain CPU work for 5 s on the idle machine (`machine_cpu_work_p99_ms`, `machine_cpu_work_max_ms`): the "
     "floor under any tail latency measured there.",
-    "- **Soak (7.1).** `harness/soakrun.py`: updates every 5 s / 1 s, random restarts of simulated clients and "
+    "- **Soak (7.1).** `harness/perf/soak.py`: updates every 5 s / 1 s, random restarts of simulated clients and "
     "of the real market_maker and live_server programs, snapshots to `reports/soak-snapshots.jsonl`.",
 ]
 

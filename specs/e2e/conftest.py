@@ -29,8 +29,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from harness.launch import EventNotSeen, ProgramLauncher, RunningProgram
-from harness.mock_exchange import MockExchangeServer
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.sut.launch import EventNotSeen, ProgramLauncher, RunningProgram
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 CONNECTOR, MARKET_MAKER, LIVE_SERVER = "exchange_connector", "market_maker", "live_server"

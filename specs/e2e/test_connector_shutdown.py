@@ -20,8 +20,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from harness.launch import ProgramLauncher, ProgramStopFailed, RunningProgram
-from harness.mock_exchange import MockExchangeServer, spec_account
+from harness.doubles.mock_exchange import MockExchangeServer, spec_account
+from harness.sut.launch import ProgramLauncher, ProgramStopFailed, RunningProgram
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

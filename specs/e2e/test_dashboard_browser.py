@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Request, expect, sync_playwright
 
-from harness.mock_exchange import spec_account, spec_positions
+from harness.doubles.mock_exchange import spec_account, spec_positions
 from specs.e2e.conftest import Stack, account_update, position_update
 
 LIVE_DASHBOARD = "5.1.1.x1"

@@ -24,13 +24,13 @@ import pytest
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
+from harness.doubles.mock_exchange import MockExchangeServer
 from harness.fixtures import LAUNCHER_KEY
-from harness.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
-from harness.manifest import Manifest
-from harness.mock_exchange import MockExchangeServer
+from harness.perf.probes import ResourceSnapshot, assert_no_growth
 from harness.plugin import MetricRecorder
 from harness.ports import free_port
-from harness.probes import ResourceSnapshot, assert_no_growth
+from harness.sut.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
+from harness.sut.manifest import Manifest
 from specs.e2e.conftest import (
     CLIENTS,
     CONNECTOR,

@@ -28,8 +28,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from harness.launch import ProgramLauncher
-from harness.manifest import Manifest
+from harness.sut.launch import ProgramLauncher
+from harness.sut.manifest import Manifest
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.e2e.conftest import (
     LIVE_SERVER,

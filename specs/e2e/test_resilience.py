@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness.launch import EventNotSeen, ProgramNotReady, RunningProgram
+from harness.sut.launch import EventNotSeen, ProgramNotReady, RunningProgram
 from specs.e2e.conftest import (
     CONNECTOR,
     LIVE_SERVER,

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.manifest import DEFAULT_MANIFEST
+from harness.sut.manifest import DEFAULT_MANIFEST
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -28,9 +28,9 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.launch import ProgramLauncher, RunningProgram
-from harness.mock_exchange import MockExchangeServer
-from harness.probes import ResourceSnapshot
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.probes import ResourceSnapshot
+from harness.sut.launch import ProgramLauncher, RunningProgram
 from harness.tls import TlsMaterial
 from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.server import ExchangeServer

@@ -27,8 +27,8 @@ import pytest
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from harness.launch import ProgramLauncher, RunningProgram
-from harness.mock_exchange import MockExchangeServer
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.sut.launch import ProgramLauncher, RunningProgram
 from harness.tls import TlsMaterial
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.probes import assert_no_growth_async
+from harness.perf.probes import assert_no_growth_async
 from harness.tls import TlsMaterial
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb

@@ -1,4 +1,4 @@
-"""Fixtures of the §6 performance level; see harness/perffixtures.py.
+"""Fixtures of the §6 performance level; see harness/perf/fixtures.py.
 
 Every test here runs in a quick form in the default run and at full length with ``-m perf``
 (the ``run_mode`` fixture says which). The load test's timeout follows its duration
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.perffixtures import baseline_program, connector, perf
+from harness.perf.fixtures import baseline_program, connector, perf
 from harness.plugin import perf_mode
 
 __all__ = ["baseline_program", "connector", "perf"]

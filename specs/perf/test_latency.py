@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import pytest
 
-from harness.baseline import BaselineProcess
-from harness.loadgen import measure_unary
-from harness.perfresults import PerfRecorder
+from harness.doubles.baseline import BaselineProcess
+from harness.perf.loadgen import measure_unary
+from harness.perf.results import PerfRecorder
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -1,7 +1,7 @@
 """§6.3 load: one connector, 10 market_maker-like and 5 live_server-like clients, 100 updates/s.
 
 Method: the clients are the real RemoteExchange client library in processes of their own, as the
-real programs are (harness/loadworker.py): one process holds the 10 market_maker-like clients,
+real programs are (harness/perf/loadworker.py): one process holds the 10 market_maker-like clients,
 another the 5 live_server-like ones, each on the programs' event loop. Every client is its own
 RemoteExchange (its own channel, so its own connection) holding an account and a position stream;
 the live_server-like ones also poll GetAccount and GetPositions every second, as live_server's API
@@ -17,7 +17,7 @@ Also reported, not asserted: the same updates read straight from the mock exchan
 subscriber in the live_server-like clients' process (``load_exchange_direct_p99_ms``), i.e. what
 the machine and the harness alone cost over the same run; and, before the run, how long a ~1 ms
 piece of plain CPU work takes on this machine at worst (``machine_cpu_work_p99_ms`` / ``_max_ms``,
-harness/machine_probe.py): a virtual machine whose host takes its CPUs away now and then puts
+harness/perf/machine_probe.py): a virtual machine whose host takes its CPUs away now and then puts
 those stalls under every tail latency measured on it.
 """
 
@@ -28,13 +28,13 @@ from typing import Any
 
 import pytest
 
-from harness.baseline import StreamPlan
-from harness.fanout import summarise
-from harness.loadgen import PRIMING_RUN, merged, run_paced, tagged_account
-from harness.loadworker import ClientGroup, ClientProcesses
-from harness.machine_probe import probe_steadiness
-from harness.perfresults import PerfRecorder
-from harness.procwatch import ProcessWatch
+from harness.doubles.baseline import StreamPlan
+from harness.perf.fanout import summarise
+from harness.perf.loadgen import PRIMING_RUN, merged, run_paced, tagged_account
+from harness.perf.loadworker import ClientGroup, ClientProcesses
+from harness.perf.machine_probe import probe_steadiness
+from harness.perf.procwatch import ProcessWatch
+from harness.perf.results import PerfRecorder
 
 pytestmark = pytest.mark.perf
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from harness.clientsim import SimulatedClient, make_clients, prime, start_all, stop_all, wait_delivered
-from harness.loadgen import run_paced, tagged_account
-from harness.perfresults import PerfRecorder
-from harness.probes import ResourceSnapshot, assert_no_growth, assert_no_growth_async
+from harness.perf.clientsim import SimulatedClient, make_clients, prime, start_all, stop_all, wait_delivered
+from harness.perf.loadgen import run_paced, tagged_account
+from harness.perf.probes import ResourceSnapshot, assert_no_growth, assert_no_growth_async
+from harness.perf.results import PerfRecorder
 
 pytestmark = pytest.mark.perf
 

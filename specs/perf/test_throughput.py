@@ -1,7 +1,7 @@
 """§6.1 stream throughput (one subscriber) and fan-out to 15 subscribers, each with the bare baseline.
 
-Method (harness/fanout.py): subscribers are raw grpc.aio stubs in the test process, one channel
-(connection) each. Every update carries a run/sequence tag and its send time (harness/loadgen.py),
+Method (harness/perf/fanout.py): subscribers are raw grpc.aio stubs in the test process, one channel
+(connection) each. Every update carries a run/sequence tag and its send time (harness/perf/loadgen.py),
 so each subscriber checks it got every update once and in order, and records each update's
 end-to-end latency in an HdrHistogram.
 
@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
-from harness.baseline import BaselineProcess, StreamPlan
-from harness.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource, measure_stream
-from harness.perfresults import PerfRecorder
+from harness.doubles.baseline import BaselineProcess, StreamPlan
+from harness.perf.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource, measure_stream
+from harness.perf.procwatch import ProcessStats, ProcessWatch
+from harness.perf.results import PerfRecorder
 from harness.plugin import perf_mode
-from harness.procwatch import ProcessStats, ProcessWatch
 
 pytestmark = pytest.mark.perf
 

@@ -1,12 +1,12 @@
-"""Fixtures of the §7.1 soak level (see harness/perffixtures.py). The soak test's timeout follows
+"""Fixtures of the §7.1 soak level (see harness/perf/fixtures.py). The soak test's timeout follows
 --soak-duration / SOAK_DURATION, so a 24 h run is never cut short and a 10 min one never hangs."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.durations import parse_duration
-from harness.perffixtures import connector, perf
+from harness.perf.durations import parse_duration
+from harness.perf.fixtures import connector, perf
 
 __all__ = ["connector", "perf"]
 

@@ -1,7 +1,7 @@
 """§7.1 soak: the connector and its clients run for the soak duration (default 24 h; SOAK_DURATION
 or --soak-duration, e.g. 10m) under steady updates with random client restarts, and stay healthy.
 
-Runs only with SOAK_TEST=1 and -m soak. Method: harness/soakrun.py (load, restarts, snapshots and
+Runs only with SOAK_TEST=1 and -m soak. Method: harness/perf/soak.py (load, restarts, snapshots and
 what counts as an error). Snapshots go to reports/soak-snapshots.jsonl, plotted by
 tools/plot_soak.py to reports/soak-snapshots.png at the end of the run.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from harness.perfresults import PerfRecorder
-from harness.soakrun import SoakConfig, SoakRun
+from harness.perf.results import PerfRecorder
+from harness.perf.soak import SoakConfig, SoakRun
 
 pytestmark = pytest.mark.soak
 

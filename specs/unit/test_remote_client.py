@@ -17,8 +17,8 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from harness.mock_exchange import MockExchangeServer
-from harness.probes import LeakProbe
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.probes import LeakProbe
 from harness.tls import TlsMaterial
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.remote import (

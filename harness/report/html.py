@@ -9,8 +9,8 @@ import io
 from collections import defaultdict
 
 from harness.catalogue import Catalogue
-from harness.report import criteria_rows
-from harness.results import Metric, RunResults
+from harness.report.markdown import criteria_rows
+from harness.report.results import Metric, RunResults
 
 _COLOURS = {
     "passed": "#1a7f37",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.catalogue import Catalogue, Scenario
-from harness.results import RunResults
+from harness.report.results import RunResults
 
 _MARK = {
     "passed": "PASS",
@@ -116,6 +116,6 @@ def write_reports(results: RunResults, catalogue: Catalogue, directory: Path) ->
     directory.mkdir(parents=True, exist_ok=True)
     results.write_json(directory / "conformance-report.json", catalogue)
     (directory / "conformance-report.md").write_text(render_markdown(results, catalogue), encoding="utf-8")
-    from harness.report_html import render_html
+    from harness.report.html import render_html
 
     (directory / "conformance-report.html").write_text(render_html(results, catalogue), encoding="utf-8")

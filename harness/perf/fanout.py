@@ -1,6 +1,6 @@
 """Stream benchmarks: N raw-stub subscribers of SubscribeAccount, measured the same way for every target.
 
-A run sends `count` tagged updates (harness.loadgen) at a paced rate, or as fast as the path
+A run sends `count` tagged updates (harness.perf.loadgen) at a paced rate, or as fast as the path
 sustains; each subscriber checks it got every one in order and keeps each update's end-to-end
 latency. Where the updates come from is the only thing that differs between targets:
 
@@ -9,7 +9,7 @@ latency. Where the updates come from is the only thing that differs between targ
   upstream. Before the measured run it sends priming updates until every subscriber has got one,
   so no update is sent before the connector has registered all subscribers.
 
-By default the subscribers run in a separate process (harness.streamworker): the mock exchange
+By default the subscribers run in a separate process (harness.perf.streamworker): the mock exchange
 lives in the test process, and a mock exchange and its subscribers sharing one interpreter lock
 cost several times what each costs alone, which would measure the harness instead of the server.
 """
@@ -27,8 +27,9 @@ from typing import Protocol
 
 import grpc
 
-from harness.baseline import StreamPlan
-from harness.loadgen import (
+from harness.doubles.baseline import StreamPlan
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.loadgen import (
     PRIMING_RUN,
     PacingReport,
     SequenceTracker,
@@ -38,8 +39,7 @@ from harness.loadgen import (
     run_windowed,
     tagged_account,
 )
-from harness.mock_exchange import MockExchangeServer
-from harness.probes import LatencyRecorder
+from harness.perf.probes import LatencyRecorder
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -316,7 +316,7 @@ async def measure_stream(
     """
     plan = dataclasses.replace(plan, group=subscribers)
     if isolated:
-        from harness.streamworker import measure_isolated
+        from harness.perf.streamworker import measure_isolated
 
         return await measure_isolated(address, source, plan, subscribers, windowed=windowed, timeout=timeout)
     window = threading.Semaphore(WINDOW) if windowed else None

@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "implementation" / "sut.toml"
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "implementation" / "sut.toml"
 PROGRAMS = ("exchange_connector", "market_maker", "live_server")
 PLACEHOLDERS = frozenset(
     {

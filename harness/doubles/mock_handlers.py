@@ -1,6 +1,6 @@
 """The mock exchange's ExchangeService handlers and the book they keep (what is open, who called).
 
-MockExchangeServer (harness/mock_exchange.py) runs these on its own thread and event loop; the
+MockExchangeServer (harness/doubles/mock_exchange.py) runs these on its own thread and event loop; the
 test reads and changes the book from its thread, so every access to it holds the book's lock.
 Only the generated contract code is used: the mock shares no code with an implementation.
 """

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from harness.mock_service import (
+from harness.doubles.mock_handlers import (
     TOPICS,
     MockBook,
     MockExchangeService,

@@ -2,7 +2,7 @@
 
 Load: account updates every 5 s and position updates every 1 s on the mock exchange (faster through
 SOAK_ACCOUNT_INTERVAL / SOAK_POSITION_INTERVAL, in seconds). Clients: market_maker-like and
-live_server-like simulated clients in the test process (harness/clientsim.py; every delivery timed
+live_server-like simulated clients in the test process (harness/perf/clientsim.py; every delivery timed
 and sequence-checked), plus the SUT's real market_maker and live_server programs. Every
 SOAK_RESTART_INTERVAL seconds on average (uniformly 0.5x to 1.5x), one client or program, chosen at
 random, is stopped and started again, as a deployment would do; a program must exit cleanly. No
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.clientsim import SimulatedClient, prime, start_all, stop_all
-from harness.loadgen import merged, tagged_account, tagged_position
-from harness.mock_exchange import MockExchangeServer
-from harness.probes import ResourceSnapshot
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.clientsim import SimulatedClient, prime, start_all, stop_all
+from harness.perf.loadgen import merged, tagged_account, tagged_position
+from harness.perf.probes import ResourceSnapshot
 
 RUN = 1
 RESTART_ALLOWANCE_S = 10.0  # a program restart takes a few seconds; none may spill into the last interval
@@ -41,7 +41,7 @@ def _env_seconds(name: str, default: float) -> float:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
-    from harness.durations import parse_duration
+    from harness.perf.durations import parse_duration
 
     seconds = parse_duration(value)
     if seconds <= 0:

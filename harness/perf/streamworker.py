@@ -15,9 +15,9 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from harness.baseline import StreamPlan
-from harness.fanout import WINDOW, StreamRun, SubscriberReport, UpdateSource, collect, summarise
-from harness.loadgen import PacingReport, Window
+from harness.doubles.baseline import StreamPlan
+from harness.perf.fanout import WINDOW, StreamRun, SubscriberReport, UpdateSource, collect, summarise
+from harness.perf.loadgen import PacingReport, Window
 
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
 START_TIMEOUT_S = 30.0

@@ -16,7 +16,7 @@ How an update is recognised and timed end to end:
 * Loss, duplicates and reordering are judged per subscriber from the sequence numbers
   (``SequenceTracker``), never inferred from counts alone.
 
-Percentiles come from HdrHistograms (``harness.probes.LatencyRecorder``), never from averages.
+Percentiles come from HdrHistograms (``harness.perf.probes.LatencyRecorder``), never from averages.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from harness.probes import LatencyRecorder
+from harness.perf.probes import LatencyRecorder
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 SEQ_DIGITS = 9

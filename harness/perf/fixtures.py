@@ -4,7 +4,7 @@
   the machine-wide benchmark lock while the test runs, so two benchmarks of this suite (xdist
   workers, or two runs at once) never measure each other; after BENCH_LOCK_WAIT_S the test runs
   anyway and its details say it was not alone (``"exclusive": false``).
-* ``baseline_program``: the bare baseline (harness.baseline) as a separate program, one per session
+* ``baseline_program``: the bare baseline (harness.doubles.baseline) as a separate program, one per session
   (per xdist worker), stateless between tests.
 * ``connector``: the SUT's exchange_connector, started by the harness launcher with the harness
   mock exchange as its upstream; stopped (SIGTERM, clean exit checked) by the launcher's teardown.
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from harness.baseline import BaselineProcess
-from harness.perfresults import RESULTS_FILE, PerfRecorder
+from harness.doubles.baseline import BaselineProcess
+from harness.perf.results import RESULTS_FILE, PerfRecorder
 from harness.plugin import scenario_ids
 
 BENCH_LOCK = Path(tempfile.gettempdir()) / "opensqt-bench.lock"

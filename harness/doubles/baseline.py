@@ -4,7 +4,7 @@ Every benchmark measures it with the same client code as the connector under tes
 run, so each figure can also be given as a ratio to what grpcio alone achieves on this machine.
 
 * GetAccount / GetPositions answer a fixed §8 account / position list.
-* SubscribeAccount / SubscribePositions write tagged updates (see harness.loadgen) in a tight
+* SubscribeAccount / SubscribePositions write tagged updates (see harness.perf.loadgen) in a tight
   ``await context.write(...)`` loop. The request's metadata says how many and how fast:
   ``x-bench-count`` (0 or absent: until the client cancels), ``x-bench-rate`` (updates/s; 0 or
   absent: as fast as possible) and ``x-bench-run`` (the run number in the tags). A connector
@@ -15,7 +15,7 @@ run, so each figure can also be given as a ratio to what grpcio alone achieves o
   the connector's fan-out is compared with fan-out, not with N unrelated streams.
 
 Runs in-process on its own thread and loop (``BaselineServer``), or as a program
-(``python -m harness.baseline --port 0``, which prints one JSON line ``{"event": "ready", "port": N}``
+(``python -m harness.doubles.baseline --port 0``, which prints one JSON line ``{"event": "ready", "port": N}``
 on stdout once serving; ``BaselineProcess`` starts and stops it for tests).
 """
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from harness.loadgen import Schedule, tagged_account, tagged_position
+from harness.perf.loadgen import Schedule, tagged_account, tagged_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -282,7 +282,7 @@ class BaselineProcess:
         return self._process.pid
 
     def start(self, timeout: float = 15.0) -> BaselineProcess:
-        command = [sys.executable, "-m", "harness.baseline", "--host", self.host, "--port", "0"]
+        command = [sys.executable, "-m", "harness.doubles.baseline", "--host", self.host, "--port", "0"]
         command += ["--loop", self.loop_kind]
         log = open(self.log_path or os.devnull, "ab")
         try:
@@ -331,11 +331,13 @@ class BaselineProcess:
 
 
 def _repo_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.baseline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.doubles.baseline", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port)")
     parser.add_argument(

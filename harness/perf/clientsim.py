@@ -5,8 +5,8 @@ StreamHandles, reconnecting by themselves) and, once they are subscribed, reads 
 positions once, as market_maker does when it starts. A "live_server-like" client does the same
 and also polls GetAccount and GetPositions every `poll_interval` seconds, as live_server does when
 its HTTP API and dashboard are read. Each delivery's end-to-end latency
-(harness.loadgen tags) and every sequence gap is seen exactly. They run in the test process (the
-soak and memory levels) or in worker processes of their own (the load level: harness.loadworker,
+(harness.perf.loadgen tags) and every sequence gap is seen exactly. They run in the test process (the
+soak and memory levels) or in worker processes of their own (the load level: harness.perf.loadworker,
 which keeps each sample with keep_samples=True so they can be sent back).
 """
 
@@ -20,15 +20,15 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag, tagged_account
-from harness.mock_exchange import MockExchangeServer
-from harness.probes import LatencyRecorder
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.perf.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag, tagged_account
+from harness.perf.probes import LatencyRecorder
 from implementation.exchange.remote import RemoteExchange
 from implementation.exchange.remote_stream import StreamHandle
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 KINDS = ("market_maker", "live_server")
-_QUIET = logging.getLogger("harness.clientsim.remote")
+_QUIET = logging.getLogger("harness.perf.clientsim.remote")
 _QUIET.setLevel(logging.WARNING)  # thousands of stream events would flood the captured log
 
 

@@ -1,6 +1,6 @@
 """Simulated clients of the load level in their own processes, as the real programs would be.
 
-Each worker process (multiprocessing, spawn) runs a group of harness.clientsim clients of one kind
+Each worker process (multiprocessing, spawn) runs a group of harness.perf.clientsim clients of one kind
 (e.g. the 10 market_maker-like ones), each a RemoteExchange of its own: its own channel, so its
 own connection and streams to the connector. A worker runs on the event loop the real programs
 use (uvloop where installed, ``implementation.clients.run``). The test process keeps the mock
@@ -33,10 +33,10 @@ from typing import Any
 
 import grpc
 
-from harness.baseline import StreamPlan
-from harness.clientsim import ClientCounts, SimulatedClient, start_all, stop_all, wait_delivered
-from harness.fanout import AccountSubscriber, SubscriberReport
-from harness.probes import LatencyRecorder
+from harness.doubles.baseline import StreamPlan
+from harness.perf.clientsim import ClientCounts, SimulatedClient, start_all, stop_all, wait_delivered
+from harness.perf.fanout import AccountSubscriber, SubscriberReport
+from harness.perf.probes import LatencyRecorder
 
 _CONTEXT = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
 START_TIMEOUT_S = 30.0  # spawn, imports, connect and subscribe

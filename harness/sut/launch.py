@@ -21,10 +21,10 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from harness.manifest import Manifest
 from harness.ports import is_free
-from harness.program_log import TAIL_LINES, Event, ProgramLog
-from harness.readiness import Readiness, make_readiness
+from harness.sut.manifest import Manifest
+from harness.sut.program_log import TAIL_LINES, Event, ProgramLog
+from harness.sut.readiness import Readiness, make_readiness
 
 PORT_VALUES = ("grpc_port", "http_port", "metrics_port")
 DEFAULT_READY_TIMEOUT_S = 15.0

@@ -1,0 +1,1 @@
+"""Performance machinery: load generation, fan-out measurement, worker processes, probes, soak, results."""

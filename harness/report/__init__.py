@@ -1,0 +1,1 @@
+"""Reports of a run: the results, Markdown, HTML and code coverage."""

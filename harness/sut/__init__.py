@@ -1,0 +1,1 @@
+"""The system under test: its manifest, the program launcher, readiness checks and program logs."""
