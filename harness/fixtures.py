@@ -1,24 +1,74 @@
-"""The harness's fixtures: the mock exchange, TLS material, a leak probe, the program launcher.
-
-Each one cleans up after `yield` even when the test failed. When a test using the launcher fails,
-the last log lines of every program it started are attached to the failure report.
-"""
+"""The harness's fixtures: the SUT, ports, measured figures, the mock exchange, TLS material, a leak
+probe and the program launcher. Each one cleans up after `yield` even when the test failed."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+import json
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
+from harness.options import load_duration_s, perf_mode
+from harness.perf.durations import parse_duration
 from harness.perf.probes import LeakProbe
+from harness.ports import free_port as allocate_port
+from harness.report.results import Metric
+from harness.selection import scenario_ids
+from harness.stash import LAUNCHER_KEY, MANIFEST_KEY
 from harness.sut.launch import ProgramLauncher
 from harness.sut.manifest import Manifest
 from harness.tls import TlsMaterial, make_tls_material
 
-LAUNCHER_KEY = pytest.StashKey[ProgramLauncher]()
-LOG_TAIL_LINES = 30
+
+@pytest.fixture(scope="session")
+def sut(pytestconfig: pytest.Config) -> Manifest:
+    """The system under test: the programs named by --sut (the reference by default)."""
+    return pytestconfig.stash[MANIFEST_KEY]
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A callable that returns a loopback port free right now and not handed to another test."""
+    return allocate_port
+
+
+class MetricRecorder:
+    """Records measured figures; they reach the conformance report and the results file."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self._item = item
+
+    def record(self, name: str, value: float, unit: str = "") -> None:
+        metric = Metric(name, float(value), unit, scenario_ids(self._item), self._item.nodeid)
+        self._item.user_properties.append(("metric", json.dumps(metric.__dict__)))
+        print(f"[metric] {name} = {value:.4g} {unit}")
+
+
+@pytest.fixture
+def metrics(request: pytest.FixtureRequest) -> MetricRecorder:
+    """Record a measured figure: metrics.record("get_account_p50_ms", 0.41, "ms")."""
+    return MetricRecorder(request.node)
+
+
+@pytest.fixture
+def load_duration(pytestconfig: pytest.Config) -> float:
+    return load_duration_s(pytestconfig)
+
+
+@pytest.fixture
+def run_mode(pytestconfig: pytest.Config) -> str:
+    """'full' under -m perf, 'quick' in the default run."""
+    return perf_mode(pytestconfig)
+
+
+@pytest.fixture
+def soak_duration(pytestconfig: pytest.Config) -> float:
+    if os.environ.get("SOAK_TEST") != "1":
+        pytest.skip("environment: set SOAK_TEST=1 to run the soak test")
+    return parse_duration(str(pytestconfig.getoption("soak_duration")))
 
 
 @pytest.fixture
@@ -47,7 +97,8 @@ def leak_probe() -> LeakProbe:
 @pytest.fixture
 def launcher(sut: Manifest, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProgramLauncher]:
     """A ProgramLauncher for the SUT manifest. After the test every program it started gets SIGTERM;
-    the test then fails for a program that had to be killed, exited non-zero, or died unnoticed."""
+    the test then fails for a program that had to be killed, exited non-zero, or died unnoticed.
+    A failing test's report carries the last log lines of every program it started."""
     programs = ProgramLauncher(sut, tmp_path / "programs")
     request.node.stash[LAUNCHER_KEY] = programs
     try:
@@ -56,13 +107,4 @@ def launcher(sut: Manifest, tmp_path: Path, request: pytest.FixtureRequest) -> I
         programs.stop_all()
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    programs = item.stash.get(LAUNCHER_KEY, None)
-    if programs is not None and programs.programs and report.failed and report.when == "call":
-        # the programs are still running: their logs show what they saw up to the failure
-        report.sections.append(("program logs", programs.log_tails(LOG_TAIL_LINES)))
-    return report
+__all__ = ["MetricRecorder"]

@@ -78,7 +78,6 @@ def _fake_catalogue() -> catalogue_module.Catalogue:
 
 
 def test_meta_check_fails_on_a_wrong_id(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["harness.plugin"]')
     pytester.makepyfile(
         test_wrong="""
         import pytest

@@ -329,7 +329,6 @@ def test_a_relative_command_path_is_taken_from_the_manifest_folder(tmp_path: Pat
 
 def test_a_failing_test_leaves_nothing_running_and_shows_the_logs(pytester: pytest.Pytester) -> None:
     manifest = write_manifest(pytester.path)
-    pytester.makeconftest('pytest_plugins = ["harness.plugin", "harness.fixtures"]')
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:asyncio -p no:cacheprovider\n")
     pid_file = pytester.path / "pid"
     pytester.makepyfile(

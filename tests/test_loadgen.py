@@ -14,7 +14,7 @@ import pytest
 
 from harness.doubles.baseline import BaselineServer, StreamPlan
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.perf.fanout import BaselineSource, MockExchangeSource, measure_stream
+from harness.perf.fanout import BaselineSource, MockExchangeSource
 from harness.perf.fixtures import bench_lock
 from harness.perf.loadgen import (
     PacingReport,
@@ -36,6 +36,7 @@ from harness.perf.loadgen import (
 from harness.perf.probes import LatencyRecorder
 from harness.perf.procwatch import ProcessWatch
 from harness.perf.results import PerfRecorder, latest_figures, load
+from harness.perf.stream_bench import measure_stream
 from implementation.exchange.validation import validate_account, validate_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc

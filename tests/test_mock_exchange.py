@@ -232,7 +232,6 @@ async def test_an_exception_in_a_handler_is_recorded(monkeypatch: pytest.MonkeyP
 
 
 def test_the_fixture_reraises_violations_at_teardown(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["harness.plugin", "harness.fixtures"]')
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:asyncio -p no:cacheprovider\n")
     pytester.makepyfile(
         test_inner=textwrap.dedent(

@@ -37,7 +37,6 @@ def test_needs_tls():
 
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makeconftest('pytest_plugins = ["harness.plugin"]')
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:asyncio -p no:cacheprovider\n")
     pytester.makepyfile(test_spec=SPEC_TESTS)
     return pytester
@@ -185,7 +184,6 @@ def test_soak_runs_only_when_asked(suite: pytest.Pytester) -> None:
 
 
 def test_trace_records_the_grpc_exchange_of_a_failing_test(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest('pytest_plugins = ["harness.plugin", "harness.fixtures"]')
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\nasyncio_mode = strict\n")
     pytester.makepyfile(
         test_traced="""

@@ -1,4 +1,4 @@
-"""Fixtures of the perf and soak levels (imported by specs/perf/conftest.py and specs/soak/conftest.py).
+"""Fixtures of the perf and soak levels (a plugin module loaded by harness.plugin).
 
 * ``perf``: records a figure to the run's metrics and to reports/perf-results.json. It also holds
   the machine-wide benchmark lock while the test runs, so two benchmarks of this suite (xdist
@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from harness.doubles.baseline import BaselineProcess
+from harness.options import perf_mode
 from harness.perf.results import RESULTS_FILE, PerfRecorder
-from harness.plugin import scenario_ids
+from harness.selection import scenario_ids
 
 BENCH_LOCK = Path(tempfile.gettempdir()) / "opensqt-bench.lock"
 BENCH_LOCK_WAIT_S = 120.0
@@ -59,7 +60,7 @@ def perf(request: pytest.FixtureRequest, metrics: Any, pytestconfig: pytest.Conf
     if node.get_closest_marker("soak") is not None:
         mode = "soak"
     else:
-        mode = "full" if "perf" in str(pytestconfig.getoption("markexpr") or "") else "quick"
+        mode = perf_mode(pytestconfig)
     path = Path(pytestconfig.getoption("report_dir")) / RESULTS_FILE
     recorder = PerfRecorder(metrics, path, test=node.nodeid, scenario_ids=scenario_ids(node), mode=mode)
     with bench_lock() as exclusive:

@@ -59,7 +59,7 @@ async def measure_isolated(
     windowed: bool,
     timeout: float,
 ) -> StreamRun:
-    """fanout.measure_stream with the subscribers in a worker process; the worker is always reaped."""
+    """stream_bench.measure_stream with the subscribers in a worker process; the worker is always reaped."""
     window = _CONTEXT.Semaphore(WINDOW) if windowed else None
     primed = _CONTEXT.Value("i", 0)
     receiving, sending = _CONTEXT.Pipe(duplex=False)

@@ -9,7 +9,7 @@ import io
 from collections import defaultdict
 
 from harness.catalogue import Catalogue
-from harness.report.markdown import criteria_rows
+from harness.report.criteria import criteria_rows
 from harness.report.results import Metric, RunResults
 
 _COLOURS = {

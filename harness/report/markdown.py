@@ -1,10 +1,9 @@
-"""The conformance report: JSON and Markdown (with the spec's §10 table), and the run summary."""
+"""The conformance report in Markdown (with the spec's §10 table), and the run's terminal summary."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from harness.catalogue import Catalogue, Scenario
+from harness.catalogue import Catalogue
+from harness.report.criteria import criteria_rows
 from harness.report.results import RunResults
 
 _MARK = {
@@ -33,44 +32,6 @@ def summary_lines(results: RunResults, catalogue: Catalogue) -> list[str]:
         lines.append(f"{_MARK[outcome.outcome]:<7} {scenario.id:<10} {scenario.title}{reason}")
     lines.append("scenarios: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return lines
-
-
-def criteria_rows(results: RunResults, catalogue: Catalogue) -> list[tuple[Scenario, str, str]]:
-    """The spec's §10 table: (criterion, measured value, status)."""
-    status = results.scenario_status()
-    rows = []
-    for criterion in (s for s in catalogue.scenarios if s.kind == "criterion"):
-        measured, verdict = "", "not run"
-        if criterion.target is not None:
-            metric = results.metric(criterion.target.metric)
-            if metric is not None:
-                measured = f"{metric.value:.4g} {metric.unit}".strip()
-                verdict = "PASS" if criterion.target.holds(metric.value) else "FAIL"
-        if not measured:
-            members = _members(criterion, catalogue)
-            ran = [status[m.id] for m in members if m.id in status]
-            if ran:
-                passed = sum(1 for r in ran if r.outcome == "passed")
-                failed = sum(1 for r in ran if r.outcome in ("failed", "error"))
-                applicable = sum(1 for r in ran if r.outcome not in ("not-applicable", "skipped"))
-                measured = f"{passed}/{applicable} applicable scenarios passed"
-                if applicable < len(ran):
-                    measured += f" ({len(ran) - applicable} not applicable or skipped)"
-                verdict = "FAIL" if failed else ("PASS" if passed else "not run")
-        rows.append((criterion, measured or "-", verdict))
-    return rows
-
-
-def _members(criterion: Scenario, catalogue: Catalogue) -> list[Scenario]:
-    rule = criterion.derived_from
-    if "ids" in rule:
-        wanted = {str(i) for i in rule["ids"]}
-        return [s for s in catalogue.testable() if s.id in wanted]
-    if "level" in rule:
-        return [s for s in catalogue.testable() if s.level == rule["level"]]
-    if "section" in rule:
-        return [s for s in catalogue.testable() if s.section == str(rule["section"])]
-    return []
 
 
 def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
@@ -110,12 +71,3 @@ def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
                 f"| {metric.name} | {metric.value:.4g} {metric.unit} | {', '.join(metric.scenario_ids)} | {metric.nodeid} |"
             )
     return "\n".join(out) + "\n"
-
-
-def write_reports(results: RunResults, catalogue: Catalogue, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    results.write_json(directory / "conformance-report.json", catalogue)
-    (directory / "conformance-report.md").write_text(render_markdown(results, catalogue), encoding="utf-8")
-    from harness.report.html import render_html
-
-    (directory / "conformance-report.html").write_text(render_html(results, catalogue), encoding="utf-8")

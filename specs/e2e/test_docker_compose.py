@@ -36,7 +36,7 @@ import requests
 from docker.errors import DockerException
 from docker.models.containers import Container
 
-from harness.plugin import MetricRecorder
+from harness.fixtures import MetricRecorder
 from harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

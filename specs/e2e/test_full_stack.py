@@ -25,10 +25,10 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.fixtures import LAUNCHER_KEY
+from harness.fixtures import MetricRecorder
 from harness.perf.probes import ResourceSnapshot, assert_no_growth
-from harness.plugin import MetricRecorder
 from harness.ports import free_port
+from harness.stash import LAUNCHER_KEY
 from harness.sut.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
 from harness.sut.manifest import Manifest
 from specs.e2e.conftest import (

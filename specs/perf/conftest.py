@@ -1,4 +1,4 @@
-"""Fixtures of the §6 performance level; see harness/perf/fixtures.py.
+"""The §6 performance level (its fixtures come with the harness plugin: harness/perf/fixtures.py).
 
 Every test here runs in a quick form in the default run and at full length with ``-m perf``
 (the ``run_mode`` fixture says which). The load test's timeout follows its duration
@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.perf.fixtures import baseline_program, connector, perf
-from harness.plugin import perf_mode
-
-__all__ = ["baseline_program", "connector", "perf"]
+from harness.options import load_duration_s
 
 LOAD_TIMEOUT_MARGIN_S = 180.0
-
-
-def load_duration_s(config: pytest.Config) -> float:
-    chosen = config.getoption("load_duration")
-    if chosen is not None:
-        return float(chosen)
-    return 300.0 if perf_mode(config) == "full" else 20.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

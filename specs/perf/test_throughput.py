@@ -29,10 +29,11 @@ from typing import Any
 import pytest
 
 from harness.doubles.baseline import BaselineProcess, StreamPlan
-from harness.perf.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource, measure_stream
+from harness.options import perf_mode
+from harness.perf.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource
 from harness.perf.procwatch import ProcessStats, ProcessWatch
 from harness.perf.results import PerfRecorder
-from harness.plugin import perf_mode
+from harness.perf.stream_bench import measure_stream
 
 pytestmark = pytest.mark.perf
 

@@ -1,4 +1,4 @@
-"""Fixtures of the §7.1 soak level (see harness/perf/fixtures.py). The soak test's timeout follows
+"""The §7.1 soak level (its fixtures come with the harness plugin: harness/perf/fixtures.py). Its timeout follows
 --soak-duration / SOAK_DURATION, so a 24 h run is never cut short and a 10 min one never hangs."""
 
 from __future__ import annotations
@@ -6,9 +6,6 @@ from __future__ import annotations
 import pytest
 
 from harness.perf.durations import parse_duration
-from harness.perf.fixtures import connector, perf
-
-__all__ = ["connector", "perf"]
 
 SOAK_TIMEOUT_MARGIN_S = 600.0
 
