@@ -1,0 +1,103 @@
+"""The suite's command-line options (one group, `conformance`) and the values derived from them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+QUICK_LOAD_S = 20.0  # the §6.3 load test in the default run
+FULL_LOAD_S = 300.0  # ... and under -m perf: the spec's 5 minutes
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "exchange gRPC conformance suite")
+    group.addoption(
+        "--sut",
+        metavar="PATH",
+        type=existing_file("--sut"),
+        default=None,
+        help="system-under-test manifest (TOML); default: the reference implementation's",
+    )
+    group.addoption(
+        "--scenario",
+        metavar="SELECTOR",
+        action="append",
+        default=[],
+        help="run only the scenarios of a spec section (e.g. 4.2) or one scenario ID (e.g. 4.2.1.b); repeatable",
+    )
+    group.addoption(
+        "--report-dir",
+        metavar="DIR",
+        type=Path,
+        default=Path("reports"),
+        help="where the conformance report and measured figures are written (default: reports/)",
+    )
+    group.addoption(
+        "--list-scenarios",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="write every collected test's scenario IDs and markers as JSON to PATH",
+    )
+    group.addoption(
+        "--grpc-trace",
+        action="store_true",
+        default=False,
+        help="record the gRPC calls of each test; for a failing test write them to <report-dir>/traces/",
+    )
+    group.addoption(
+        "--load-duration",
+        metavar="SECONDS",
+        type=positive_float("--load-duration"),
+        default=None,
+        help="duration of the §6.3 load test, which runs with -m perf (default: 300 s)",
+    )
+    group.addoption(
+        "--soak-duration",
+        metavar="DURATION",
+        default=os.environ.get("SOAK_DURATION", "24h"),
+        help="duration of the §7.1 soak test, e.g. 10m, 2h (default: $SOAK_DURATION or 24h)",
+    )
+
+
+def existing_file(flag: str) -> Callable[[str], Path]:
+    def parse(value: str) -> Path:
+        path = Path(value)
+        if not path.is_file():
+            raise pytest.UsageError(f"{flag}: no such file: {value}")
+        return path
+
+    return parse
+
+
+def positive_float(flag: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise pytest.UsageError(f"{flag}: {value!r} is not a number") from None
+        if number <= 0:
+            raise pytest.UsageError(f"{flag}: must be positive, got {value}")
+        return number
+
+    return parse
+
+
+def explicit_markexpr(config: pytest.Config) -> str:
+    return str(config.getoption("markexpr") or "")
+
+
+def perf_mode(config: pytest.Config) -> str:
+    """'full' when the run asked for perf explicitly (-m perf), 'quick' otherwise."""
+    return "full" if "perf" in explicit_markexpr(config) else "quick"
+
+
+def load_duration_s(config: pytest.Config) -> float:
+    """The §6.3 load test's duration: --load-duration, else by perf mode."""
+    chosen = config.getoption("load_duration")
+    if chosen is not None:
+        return float(chosen)
+    return FULL_LOAD_S if perf_mode(config) == "full" else QUICK_LOAD_S

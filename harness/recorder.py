@@ -1,0 +1,117 @@
+"""Gathers each test's outcome and figures as the run goes, and writes the reports (controller only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import catalogue as catalogue_module
+from harness.report import coverage
+from harness.report.markdown import summary_lines
+from harness.report.results import Metric, RunResults, TestOutcome
+from harness.report.writer import write_reports
+from harness.selection import NOT_APPLICABLE
+
+SAVE_EVERY_S = 2.0
+
+
+class Recorder:
+    """Registered as a plugin by harness.plugin; holds the run's RunResults."""
+
+    def __init__(self, config: pytest.Config, results: RunResults) -> None:
+        self.config = config
+        self.results = results
+        self._last_save = 0.0
+
+    @property
+    def _is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    @property
+    def _report_dir(self) -> Path:
+        return Path(self.config.getoption("report_dir"))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        ids = [str(v) for k, v in report.user_properties if k == "scenario"]
+        for key, value in report.user_properties:
+            if key == "metric" and report.when == "call":
+                self.results.add_metric(Metric(**json.loads(str(value))))
+        outcome = classify(report)
+        if outcome is None:
+            return
+        status, reason = outcome
+        self.results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, report.duration))
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        """Keep the JSON report current while the run goes on, so an interrupted run leaves its results."""
+        now = time.monotonic()
+        if self._is_worker or now - self._last_save < SAVE_EVERY_S:
+            return
+        self._last_save = now
+        self.results.write_json(self._report_dir / "conformance-report.json", catalogue_module.load())
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self._is_worker or self.config.getoption("collectonly") or not self.results.outcomes:
+            return
+        self._record_coverage()
+        write_reports(self.results, catalogue_module.load(), self._report_dir)
+
+    def _record_coverage(self) -> None:
+        # a selection's coverage says nothing about the spec's criterion: only a run that judges
+        # coverage (--cov-fail-under, as a whole ./test run) fills the §10 row
+        if getattr(self.config.option, "cov_fail_under", None) is None:
+            return
+        total = coverage.measured_total(self.config)
+        if total is not None:
+            self.results.add_metric(Metric("coverage_pct", round(total, 2), "%", ["10.4"], "pytest-cov"))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._is_worker or not self.results.scenario_status():
+            return
+        terminalreporter.section("conformance: per-scenario summary")
+        for line in summary_lines(self.results, catalogue_module.load()):
+            terminalreporter.write_line(line)
+
+
+def classify(report: pytest.TestReport) -> tuple[str, str] | None:
+    """A report's (status, reason) for the conformance report, or None for a phase that says nothing."""
+    if report.when == "call":
+        if hasattr(report, "wasxfail"):
+            if report.passed:  # strict xfail that passed: the known-failures list is stale
+                return "failed", f"listed as a known failure but passed: {report.wasxfail}"
+            return "known-failure", str(report.wasxfail)
+        if report.failed:
+            return "failed", _reason(report)
+        if report.skipped:
+            return _skip(report)
+        return "passed", ""
+    if report.when == "setup" and report.failed:
+        return "error", _reason(report)
+    if report.when == "setup" and report.skipped:
+        return _skip(report)
+    if report.when == "teardown" and report.failed:
+        return "error", "teardown: " + _reason(report)
+    return None
+
+
+def _skip(report: pytest.TestReport) -> tuple[str, str]:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if reason.startswith(NOT_APPLICABLE):
+        return "not-applicable", reason[len(NOT_APPLICABLE) :].strip()
+    return "skipped", reason
+
+
+def _reason(report: pytest.TestReport) -> str:
+    """The failure's own message (the crash line), not an exception it was raised from."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    if message:
+        return str(message).splitlines()[0][:300]
+    text = report.longreprtext.strip()
+    return text.splitlines()[-1][:300] if text else ""
