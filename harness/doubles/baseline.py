@@ -40,6 +40,7 @@ from typing import Any
 import grpc
 
 from harness.perf.loadgen import Schedule, tagged_account, tagged_position
+from harness.perf.loops import LOOPS, new_event_loop
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -47,7 +48,6 @@ COUNT_KEY = "x-bench-count"
 RATE_KEY = "x-bench-rate"
 RUN_KEY = "x-bench-run"
 GROUP_KEY = "x-bench-group"
-LOOPS = ("auto", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True)
@@ -166,22 +166,6 @@ async def _write_stream(
             if delay > 0:
                 await asyncio.sleep(delay)
         await context.write(make(seq))
-
-
-def new_event_loop(choice: str = "auto") -> asyncio.AbstractEventLoop:
-    """An event loop of the chosen kind ('auto': uvloop when installed, as the connector prefers)."""
-    if choice not in LOOPS:
-        raise ValueError(f"loop {choice!r} is not one of {', '.join(LOOPS)}")
-    if choice != "asyncio":
-        try:
-            import uvloop
-
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-            return loop
-        except ImportError:
-            if choice == "uvloop":
-                raise
-    return asyncio.new_event_loop()
 
 
 async def serve(host: str, port: int, ready: Callable[[int], None], stopping: asyncio.Event) -> None:

@@ -1,35 +1,45 @@
-"""Simulated clients of the connector for the load and soak levels, built on the real client library.
+"""Simulated clients of the connector for the load and soak levels, on the raw generated stubs.
 
-A "market_maker-like" client holds an account stream and a position stream (RemoteExchange
-StreamHandles, reconnecting by themselves) and, once they are subscribed, reads the account and the
-positions once, as market_maker does when it starts. A "live_server-like" client does the same
-and also polls GetAccount and GetPositions every `poll_interval` seconds, as live_server does when
-its HTTP API and dashboard are read. Each delivery's end-to-end latency
-(harness.perf.loadgen tags) and every sequence gap is seen exactly. They run in the test process (the
-soak and memory levels) or in worker processes of their own (the load level: harness.perf.loadworker,
-which keeps each sample with keep_samples=True so they can be sent back).
+A "market_maker-like" client holds an account stream and a position stream (harness.perf.stream_reader:
+reopened by the harness when they break, with the same backoff for every SUT) and, once they are
+open, reads the account and the positions once, as market_maker does when it starts. A
+"live_server-like" client does the same and also polls GetAccount and GetPositions every
+`poll_interval` seconds, as live_server does when its HTTP API and dashboard are read. No
+implementation's client library is involved: every SUT is measured with the same client. Each
+delivery's end-to-end latency (harness.perf.loadgen tags) and every sequence gap is seen exactly.
+They run in the test process (the soak and memory levels) or in worker processes of their own (the
+load level: harness.perf.loadworker, which keeps each sample with keep_samples=True so they can be
+sent back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import re
 import time
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.perf.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag, tagged_account
 from harness.perf.probes import LatencyRecorder
-from implementation.exchange.remote import RemoteExchange
-from implementation.exchange.remote_stream import StreamHandle
+from harness.perf.stream_reader import ReconnectingStream
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 KINDS = ("market_maker", "live_server")
-_QUIET = logging.getLogger("harness.perf.clientsim.remote")
-_QUIET.setLevel(logging.WARNING)  # thousands of stream events would flood the captured log
+CALL_TIMEOUT_S = 5.0
+DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # the contract's decimal strings (proto comments)
+ACCOUNT_DECIMALS = ("total_balance", "available_balance", "equity", "unrealized_pnl", "margin_used",
+                    "margin_level", "leverage")  # fmt: skip
+
+
+def valid_account(account: pb.Account) -> bool:
+    return all(DECIMAL.fullmatch(getattr(account, name)) for name in ACCOUNT_DECIMALS)
 
 
 @dataclass
@@ -66,7 +76,10 @@ class SimulatedClient:
         if kind not in KINDS:
             raise ValueError(f"client kind {kind!r} is not one of {', '.join(KINDS)}")
         self.kind, self.run, self.name = kind, run, name or kind
-        self.exchange = RemoteExchange(address, connect_timeout=10.0, call_timeout=5.0, logger=_QUIET)
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.ExchangeServiceAsyncStub | None = None
+        self.invalid = 0
         self.poll_interval = poll_interval
         self.accounts = SequenceTracker(first_seq)
         self.positions = SequenceTracker(first_seq)
@@ -81,23 +94,30 @@ class SimulatedClient:
         self.poll_calls = 0
         self.poll_errors = 0
         self._position_sent_ns = position_sent_ns or {}
-        self._handles: list[StreamHandle[pb.Account] | StreamHandle[pb.Position]] = []
+        self._streams: list[ReconnectingStream] = []
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 10.0) -> None:
-        await self.exchange.connect()
-        self._handles = [
-            self.exchange.start_account_stream(self._on_account),
-            self.exchange.start_position_stream("", self._on_position),
-        ]
-        for handle in self._handles:
-            if not await handle.wait_connected(timeout):
-                raise TimeoutError(f"{self.name}: {handle.name} stream not subscribed within {timeout} s")
-        # Once subscribed, read the whole state once, as both programs do when they start.
-        await self.exchange.get_account()
-        await self.exchange.get_positions()
+        """Connect, open both streams, read the state once. Whether the streams are registered with the
+        connector is for prime() to find out: it sends updates until every client got one."""
+        self._channel = grpc.aio.insecure_channel(self.address)
+        await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        stub = self._stub = pb_grpc.ExchangeServiceStub(self._channel)
+        self._streams = [
+            ReconnectingStream(f"{self.name} account", lambda: stub.SubscribeAccount(pb.SubscribeAccountRequest()),
+                               self._on_account).start(),
+            ReconnectingStream(f"{self.name} positions",
+                               lambda: stub.SubscribePositions(pb.SubscribePositionsRequest(symbol="")),
+                               self._on_position).start(),
+        ]  # fmt: skip
+        await self._read_state()
         if self.kind == "live_server":
             self._poller = asyncio.create_task(self._poll(), name=f"{self.name} poller")
+
+    async def _read_state(self) -> None:
+        assert self._stub is not None
+        await self._stub.GetAccount(pb.GetAccountRequest(), timeout=CALL_TIMEOUT_S)
+        await self._stub.GetPositions(pb.GetPositionsRequest(), timeout=CALL_TIMEOUT_S)
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -105,7 +125,11 @@ class SimulatedClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        await self.exchange.close()  # cancels both stream handles
+        for stream in self._streams:
+            await stream.stop()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     async def __aenter__(self) -> SimulatedClient:
         await self.start()
@@ -121,6 +145,8 @@ class SimulatedClient:
             if tag is not None and tag[0] == PRIMING_RUN:
                 self.primed.set()
             return
+        if not valid_account(account):
+            self.invalid += 1
         self._record(received_ns - account.updated_at.ToNanoseconds())
         self.accounts.observe(tag[1])
 
@@ -129,6 +155,8 @@ class SimulatedClient:
         tag = position_tag(position)
         if tag is None or tag[0] != self.run:
             return
+        if not DECIMAL.fullmatch(position.size):
+            self.invalid += 1
         sent_ns = self._position_sent_ns.get(tag[1])
         if sent_ns is not None:
             self._record(received_ns - sent_ns)
@@ -144,14 +172,15 @@ class SimulatedClient:
         while True:
             await asyncio.sleep(self.poll_interval)
             self.poll_calls += 1
+            assert self._stub is not None
             try:
                 started = time.perf_counter_ns()
-                await self.exchange.get_account()
+                await self._stub.GetAccount(pb.GetAccountRequest(), timeout=CALL_TIMEOUT_S)
                 elapsed_ns = time.perf_counter_ns() - started
                 if self.keep_samples:
                     self.poll_samples_us.append(elapsed_ns // 1000)
-                await self.exchange.get_positions()
-            except Exception:  # counted: the soak's error rate, the load test's failure message
+                await self._stub.GetPositions(pb.GetPositionsRequest(), timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError:  # counted: the soak's error rate, the load test's failure message
                 self.poll_errors += 1
 
     def reset_interval(self) -> LatencyRecorder:
@@ -172,9 +201,9 @@ class SimulatedClient:
             duplicates=self.accounts.duplicates + self.positions.duplicates,
             poll_calls=self.poll_calls,
             poll_errors=self.poll_errors,
-            stream_errors=sum(handle.errors for handle in self._handles),
-            reconnects=sum(handle.reconnects for handle in self._handles),
-            invalid=sum(handle.invalid for handle in self._handles),
+            stream_errors=sum(stream.counts.breaks for stream in self._streams),
+            reconnects=sum(stream.counts.reopens for stream in self._streams),
+            invalid=self.invalid,
         )
 
 

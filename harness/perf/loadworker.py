@@ -3,7 +3,7 @@
 Each worker process (multiprocessing, spawn) runs a group of harness.perf.clientsim clients of one kind
 (e.g. the 10 market_maker-like ones), each a RemoteExchange of its own: its own channel, so its
 own connection and streams to the connector. A worker runs on the event loop the real programs
-use (uvloop where installed, ``implementation.clients.run``). The test process keeps the mock
+use (uvloop where installed: harness.perf.loops). The test process keeps the mock
 exchange and the update generator, so neither the clients nor the mock measure each other's
 interpreter lock.
 
@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from harness.doubles.baseline import StreamPlan
+from harness.perf import loops
 from harness.perf.clientsim import ClientCounts, SimulatedClient, start_all, stop_all, wait_delivered
 from harness.perf.fanout import AccountSubscriber, SubscriberReport
 from harness.perf.probes import LatencyRecorder
@@ -101,12 +102,10 @@ class _Job:
 
 
 def _worker(connection: Connection, job: _Job, primed: Any, finished: Any) -> None:
-    from implementation.clients import run as run_loop  # the real programs' event loop
-
     started = time.process_time()
     outcome: tuple[str, Any]
     try:
-        reports, reference = run_loop(_serve(job, primed, finished))
+        reports, reference = loops.run(_serve(job, primed, finished))
         outcome = ("ok", WorkerResult(job.group, reports, time.process_time() - started, reference))
     except BaseException as error:  # reported to the test process, which raises it in the test
         outcome = ("error", f"{job.group.kind} clients: {type(error).__name__}: {error}")
