@@ -24,7 +24,9 @@ def test_the_installed_settings_match_the_repository_ones() -> None:
             missing = set(value.split()) - set(repository[key].split())
             assert not missing, f"pytest.ini addopts lacks {sorted(missing)} of harness/suite.ini"
         else:
-            assert repository.get(key) == value, f"pytest.ini {key}: expected {value!r}, got {repository.get(key)!r}"
+            assert repository.get(key) == value, (
+                f"pytest.ini {key}: expected {value!r}, got {repository.get(key)!r}"
+            )
 
 
 def test_the_command_runs_the_scenarios_with_the_suite_settings(tmp_path: Path) -> None:
