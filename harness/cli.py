@@ -11,11 +11,10 @@ It runs the installed scenarios (the `specs` package) with the suite's own pytes
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import pytest
 
 HARNESS_DIR = Path(__file__).resolve().parent
 SPECS_DIR = HARNESS_DIR.parent / "specs"  # installed beside the harness, as in a checkout
@@ -34,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not SPECS_DIR.is_dir():
         print(f"opensqt-conform: the scenarios are missing: no folder {SPECS_DIR}", file=sys.stderr)
         return 4
-    return int(pytest.main(pytest_args(list(sys.argv[1:] if argv is None else argv), Path.cwd())))
+    args = pytest_args(list(sys.argv[1:] if argv is None else argv), Path.cwd())
+    # pytest runs in a fresh interpreter: in this one the harness is imported already, and pytest
+    # could not rewrite the plugin's assertions
+    os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])
 
 
 if __name__ == "__main__":
