@@ -8,11 +8,21 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from implementation.config import ClientSettings, ConfigError, TlsSettings, load_config
+from google.protobuf.message import Message
+
+from implementation.config import (
+    SHARED_TOKEN_ENV,
+    ClientSettings,
+    ConfigError,
+    LogSettings,
+    TlsSettings,
+    load_config,
+)
 from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
 from implementation.logs import configure_logging, log_event
 from implementation.state import LiveState, StateChange, message_fields
@@ -33,7 +43,10 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate, for mutual TLS")
     group.add_argument("--tls-key", metavar="FILE", help="client private key, for mutual TLS")
-    group.add_argument("--token", help="bearer token the connector expects")
+    group.add_argument("--token", help="bearer token the connector expects (visible in ps: prefer the next)")
+    group.add_argument(
+        "--token-file", metavar="FILE", help=f"file holding the bearer token (or set {SHARED_TOKEN_ENV})"
+    )
     group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     group.add_argument("--log-format", choices=["json", "text"])
 
@@ -42,8 +55,11 @@ def connection_overrides(args: argparse.Namespace) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if args.exchange_grpc_address is not None:
         found["exchange_grpc_address"] = args.exchange_grpc_address
+    # The command line's token replaces either form the config gives.
     if args.token is not None:
-        found["token"] = args.token
+        found["token"], found["token_file"] = args.token, None
+    if getattr(args, "token_file", None) is not None:
+        found["token"], found["token_file"] = None, str(Path(args.token_file).absolute())
     if getattr(args, "listen", None) is not None:  # live_server only
         found["listen"] = args.listen
     # Paths from the command line are relative to the working directory, not to the config file.
@@ -101,28 +117,43 @@ def _remote_exchange(
         tls_ca=tls.ca_file if tls else None,
         tls_cert=tls.cert_file if tls else None,
         tls_key=tls.key_file if tls else None,
-        token=settings.token,
+        token=settings.bearer_token,
         reconnect=CLIENT_RECONNECT,
         logger=logger,
     )
 
 
 class UpdateLog:
-    """Logs every state change as one JSON line: "ready" once, then "account_update" and
-    "position_update" with every field as a string (a resync logs the whole state, with
-    source="resync"), and "connector_lost" when the connection drops."""
+    """Logs state changes as JSON lines: "ready" once, then "account_update" and "position_update"
+    with every field as a string (a resync logs the whole state, with source="resync"), and
+    "connector_lost" when the connection drops.
 
-    def __init__(self, state: LiveState, logger: logging.Logger) -> None:
+    Stream updates are logged each (`updates: every`) or sampled: at most one line per kind per
+    `update_interval_s`, whose "updates" field counts the updates since the kind's last line."""
+
+    def __init__(
+        self,
+        state: LiveState,
+        logger: logging.Logger,
+        settings: LogSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._state = state
         self._log = logger
+        settings = settings or LogSettings(updates="every")
+        self._every = settings.updates == "every"
+        self._interval = settings.update_interval_s
+        self._clock = clock
+        self._last_line: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
         self.ready_logged = False
         state.add_listener(self)
 
     def __call__(self, change: StateChange) -> None:
         if change.kind == "account" and change.account is not None:
-            log_event(self._log, "account_update", source="stream", **message_fields(change.account))
+            self._stream_update("account_update", change.account)
         elif change.kind == "position" and change.position is not None:
-            log_event(self._log, "position_update", source="stream", **message_fields(change.position))
+            self._stream_update("position_update", change.position)
         elif change.kind == "snapshot":
             if change.account is not None:
                 log_event(self._log, "account_update", source="resync", **message_fields(change.account))
@@ -133,6 +164,19 @@ class UpdateLog:
                 log_event(self._log, "ready", positions=str(len(change.positions)))
         elif change.kind == "status" and not self._state.connected and self.ready_logged:
             log_event(self._log, "connector_lost", level=logging.WARNING, reason=self._state.reason)
+
+    def _stream_update(self, event: str, message: Message) -> None:
+        if self._every:
+            log_event(self._log, event, source="stream", **message_fields(message))
+            return
+        count = self._unlogged.get(event, 0) + 1
+        now = self._clock()
+        last = self._last_line.get(event)
+        if last is not None and now - last < self._interval:
+            self._unlogged[event] = count
+            return
+        self._last_line[event], self._unlogged[event] = now, 0
+        log_event(self._log, event, source="stream", updates=str(count), **message_fields(message))
 
 
 def stop_event() -> asyncio.Event:

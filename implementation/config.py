@@ -86,8 +86,12 @@ class TlsSettings(_Strict):
 class LogSettings(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
+    # Per-update lines: "every" logs each one; "sampled" at most one per kind per update_interval_s
+    # (each line counts the updates it stands for), so a busy feed cannot fill the disk.
+    updates: Literal["every", "sampled"] = "sampled"
+    update_interval_s: float = Field(default=1.0, gt=0, le=3600)
 
-    @field_validator("level", "format", mode="before")
+    @field_validator("level", "format", "updates", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -99,6 +103,8 @@ class ClientSettings(_Strict):
     exchange_grpc_address: str
     tls: TlsSettings | None = None
     token: str | None = Field(default=None, min_length=1)
+    # A file holding the token (kept out of `ps` and out of the config itself); relative to the config.
+    token_file: Path | None = None
     log: LogSettings = LogSettings()
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     call_timeout: float = Field(default=10.0, gt=0, le=300)
@@ -107,6 +113,28 @@ class ClientSettings(_Strict):
     @classmethod
     def _address(cls, value: str) -> str:
         return check_address(value)
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("base")
+        if base is not None and not value.is_absolute():
+            value = Path(base) / value
+        read_token_file(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ClientSettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
+
+    @property
+    def bearer_token(self) -> str | None:
+        """The token from `token` or `token_file`, or None."""
+        return read_token_file(self.token_file) if self.token_file is not None else self.token
 
 
 class MarketMakerConfig(ClientSettings):
@@ -119,6 +147,16 @@ class LiveServerConfig(ClientSettings):
     exchange_type: Literal["remote"]
     listen: str = "127.0.0.1:8080"
     ws_queue_size: int = Field(default=256, ge=1, le=100_000)
+    # A connection that has not sent a whole request head this long after it opened is closed.
+    http_header_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Open HTTP and WebSocket connections; past it, new requests get 503 at once.
+    max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # Larger inbound WebSocket messages close the socket with 1009 (message too big).
+    ws_max_message_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576)
+    # Host names the Host header may name (DNS rebinding guard); None: loopback and the listen host.
+    allowed_hosts: tuple[str, ...] | None = None
+    # Origins allowed to open /ws ("scheme://host[:port]"); None: those on an allowed host; "*": any.
+    allowed_origins: tuple[str, ...] | None = None
 
     @field_validator("listen")
     @classmethod
@@ -136,6 +174,20 @@ class LiveServerConfig(ClientSettings):
 
 
 ConfigT = TypeVar("ConfigT", bound=ClientSettings)
+SHARED_TOKEN_ENV = "OPENSQT_TOKEN"  # read by all three programs when no other token is given
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (surrounding whitespace removed); ValueError if unreadable or empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"cannot read token file {str(path)!r}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    if not token:
+        raise ValueError(f"token file {str(path)!r} is empty")
+    return token
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -247,8 +299,11 @@ def load_config(
     (command-line options, nested like the file); ConfigError if unusable."""
     where = str(path) if path is not None else "environment"
     data = read_yaml(path) if path is not None else {}
-    data = _merge(data, env_overrides(model, env_prefix, os.environ if environ is None else environ))
+    environ = os.environ if environ is None else environ
+    data = _merge(data, env_overrides(model, env_prefix, environ))
     data = _merge(data, dict(overrides or {}))
+    if data.get("token") is None and data.get("token_file") is None and environ.get(SHARED_TOKEN_ENV):
+        data["token"] = environ[SHARED_TOKEN_ENV]
     try:
         return model.model_validate(data, context={"base": path.parent if path is not None else None})
     except ValidationError as exc:

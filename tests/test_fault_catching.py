@@ -24,11 +24,13 @@ import pytest
 
 from harness.sut.manifest import DEFAULT_MANIFEST, load_manifest
 from specs.faulty.catalogue import Fault, is_timed, load_faults
-from specs.faulty.connector import FAULTS as IMPLEMENTED
-from specs.faulty.manifests import write_manifest
+from specs.faulty.connector import FAULTS as CONNECTOR_FAULTS
+from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
+from specs.faulty.manifests import MODULES, faulty_program, write_manifest
 from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
 
 FAULTS = load_faults()
+IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS}
 CONTROL, TIMED_CONTROL = "control", "control-timed"
 RUN_TIMEOUT_S = 300.0
 PARALLEL_RUNS = 2
@@ -135,24 +137,27 @@ def fault_param(fault: Fault) -> object:
 
 def test_fault_catalogue_matches_the_faulty_connector() -> None:
     assert set(FAULTS) == set(IMPLEMENTED), (
-        f"expected faults.yaml to list exactly the faults specs/faulty/connector.py implements, "
-        f"got catalogue {sorted(FAULTS)} and connector {sorted(IMPLEMENTED)}"
+        f"expected faults.yaml to list exactly the faults specs/faulty/connector.py and live_server.py "
+        f"implement, got catalogue {sorted(FAULTS)} and programs {sorted(IMPLEMENTED)}"
     )
+    assert not set(CONNECTOR_FAULTS) & set(LIVE_SERVER_FAULTS), "expected each fault name used once"
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) -> None:
     manifest = load_manifest(write_manifest(fault, tmp_path))
     reference = load_manifest(DEFAULT_MANIFEST)
-    command = manifest.program("exchange_connector").command
-    assert command[1:5] == ("-m", "specs.faulty.connector", "--fault", fault), (
-        f"expected the connector command to run the fault {fault!r}, got {command}"
+    replaced = faulty_program(fault)
+    command = manifest.program(replaced).command
+    assert command[1:5] == ("-m", MODULES[replaced][1], "--fault", fault), (
+        f"expected the {replaced} command to run the fault {fault!r}, got {command}"
     )
-    assert command[5:] == reference.program("exchange_connector").command[3:], (
-        f"expected the reference's serve flags unchanged, got {command[5:]}"
+    assert command[5:] == reference.program(replaced).command[3:], (
+        f"expected the reference's flags unchanged, got {command[5:]}"
     )
-    for name in ("market_maker", "live_server"):
-        assert manifest.program(name) == reference.program(name), f"expected {name} unchanged"
+    for name in ("exchange_connector", "market_maker", "live_server"):
+        if name != replaced:
+            assert manifest.program(name) == reference.program(name), f"expected {name} unchanged"
     assert manifest.capabilities == reference.capabilities - {"reference_library"}, (
         f"expected the reference's capabilities but reference_library, got {sorted(manifest.capabilities)}"
     )

@@ -38,7 +38,7 @@ class Served:
 @contextlib.asynccontextmanager
 async def client_for(served: Served) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=served.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://live.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
 
 
@@ -128,7 +128,23 @@ async def test_health_needs_connection_and_data() -> None:
         f"expected ok, got {ok.status_code} {ok.text}"
     )
     assert lost.status_code == 503 and "lost" in lost.json()["reason"], f"got {lost.status_code} {lost.text}"
-    assert stale.status_code == 200, f"expected the last data still served, got {stale.status_code}"
+    # What was held may no longer be true: never served as current once the connector is lost.
+    assert stale.status_code == 503 and stale.json()["error"] == "stale", (
+        f"got {stale.status_code} {stale.text}"
+    )
+    assert float(stale.headers["X-Data-Age"]) >= 0, f"expected the data's age, got {dict(stale.headers)}"
+
+
+@pytest.mark.asyncio
+async def test_foreign_host_is_421_and_loopback_names_are_served() -> None:
+    served = Served()
+    served.fill()
+    async with client_for(served) as client:
+        foreign = await client.get("/api/account", headers={"Host": "evil.example:8080"})
+        named = await client.get("/api/account", headers={"Host": "localhost:8080"})
+        v6 = await client.get("/api/account", headers={"Host": "[::1]:8080"})
+    assert foreign.status_code == 421 and "total_balance" not in foreign.text, f"got {foreign.text}"
+    assert named.status_code == 200 and v6.status_code == 200, f"got {named.status_code}, {v6.status_code}"
 
 
 @pytest.mark.asyncio
@@ -180,16 +196,19 @@ class AsgiWebSocket:
     With reading=False it never takes what the server sends: every send blocks, like a
     browser tab that stopped reading with full TCP buffers."""
 
-    def __init__(self, app: Any, *, reading: bool = True) -> None:
+    def __init__(
+        self, app: Any, *, reading: bool = True, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self._app = app
         self._reading = reading
+        self._headers = headers or []
         self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.closed_with: int | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"", "headers": [],
+        scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"", "headers": self._headers,
                  "scheme": "ws", "server": ("live.test", 80), "client": ("127.0.0.1", 1), "subprotocols": [],
                  "asgi": {"version": "3.0"}, "root_path": ""}  # fmt: skip
         await self._to_app.put({"type": "websocket.connect"})
@@ -212,6 +231,31 @@ class AsgiWebSocket:
         await self._to_app.put({"type": "websocket.disconnect", "code": 1000})
         if self.task is not None:
             await asyncio.wait_for(asyncio.gather(self.task, return_exceptions=True), 5.0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("origin", "served_feed"),
+    [(b"http://evil.example", False), (b"null", False), (b"http://127.0.0.1:8080", True), (None, True)],
+)
+async def test_websocket_origin_check(origin: bytes | None, served_feed: bool) -> None:
+    served = Served()
+    served.fill()
+    headers = [(b"host", b"127.0.0.1:8080")] + ([(b"origin", origin)] if origin is not None else [])
+    client = AsgiWebSocket(served.app, headers=headers)
+    await client.connect()
+    try:
+        if served_feed:
+            first = await client.next()
+            assert first["type"] == "snapshot", f"expected Origin {origin!r} served, got {first}"
+        else:
+            assert client.task is not None
+            await asyncio.wait_for(asyncio.gather(client.task, return_exceptions=True), 5.0)
+            assert client.closed_with == 1008 and client.received.empty(), (
+                f"expected Origin {origin!r} refused before any data, got close {client.closed_with}"
+            )
+    finally:
+        await client.close()
 
 
 @pytest.mark.asyncio

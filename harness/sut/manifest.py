@@ -47,6 +47,7 @@ CAPABILITIES = frozenset(
         "metrics",  # a Prometheus /metrics endpoint on the connector
         "websocket",  # live_server's /ws feed
         "dashboard",  # live_server's dashboard page at /
+        "http_hardening",  # live_server's limits against hostile clients (rules L20-L24)
         "reflection",  # gRPC server reflection on the connector
         "health_command",  # a health subcommand usable by container health checks
         "reference_library",  # the Python reference library itself (white-box tests)

@@ -33,6 +33,8 @@ from implementation.clients import (
 )
 from implementation.config import LIVE_SERVER_ENV_PREFIX, ConfigError, LiveServerConfig
 from implementation.follower import StateFollower
+from implementation.live_server import guard as http_guard
+from implementation.live_server.access import AccessPolicy
 from implementation.live_server.app import create_app
 from implementation.live_server.feed import Broadcaster, connect_state
 from implementation.logs import log_event
@@ -122,16 +124,23 @@ async def serve(config: LiveServerConfig) -> int:
     state = LiveState()
     broadcaster = Broadcaster(config.ws_queue_size)
     connect_state(state, broadcaster)
-    UpdateLog(state, _log)
-    app = create_app(state, broadcaster)
+    UpdateLog(state, _log, config.log)
+    access = AccessPolicy(config.listen_host, config.allowed_hosts, config.allowed_origins)
+    app = create_app(state, broadcaster, access=access)
+    guard = http_guard.ConnectionGuard(config.http_header_timeout_s, config.max_connections)
+    http_guard.raise_file_limit(config.max_connections)
+    http_guard.silence_uvicorn_limit_lines()
     server = _Server(
         uvicorn.Config(
             app,
+            http=http_guard.guarded_protocol(guard),
             log_config=None,
             access_log=False,
             lifespan="off",
             ws="websockets-sansio",
             ws_per_message_deflate=False,
+            ws_max_size=config.ws_max_message_bytes,
+            limit_concurrency=config.max_connections,
             timeout_graceful_shutdown=HTTP_SHUTDOWN_S,
         )
     )

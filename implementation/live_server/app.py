@@ -6,6 +6,7 @@ with a state it fills by hand. Every error is JSON: {"error": <short>, "detail":
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from implementation.exchange.errors import InvalidRequest
 from implementation.exchange.validation import MAX_SYMBOL_LENGTH, check_symbol
+from implementation.live_server.access import AccessCheck, AccessPolicy
 from implementation.live_server.feed import Broadcaster, serve_client
 from implementation.live_server.metrics import LiveServerMetrics
 from implementation.state import LiveState, message_fields
@@ -80,11 +82,26 @@ def _not_ready(state: LiveState) -> JSONResponse:
     return _error(503, "not ready", state.not_ready_reason or "no data yet", **{"Retry-After": "1"})
 
 
+def _unavailable(state: LiveState) -> JSONResponse | None:
+    """503 when there is nothing to serve, or only data that may be stale (the connector is lost:
+    what it sent last may no longer be true); None when the held data is current."""
+    if not state.has_data:
+        return _not_ready(state)
+    if state.connected:
+        return None
+    response = _error(503, "stale", f"{state.not_ready_reason}; the last data held may be out of date")
+    response.headers["Retry-After"] = "1"
+    if state.account_received_at is not None:
+        response.headers["X-Data-Age"] = f"{max(0.0, time.time() - state.account_received_at):.1f}"
+    return response
+
+
 def create_app(
     state: LiveState,
     broadcaster: Broadcaster,
     *,
     metrics: LiveServerMetrics | None = None,
+    access: AccessPolicy | None = None,
     title: str = "live_server",
 ) -> FastAPI:
     metrics = metrics or LiveServerMetrics(state, broadcaster)
@@ -101,16 +118,20 @@ def create_app(
     app.state.metrics = metrics
     _install_error_handlers(app)
     app.add_middleware(_RequestMetrics, metrics=metrics)
+    # Outermost: a refused Host or Origin reaches nothing else.
+    app.add_middleware(AccessCheck, policy=access or AccessPolicy("127.0.0.1"))
 
     @app.get(
         "/api/account",
         response_model=AccountOut,
-        responses={503: {"model": ErrorOut, "description": "no account data yet"}},
+        responses={
+            503: {"model": ErrorOut, "description": "no account data yet, or the connector is lost (stale)"}
+        },
         summary="The latest account",
     )
     async def get_account() -> Response:
-        if state.account is None:
-            return _not_ready(state)
+        if (refusal := _unavailable(state)) is not None or state.account is None:
+            return refusal or _not_ready(state)
         return JSONResponse(message_fields(state.account))
 
     @app.get(
@@ -118,7 +139,7 @@ def create_app(
         response_model=PositionsOut,
         responses={
             422: {"model": ErrorOut, "description": "bad symbol"},
-            503: {"model": ErrorOut, "description": "no data yet"},
+            503: {"model": ErrorOut, "description": "no data yet, or the connector is lost (stale)"},
         },
         summary="The open positions, optionally of one symbol",
     )
@@ -133,8 +154,8 @@ def create_app(
             check_symbol(symbol)
         except InvalidRequest as exc:
             return _error(422, "invalid query parameter 'symbol'", str(exc))
-        if not state.has_data:
-            return _not_ready(state)
+        if (refusal := _unavailable(state)) is not None:
+            return refusal
         return JSONResponse({"positions": [message_fields(p) for p in state.position_list(symbol)]})
 
     @app.get(

@@ -88,7 +88,7 @@ async def serve(config: MarketMakerConfig, *, health_file: Path | None = None) -
         return 2
     stop = stop_event()
     state = LiveState()
-    UpdateLog(state, _log)
+    UpdateLog(state, _log, config.log)
     follower = StateFollower(exchange, state, logger=_log)
     log_event(_log, "starting", address=config.exchange_grpc_address, tls=str(config.tls is not None))
     tasks = {asyncio.ensure_future(follower.run()), asyncio.ensure_future(stop.wait())}

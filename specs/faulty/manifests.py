@@ -1,8 +1,10 @@
-"""The SUT manifest of each faulty connector, made from the reference's own.
+"""The SUT manifest of each faulty program, made from the reference's own.
 
-A faulty manifest is implementation/sut.toml with one change to the connector: its command runs
-`python -m specs.faulty.connector --fault NAME` in place of `python -m implementation.connector`
-(the serve flags stay as they are). It does not claim `reference_library`: the white-box forms
+A faulty manifest is implementation/sut.toml with one change to one program: for a connector
+fault, its command runs `python -m specs.faulty.connector --fault NAME` in place of `python -m
+implementation.connector` (the serve flags stay as they are); for a live_server fault
+(specs/faulty/live_server.py), `python -m specs.faulty.live_server --fault NAME` in place of
+`python -m implementation.live_server`. It does not claim `reference_library`: the white-box forms
 would test the unchanged library, so only the programs are put to the test. The manifests are
 written at test time, so they always follow the reference's.
 """
@@ -26,29 +28,43 @@ else:  # pragma: no cover - Python 3.10
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_MODULE = "implementation.connector"
 FAULTY_MODULE = "specs.faulty.connector"
+# program -> (the reference's module, the faulty one)
+MODULES = {
+    "exchange_connector": (REFERENCE_MODULE, FAULTY_MODULE),
+    "live_server": ("implementation.live_server", "specs.faulty.live_server"),
+}
 WHITE_BOX = "reference_library"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+def faulty_program(fault: str) -> str:
+    """The program a fault replaces: live_server for the faults of specs/faulty/live_server.py."""
+    from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
+
+    return "live_server" if fault in LIVE_SERVER_FAULTS else "exchange_connector"
+
+
 def faulty_manifest(fault: str, reference: Path = DEFAULT_MANIFEST) -> dict[str, Any]:
-    """The reference manifest's data with the connector's command running `fault`."""
+    """The reference manifest's data with one program's command running `fault`."""
     data: dict[str, Any] = tomllib.loads(reference.read_text(encoding="utf-8"))
-    connector = data["programs"]["exchange_connector"]
+    name = faulty_program(fault)
+    reference_module, faulty_module = MODULES[name]
+    connector = data["programs"][name]
     command: list[str] = list(connector["command"])
     try:
-        at = next(i for i in range(len(command) - 1) if command[i : i + 2] == ["-m", REFERENCE_MODULE])
+        at = next(i for i in range(len(command) - 1) if command[i : i + 2] == ["-m", reference_module])
     except StopIteration:
         raise ValueError(
-            f"{reference}: the connector command {command} does not run `-m {REFERENCE_MODULE}`"
+            f"{reference}: the {name} command {command} does not run `-m {reference_module}`"
         ) from None
-    connector["command"] = [*command[:at], "-m", FAULTY_MODULE, "--fault", fault, *command[at + 2 :]]
+    connector["command"] = [*command[:at], "-m", faulty_module, "--fault", fault, *command[at + 2 :]]
     # the programs run in their own folders: the repository must be on the path for `specs`
     paths = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH", "")])]
     env = dict(connector.get("env", {}))
     env["PYTHONPATH"] = os.pathsep.join(paths).replace("{", "{{").replace("}", "}}")
     connector["env"] = env
     data["name"] = f"faulty-{fault}"
-    data["description"] = f"The reference implementation with the connector fault {fault!r} (specs/faulty)"
+    data["description"] = f"The reference implementation with the {name} fault {fault!r} (specs/faulty)"
     data["capabilities"] = [c for c in data.get("capabilities", []) if c != WHITE_BOX]
     data.pop("known_failures", None)
     return data
@@ -101,4 +117,4 @@ def _value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML: {value!r}")
 
 
-__all__ = ["faulty_manifest", "to_toml", "write_manifest"]
+__all__ = ["faulty_manifest", "faulty_program", "to_toml", "write_manifest"]
