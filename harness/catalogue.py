@@ -12,6 +12,7 @@ import yaml
 
 CATALOGUE_PATH = Path(__file__).resolve().parent.parent / "specs" / "scenarios.yaml"
 LEVELS = ("unit", "integration", "e2e", "perf", "soak")
+SUBJECTS = ("sut", "suite")
 
 
 class CatalogueError(ValueError):
@@ -51,6 +52,7 @@ class Scenario:
     pending: bool = False
     retired: bool = False
     choice: str | None = None
+    subject: str = "sut"  # "suite": a self-check of the suite (§4.3's mock exchange), not of the SUT
     derived_from: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -114,6 +116,9 @@ def parse(data: Any) -> Catalogue:
         if missing:
             raise CatalogueError(f"{where}: missing {', '.join(missing)}")
         kind = raw.get("kind", "scenario")
+        subject = str(raw.get("subject", "sut"))
+        if subject not in SUBJECTS:
+            raise CatalogueError(f"{where}: subject {subject!r} is not one of {', '.join(SUBJECTS)}")
         level = raw.get("level")
         if kind == "scenario" and level not in LEVELS:
             raise CatalogueError(f"{where}: level {level!r} is not one of {', '.join(LEVELS)}")
@@ -129,6 +134,7 @@ def parse(data: Any) -> Catalogue:
                 pending=bool(raw.get("pending", False)),
                 retired=bool(raw.get("retired", False)),
                 choice=raw.get("choice"),
+                subject=subject,
                 derived_from=dict(raw.get("from") or {}),
             )
         )

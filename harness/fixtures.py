@@ -17,10 +17,11 @@ from harness.perf.probes import LeakProbe
 from harness.ports import free_port as allocate_port
 from harness.report.results import Metric
 from harness.selection import scenario_ids
-from harness.stash import LAUNCHER_KEY, MANIFEST_KEY
+from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, VERDICTS_KEY
 from harness.sut.launch import ProgramLauncher
 from harness.sut.manifest import Manifest
 from harness.tls import TlsMaterial, make_tls_material
+from harness.verdicts import Verdicts
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +52,14 @@ class MetricRecorder:
 def metrics(request: pytest.FixtureRequest) -> MetricRecorder:
     """Record a measured figure: metrics.record("get_account_p50_ms", 0.41, "ms")."""
     return MetricRecorder(request.node)
+
+
+@pytest.fixture
+def verdicts(request: pytest.FixtureRequest, sut: Manifest) -> Verdicts:
+    """Judge each of the test's scenario IDs on its own: `with verdicts.check("6.1.1.a"): assert ...`."""
+    judged = Verdicts(request.node, scenario_ids(request.node), sut.known_failures)
+    request.node.stash[VERDICTS_KEY] = judged
+    return judged
 
 
 @pytest.fixture

@@ -17,10 +17,11 @@ from harness import options, selection
 from harness.recorder import Recorder
 from harness.report import coverage
 from harness.report.results import RunResults
-from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, RESULTS_KEY
+from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, RESULTS_KEY, VERDICTS_KEY
 from harness.sut.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from harness.verdicts import ONLY_CHECKS_FAILED
 
-pytest_plugins = ["harness.fixtures", "harness.perf.fixtures"]
+pytest_plugins = ["harness.fixtures", "harness.perf.fixtures", "harness.sut.driver_fixtures"]
 LOG_TAIL_LINES = 30
 
 
@@ -83,6 +84,12 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    judged = item.stash.get(VERDICTS_KEY, None)
+    if report.when == "call" and report.passed and judged is not None and judged.failures:
+        # the checks caught their assertions so that every ID got its verdict: the test fails now
+        report.outcome = "failed"
+        report.longrepr = judged.summary()
+        report.user_properties.append((ONLY_CHECKS_FAILED, "1"))
     if not (report.failed and report.when == "call"):
         return report
     programs = item.stash.get(LAUNCHER_KEY, None)

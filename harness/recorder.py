@@ -11,10 +11,12 @@ import pytest
 
 from harness import catalogue as catalogue_module
 from harness.report import coverage
+from harness.report.json_report import write_json
 from harness.report.markdown import summary_lines
 from harness.report.results import Metric, RunResults, TestOutcome
 from harness.report.writer import write_reports
 from harness.selection import NOT_APPLICABLE
+from harness.verdicts import ONLY_CHECKS_FAILED, recorded
 
 SAVE_EVERY_S = 2.0
 
@@ -44,7 +46,17 @@ class Recorder:
         if outcome is None:
             return
         status, reason = outcome
-        self.results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, report.duration))
+        checked = recorded(report.user_properties)
+        if not checked:
+            self.results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, report.duration))
+        else:  # one verdict per ID: each check's own; an unchecked ID takes what the rest of the test did
+            only_checks = any(key == ONLY_CHECKS_FAILED for key, _ in report.user_properties)
+            rest = ("passed", "") if only_checks else (status, reason)
+            for sid in ids:
+                own_status, own_reason = checked.get(sid, rest)
+                self.results.add_outcome(
+                    TestOutcome(report.nodeid, [sid], own_status, own_reason, report.duration)
+                )
         self._save_progress()
 
     def _save_progress(self) -> None:
@@ -53,7 +65,7 @@ class Recorder:
         if self._is_worker or now - self._last_save < SAVE_EVERY_S:
             return
         self._last_save = now
-        self.results.write_json(self._report_dir / "conformance-report.json", catalogue_module.load())
+        write_json(self.results, self._report_dir / "conformance-report.json", catalogue_module.load())
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self._is_worker or self.config.getoption("collectonly") or not self.results.outcomes:

@@ -71,7 +71,8 @@ def select(items: list[pytest.Item], config: pytest.Config, manifest: Manifest) 
         for sid in ids:
             item.user_properties.append(("scenario", sid))
         listed = [sid for sid in ids if sid in manifest.known_failures]
-        if listed:
+        # a test that judges each ID in its own check (the verdicts fixture) handles its known failures there
+        if listed and "verdicts" not in getattr(item, "fixturenames", ()):
             # strict: a known failure that passes fails the run, so the list cannot go stale
             reason = f"known failure {listed[0]}: {manifest.known_failures[listed[0]]}"
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))

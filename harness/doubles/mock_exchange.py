@@ -46,9 +46,12 @@ class MockExchangeViolation(AssertionError):
 class MockExchangeServer:
     """An ExchangeService whose data and failures the test controls; every method is thread-safe."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> None:
         self.host = host
         self.port = port  # the bound port once started; a restart binds the same one
+        self._credentials = credentials  # TLS (server certificate, optionally client auth); None: plaintext
         self._book = MockBook()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,7 +148,10 @@ class MockExchangeServer:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
-            self.port = server.add_insecure_port(self.address)
+            if self._credentials is None:
+                self.port = server.add_insecure_port(self.address)
+            else:
+                self.port = server.add_secure_port(self.address, self._credentials)
             await server.start()
         except BaseException:
             await server.stop(None)
@@ -226,6 +232,12 @@ class MockExchangeServer:
                 self._book.end_all, code, details or f"mock exchange ended the stream with {code.name}"
             )
 
+    def stall_calls(self, enabled: bool = True) -> None:
+        """While set, GetAccount and GetPositions never answer: each waits until its client cancels it or
+        its deadline passes (stalled_calls() and ended_stalls() count both sides)."""
+        with self._book.lock:
+            self._book.stall = enabled
+
     # ------------------------------------------------------------------ observation
 
     @property
@@ -261,6 +273,21 @@ class MockExchangeServer:
         """Calls received by method name (GetAccount, GetPositions, SubscribeAccount, SubscribePositions)."""
         with self._book.lock:
             return Counter(self._book.calls)
+
+    def stalled_calls(self, method: str = "GetAccount") -> int:
+        """Unary calls of `method` the stall has held so far."""
+        with self._book.lock:
+            return self._book.stalled[method]
+
+    def ended_stalls(self, method: str = "GetAccount") -> int:
+        """Held calls of `method` that ended because the client gave up (cancelled, or its deadline passed)."""
+        with self._book.lock:
+            return self._book.stall_ended[method]
+
+    def wait_until(self, condition: Callable[[MockExchangeServer], bool], timeout: float) -> bool:
+        """Block until `condition(self)` holds (re-checked whenever the book changes); False after `timeout` s."""
+        with self._book.lock:
+            return self._book.lock.wait_for(lambda: condition(self), timeout)
 
     def subscriptions(self, topic: str) -> int:
         """Streams of `topic` ("account" or "positions") open right now."""

@@ -94,6 +94,9 @@ class MockBook:
         self.positions = spec_positions()
         self.failure: StreamEnd | None = None
         self.stamp_on_send = False  # set updated_at of accounts as they are written (latency runs)
+        self.stall = False  # unary calls wait until the client gives up (deadline or cancel)
+        self.stalled: Counter[str] = Counter()  # unary calls held by the stall, by method
+        self.stall_ended: Counter[str] = Counter()  # held calls the client gave up on (cancel or deadline)
         self.streams: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
         self.totals: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
@@ -169,6 +172,7 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         try:
             await self._admit("GetAccount", context)
+            await self._hold_if_stalled("GetAccount")
             answer = self._book.current_account()
             self._book.log_call("GetAccount", context, "OK", "", 1)
             return answer
@@ -182,6 +186,7 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
     ) -> pb.GetPositionsResponse:
         try:
             await self._admit("GetPositions", context, request.symbol)
+            await self._hold_if_stalled("GetPositions")
             answer = pb.GetPositionsResponse(positions=self._book.current_positions(request.symbol))
             self._book.log_call("GetPositions", context, "OK", "", 1)
             return answer
@@ -205,6 +210,24 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"symbol {symbol[:40]!r} is not a valid instrument name (1-32 upper-case letters and digits)",
             )
+
+    async def _hold_if_stalled(self, method: str) -> None:
+        """While the book says stall, a unary call never answers: it waits until the client gives up."""
+        book = self._book
+        with book.lock:
+            if not book.stall:
+                return
+            book.stalled[method] += 1
+            book.lock.notify_all()
+        try:
+            await asyncio.Event().wait()
+        except (
+            asyncio.CancelledError
+        ):  # grpc cancels the handler when the client cancels or its deadline passes
+            with book.lock:
+                book.stall_ended[method] += 1
+                book.lock.notify_all()
+            raise
 
     async def _stream(self, method: str, topic: str, symbol: str, context: Context) -> None:
         written = 0

@@ -9,7 +9,7 @@ import io
 from collections import defaultdict
 
 from harness.catalogue import Catalogue
-from harness.report.criteria import criteria_rows
+from harness.report.json_report import render_json
 from harness.report.results import Metric, RunResults
 
 _COLOURS = {
@@ -68,7 +68,7 @@ def _plots(results: RunResults) -> list[str]:
 
 
 def render_html(results: RunResults, catalogue: Catalogue) -> str:
-    data = results.to_json(catalogue)
+    data = render_json(results, catalogue)
     env = data["environment"]
     esc = html.escape
     parts = [
@@ -80,27 +80,31 @@ def render_html(results: RunResults, catalogue: Catalogue) -> str:
         f"manifest <code>{esc(results.sut_digest[:16])}</code> · {data['duration_s']:.1f} s</p>",
         "<h2>Success criteria (spec §10)</h2><table><tr><th>Criterion</th><th>Target</th><th>Measured</th><th>Status</th></tr>",
     ]
-    for criterion, measured, verdict in criteria_rows(results, catalogue):
-        target = str(criterion.target) if criterion.target else "—"
+    for row in data["criteria"]:
+        verdict = row["status"]
         colour = _COLOURS["passed" if verdict == "PASS" else "failed" if verdict == "FAIL" else "not-run"]
         parts.append(
-            f"<tr><td>{esc(criterion.title)}</td><td>{esc(target)}</td><td>{esc(measured)}</td>"
+            f"<tr><td>{esc(row['title'])}</td><td>{esc(row['target'])}</td><td>{esc(row['measured'])}</td>"
             f"<td><span class='s' style='background:{colour}'>{esc(verdict)}</span></td></tr>"
         )
     parts.append("</table><h2>Measured figures</h2>")
     parts.extend(_plots(results) or ["<p>No figures were measured in this run.</p>"])
-    parts.append(
-        "<h2>Scenarios</h2><table><tr><th>ID</th><th>Level</th><th>Title</th><th>Status</th><th>Reason</th><th>s</th></tr>"
-    )
-    for row in data["scenarios"]:
-        if row["kind"] != "scenario":
+    for subject, heading in (("sut", "Scenarios"), ("suite", "The suite's own checks (§4.3; not counted for the SUT)")):
+        rows = [row for row in data["scenarios"] if row["subject"] == subject]
+        if not rows:
             continue
-        colour = _COLOURS.get(row["status"], "#6e7781")
-        duration = "" if row["duration_s"] is None else f"{row['duration_s']:.2f}"
         parts.append(
-            f"<tr><td>{esc(row['id'])}</td><td>{esc(str(row['level']))}</td><td>{esc(row['title'])}</td>"
-            f"<td><span class='s' style='background:{colour}'>{esc(row['status'])}</span></td>"
-            f"<td>{esc(str(row['reason']))}</td><td>{duration}</td></tr>"
+            f"<h2>{esc(heading)}</h2><table><tr><th>ID</th><th>Level</th><th>Title</th><th>Status</th>"
+            "<th>Reason</th><th>s</th></tr>"
         )
-    parts.append("</table></body></html>")
+        for row in rows:
+            colour = _COLOURS.get(row["status"], "#6e7781")
+            duration = "" if row["duration_s"] is None else f"{row['duration_s']:.2f}"
+            parts.append(
+                f"<tr><td>{esc(row['id'])}</td><td>{esc(str(row['level']))}</td><td>{esc(row['title'])}</td>"
+                f"<td><span class='s' style='background:{colour}'>{esc(row['status'])}</span></td>"
+                f"<td>{esc(str(row['reason']))}</td><td>{duration}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
     return "\n".join(parts)

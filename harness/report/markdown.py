@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from harness.catalogue import Catalogue
-from harness.report.criteria import criteria_rows
+from harness.report.json_report import render_json
 from harness.report.results import RunResults
 
+SUBJECT_HEADINGS = {
+    "sut": "## Scenarios",
+    "suite": "## The suite's own checks (§4.3; not counted for the SUT)",
+}
 _MARK = {
     "passed": "PASS",
     "failed": "FAIL",
@@ -35,7 +39,7 @@ def summary_lines(results: RunResults, catalogue: Catalogue) -> list[str]:
 
 
 def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
-    data = results.to_json(catalogue)
+    data = render_json(results, catalogue)
     env = data["environment"]
     out = [
         f"# Conformance report: {results.sut_name}",
@@ -49,21 +53,18 @@ def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
         "| Criterion | Target | Measured | Status |",
         "|---|---|---|---|",
     ]
-    for criterion, measured, verdict in criteria_rows(results, catalogue):
-        target = (
-            str(criterion.target)
-            if criterion.target
-            else "100 %"
-            if "pass" in criterion.title
-            else "verified"
-        )
-        out.append(f"| {criterion.title} | {target} | {measured} | {verdict} |")
-    out += ["", "## Scenarios", "", "| ID | Level | Title | Status | Reason |", "|---|---|---|---|---|"]
-    for row in data["scenarios"]:
-        if row["kind"] != "scenario":
+    for row in data["criteria"]:
+        out.append(f"| {row['title']} | {row['target']} | {row['measured']} | {row['status']} |")
+    for subject, heading in SUBJECT_HEADINGS.items():
+        rows = [row for row in data["scenarios"] if row["subject"] == subject]
+        if not rows:
             continue
-        reason = str(row["reason"]).replace("|", "\\|")
-        out.append(f"| {row['id']} | {row['level']} | {row['title']} | {_MARK[row['status']]} | {reason} |")
+        out += ["", heading, "", "| ID | Level | Title | Status | Reason |", "|---|---|---|---|---|"]
+        for row in rows:
+            reason = str(row["reason"]).replace("|", "\\|")
+            out.append(
+                f"| {row['id']} | {row['level']} | {row['title']} | {_MARK[row['status']]} | {reason} |"
+            )
     if results.metrics:
         out += ["", "## Measured figures", "", "| Metric | Value | Scenario | Test |", "|---|---|---|---|"]
         for metric in results.metrics:

@@ -22,6 +22,8 @@ else:  # pragma: no cover - Python 3.10
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "implementation" / "sut.toml"
 PROGRAMS = ("exchange_connector", "market_maker", "live_server")
+# Programs a manifest may add; each one goes with the capability that needs it.
+OPTIONAL_PROGRAMS = {"client_driver": "client_library"}
 PLACEHOLDERS = frozenset(
     {
         "python",  # the interpreter running the suite
@@ -40,6 +42,7 @@ PLACEHOLDERS = frozenset(
     }
 )
 READINESS = ("grpc-health", "http", "log")
+DRIVER_READY = "stdio"  # a client driver is ready when it prints its `ready` event
 CAPABILITIES = frozenset(
     {
         "tls",  # TLS on the connector (server cert; clients with a CA file)
@@ -51,6 +54,7 @@ CAPABILITIES = frozenset(
         "reflection",  # gRPC server reflection on the connector
         "health_command",  # a health subcommand usable by container health checks
         "reference_library",  # the Python reference library itself (white-box tests)
+        "client_library",  # a client library behind [programs.client_driver] (docs/client-driver.md)
     }
 )
 
@@ -63,7 +67,7 @@ class ManifestError(ValueError):
 class Program:
     name: str
     command: tuple[str, ...]
-    ready: str  # "grpc-health", "http:/health" or "log:<event>"
+    ready: str  # "grpc-health", "http:/health", "log:<event>" or, for a client driver, "stdio"
     config: str | None = None  # a config file template
     tls_args: tuple[str, ...] = ()
     token_args: tuple[str, ...] = ()
@@ -101,6 +105,9 @@ class Manifest:
 
     def program(self, name: str) -> Program:
         return self.programs[name]
+
+    def has_program(self, name: str) -> bool:
+        return name in self.programs
 
     def event(self, name: str) -> str:
         return self.events.get(name, name)
@@ -143,8 +150,12 @@ def _program(name: str, raw: Any, root: Path) -> Program:
     command = _strings(raw["command"], f"{where}.command")
     if not command:
         raise ManifestError(f"{where}.command is empty")
-    ready = str(raw.get("ready", "grpc-health" if name == "exchange_connector" else "http:/health"))
-    if ready.split(":", 1)[0] not in READINESS:
+    default_ready = {"exchange_connector": "grpc-health", "client_driver": DRIVER_READY}
+    ready = str(raw.get("ready", default_ready.get(name, "http:/health")))
+    if name in OPTIONAL_PROGRAMS:
+        if ready != DRIVER_READY:
+            raise ManifestError(f"{where}.ready must be {DRIVER_READY!r} (the driver's `ready` event)")
+    elif ready.split(":", 1)[0] not in READINESS:
         raise ManifestError(f"{where}.ready {ready!r} is not one of grpc-health, http:<path>, log:<event>")
     program = Program(
         name=name,
@@ -191,13 +202,19 @@ def load_manifest(path: Path) -> Manifest:
     programs_raw = raw.get("programs")
     if not isinstance(programs_raw, dict):
         raise ManifestError(f"{path}: missing table [programs]")
-    unknown_programs = set(programs_raw) - set(PROGRAMS)
+    known = (*PROGRAMS, *OPTIONAL_PROGRAMS)
+    unknown_programs = set(programs_raw) - set(known)
     if unknown_programs:
         raise ManifestError(
-            f"{path}: unknown program {sorted(unknown_programs)[0]!r} (known: {', '.join(PROGRAMS)})"
+            f"{path}: unknown program {sorted(unknown_programs)[0]!r} (known: {', '.join(known)})"
         )
     root = path.resolve().parent
     programs = {name: _program(name, programs_raw.get(name), root) for name in PROGRAMS}
+    for name, capability in OPTIONAL_PROGRAMS.items():
+        if name in programs_raw:
+            programs[name] = _program(name, programs_raw[name], root)
+        elif capability in capabilities:
+            raise ManifestError(f"{path}: capability {capability!r} needs a [programs.{name}] table")
     known_failures = raw.get("known_failures", {})
     if not isinstance(known_failures, dict) or not all(
         isinstance(v, str) and v for v in known_failures.values()
