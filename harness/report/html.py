@@ -89,7 +89,10 @@ def render_html(results: RunResults, catalogue: Catalogue) -> str:
         )
     parts.append("</table><h2>Measured figures</h2>")
     parts.extend(_plots(results) or ["<p>No figures were measured in this run.</p>"])
-    for subject, heading in (("sut", "Scenarios"), ("suite", "The suite's own checks (§4.3; not counted for the SUT)")):
+    for subject, heading in (
+        ("sut", "Scenarios"),
+        ("suite", "The suite's own checks (§4.3; not counted for the SUT)"),
+    ):
         rows = [row for row in data["scenarios"] if row["subject"] == subject]
         if not rows:
             continue
