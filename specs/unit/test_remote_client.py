@@ -1,359 +1,299 @@
-"""§3.1 RemoteExchange client: construction (3.1.1) and GetAccount (3.1.2).
+"""§3.1 the client library: construction (3.1.1) and GetAccount (3.1.2), through the SUT's client driver.
 
-Unit level in the catalogue: one component, the client. It talks to real gRPC servers on
-loopback (the harness's mock exchange, or a small purpose-built servicer below); nothing of gRPC
-itself is replaced by a mock.
+Unit level in the catalogue: one component, the client. The suite plays the server (the harness's
+mock exchange, a silent TCP peer, a refused port) and reads what the library did from the driver's
+events (docs/client-driver.md); rules D1-D24 of docs/sut-manifest.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.perf.probes import LeakProbe
+from harness.sut.client_driver import DriverSession, to_message
 from harness.tls import TlsMaterial
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.remote import (
-    ConnectTimeout,
-    RemoteDeadlineExceeded,
-    RemoteError,
-    RemoteExchange,
-)
-from opensqt.exchange.testdata import spec_account
+from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
-from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from specs.client_steps import connected, silent_peer
 
-# White-box tests of the reference client library: not applicable to another SUT.
-pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library")]
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-class UnimplementedExchange(pb_grpc.ExchangeServiceServicer):
-    """Every method answers UNIMPLEMENTED; subclasses override the ones a test needs."""
-
-    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetAccount")
-        raise AssertionError("abort() raises")
-
-    async def GetPositions(self, request: pb.GetPositionsRequest, context: Any) -> pb.GetPositionsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetPositions")
-        raise AssertionError("abort() raises")
-
-    async def SubscribeAccount(
-        self, request: pb.SubscribeAccountRequest, context: Any
-    ) -> AsyncIterator[pb.Account]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribeAccount")
-        yield pb.Account()
-
-    async def SubscribePositions(
-        self, request: pb.SubscribePositionsRequest, context: Any
-    ) -> AsyncIterator[pb.Position]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribePositions")
-        yield pb.Position()
-
-
-class StallingExchange(UnimplementedExchange):
-    """GetAccount never answers by itself: it waits until the caller gives up (deadline or cancel)."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.cancelled = asyncio.Event()
-
-    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
-        self.entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-        raise AssertionError("unreachable: the wait above never ends by itself")
-
-
-class FixedExchange(UnimplementedExchange):
-    """GetAccount answers the spec's §8.1 account."""
-
-    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
-        return spec_account()
-
-
-@asynccontextmanager
-async def serving(
-    servicer: pb_grpc.ExchangeServiceServicer, credentials: grpc.ServerCredentials | None = None
-) -> AsyncIterator[str]:
-    """An ExchangeService on 127.0.0.1:<port 0> in this event loop; yields its address."""
-    server = grpc.aio.server()
-    pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
-    if credentials is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", credentials)
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
-
-
-@asynccontextmanager
-async def silent_peer() -> AsyncIterator[str]:
-    """A TCP listener that accepts connections and never says a word (no HTTP/2, no TLS)."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.close()
-        for writer in held:
-            writer.close()
-        await server.wait_closed()
-
-
-@pytest_asyncio.fixture
-async def no_leaks(leak_probe: LeakProbe) -> AsyncIterator[None]:
-    """Fails the test when a task, thread or fd it created outlives it (gRPC warmed up first)."""
-    warm = grpc.aio.insecure_channel("127.0.0.1:1")
-    await warm.close()
-    leak_probe.start()
-    yield
-    await leak_probe.check_async(threads=0, tasks=0, fds=0, settle_s=5.0)
+pytestmark = [pytest.mark.unit, pytest.mark.requires("client_library"), pytest.mark.timeout(60)]
+AT_ONCE_MS = 500.0  # an address the library can judge without network I/O is refused within this
 
 
 # ---------------------------------------------------------------------------------------------- 3.1.1
 
 
 @pytest.mark.scenario("3.1.1.a")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-async def test_client_with_valid_address_connects_and_is_usable(
-    mock_exchange: MockExchangeServer, no_leaks: None
+def test_client_with_valid_address_connects_and_is_usable(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
-    started = time.monotonic()
-    async with RemoteExchange(mock_exchange.address, connect_timeout=5.0) as client:
-        connected_s = time.monotonic() - started
-        account = await client.get_account()
-    await client.close()  # closing again (after the context manager did) is harmless
-    assert connected_s < 5.0, (
-        f"3.1.1.a: expected connect() well inside its 5 s timeout, got {connected_s:.2f} s"
+    outcome = client_driver.connect(mock_exchange.address, connect_timeout_ms=5000)
+    client_driver.expect(outcome, "connected", "D10", f"[3.1.1.a] connecting to {mock_exchange.address}")
+    assert outcome["took_ms"] < 5000, (
+        f"[3.1.1.a] (rule D10): expected connected well inside the 5 s connect timeout, got {outcome['took_ms']} ms"
     )
-    assert account.total_balance == "10000.00", (
-        f"3.1.1.a: expected the mock's account (total_balance 10000.00) at once, got {account.total_balance!r}"
+    answer = client_driver.call("get_account", 5.0, "D10", deadline_ms=2000)
+    client_driver.expect(answer, "result", "D10", "[3.1.1.a] from get_account right after connecting")
+    got = to_message(answer.get("account"), pb.Account, "[3.1.1.a]")
+    assert isinstance(got, pb.Account) and got.total_balance == "10000.00", (
+        f"[3.1.1.a] (rule D10): expected the mock's account (total_balance 10000.00) at once, got {got}"
     )
+
+
+MALFORMED = ["localhost", "host:notaport", "host:99999", "http://x", "::1:50051", "bad host:50051"]
 
 
 @pytest.mark.scenario("3.1.1.b")
-@pytest.mark.parametrize(
-    ("address", "reason"),
-    [
-        ("localhost", "port is missing"),
-        ("host:notaport", "not a number"),
-        ("host:99999", "out of range"),
-        ("http://x", "scheme"),
-        ("::1:50051", "brackets"),
-        ("bad host:50051", "not a host name"),
-    ],
-)
-def test_client_with_malformed_address_fails_at_once(address: str, reason: str) -> None:
-    started = time.monotonic()
-    with pytest.raises(ValueError) as raised:
-        RemoteExchange(address)
-    took = time.monotonic() - started
-    message = str(raised.value)
-    assert repr(address) in message, f"3.1.1.b: expected the error to name {address!r}, got {message!r}"
-    assert reason in message, f"3.1.1.b: expected the error to say {reason!r}, got {message!r}"
-    assert "host:port" in message, f"3.1.1.b: expected the error to show the expected form, got {message!r}"
-    assert took < 0.5, f"3.1.1.b: expected the error at once (no network I/O), got it after {took:.2f} s"
+def test_client_with_malformed_address_fails_at_once(client_driver: DriverSession) -> None:
+    for address in MALFORMED:
+        outcome = client_driver.connect(address, connect_timeout_ms=5000, timeout=5.0, rule="D11")
+        client_driver.expect(outcome, "error", "D11", f"[3.1.1.b] for the malformed address {address!r}")
+        assert outcome.get("kind") == "invalid_address", (
+            f"[3.1.1.b] (rule D11): expected error kind invalid_address for {address!r}, got {outcome.get('kind')!r} "
+            f"({outcome.get('message')!r})"
+        )
+        assert outcome["took_ms"] < AT_ONCE_MS, (
+            f"[3.1.1.b] (rule D11): expected the error at once (no network I/O) for {address!r}, "
+            f"got it after {outcome['took_ms']} ms"
+        )
+        assert address.strip() in str(outcome.get("message")), (
+            f"[3.1.1.b] (rule D11): expected the error to name {address!r}, got {outcome.get('message')!r}"
+        )
 
 
 @pytest.mark.scenario("3.1.1.c")
-@pytest.mark.parametrize("address", ["", "   "])
-def test_client_with_empty_address_fails_at_once(address: str) -> None:
-    with pytest.raises(ValueError) as raised:
-        RemoteExchange(address)
-    assert "exchange address is empty" in str(raised.value), (
-        f"3.1.1.c: expected 'exchange address is empty', got {str(raised.value)!r}"
-    )
+def test_client_with_empty_address_fails_at_once(client_driver: DriverSession) -> None:
+    for address in ("", "   "):
+        outcome = client_driver.connect(address, connect_timeout_ms=5000, timeout=7.0, rule="D12")
+        client_driver.expect(outcome, "error", "D12", f"[3.1.1.c] for the address {address!r}")
+        assert outcome.get("kind") == "empty_address", (
+            f"[3.1.1.c] (rule D12): expected error kind empty_address for {address!r}, got {outcome.get('kind')!r} "
+            f"({outcome.get('message')!r})"
+        )
+        assert outcome["took_ms"] < AT_ONCE_MS, (
+            f"[3.1.1.c] (rule D12): expected the error at once for {address!r}, got it after {outcome['took_ms']} ms"
+        )
 
 
 @pytest.mark.scenario("3.1.1.d")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
+@pytest.mark.requires("tls")
 @pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
-async def test_client_with_tls_ca_connects_to_tls_server(
-    tls_material: TlsMaterial, mutual: bool, no_leaks: None
+def test_client_with_tls_ca_connects_to_tls_server(
+    tls_material: TlsMaterial, mutual: bool, client_driver: DriverSession
 ) -> None:
     credentials = tls_material.server_credentials(require_client_auth=mutual)
-    async with serving(FixedExchange(), credentials) as address:
-        async with RemoteExchange(
-            address,
-            tls_ca=tls_material.ca_pem,
-            tls_cert=tls_material.client_cert_pem if mutual else None,
-            tls_key=tls_material.client_key_pem if mutual else None,
-            connect_timeout=5.0,
-        ) as client:
-            account = await client.get_account()
-    assert client.tls, "3.1.1.d: expected the client to report a TLS channel, got plaintext"
-    assert account.total_balance == "10000.00", (
-        f"3.1.1.d: expected the account over TLS (total_balance 10000.00), got {account.total_balance!r}"
+    tls = {"ca": str(tls_material.ca_pem)}
+    if mutual:
+        tls |= {"cert": str(tls_material.client_cert_pem), "key": str(tls_material.client_key_pem)}
+    with MockExchangeServer(credentials=credentials) as server:
+        outcome = client_driver.connect(server.address, tls=tls, connect_timeout_ms=5000)
+        client_driver.expect(outcome, "connected", "D13", f"[3.1.1.d] over TLS to {server.address}")
+        assert outcome.get("tls") is True, (
+            f"[3.1.1.d] (rule D13): expected `connected` to report a TLS channel, got tls={outcome.get('tls')!r}"
+        )
+        answer = client_driver.call("get_account", 5.0, "D13", deadline_ms=2000)
+        client_driver.expect(answer, "result", "D13", "[3.1.1.d] from get_account over TLS")
+        client_driver.expect(client_driver.call("close", 5.0, "D13"), "closed", "D13", "[3.1.1.d] to close")
+    got = to_message(answer.get("account"), pb.Account, "[3.1.1.d]")
+    assert isinstance(got, pb.Account) and got.total_balance == "10000.00", (
+        f"[3.1.1.d] (rule D13): expected the account over TLS (total_balance 10000.00), got {got}"
     )
 
 
 @pytest.mark.scenario("3.1.1.d")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-async def test_client_with_wrong_tls_ca_fails_with_clear_error(
-    tls_material: TlsMaterial, no_leaks: None
+@pytest.mark.requires("tls")
+def test_client_with_wrong_tls_ca_fails_with_clear_error(
+    tls_material: TlsMaterial, client_driver: DriverSession
 ) -> None:
-    async with serving(FixedExchange(), tls_material.server_credentials()) as address:
-        client = RemoteExchange(address, tls_ca=tls_material.wrong_ca_pem, connect_timeout=1.0)
-        try:
-            with pytest.raises(ConnectTimeout) as raised:
-                await client.connect()
-        finally:
-            await client.close()
-    message = str(raised.value)
-    for part in ("TLS", address, str(tls_material.wrong_ca_pem), "certificate"):
-        assert part in message, f"3.1.1.d: expected the wrong-CA error to mention {part!r}, got {message!r}"
+    with MockExchangeServer(credentials=tls_material.server_credentials()) as server:
+        outcome = client_driver.connect(
+            server.address, tls={"ca": str(tls_material.wrong_ca_pem)}, connect_timeout_ms=1000, rule="D14"
+        )
+    client_driver.expect(
+        outcome, "error", "D14", "[3.1.1.d] when the CA did not sign the server's certificate"
+    )
+    message = str(outcome.get("message"))
+    assert outcome.get("kind") in ("tls", "connect_timeout"), (
+        f"[3.1.1.d] (rule D14): expected error kind tls or connect_timeout for an untrusted server certificate, "
+        f"got {outcome.get('kind')!r} ({message!r})"
+    )
+    assert "certificate" in message.lower() or "tls" in message.lower(), (
+        f"[3.1.1.d] (rule D14): expected the error to say the certificate (or TLS) failed, got {message!r}"
+    )
 
 
 @pytest.mark.scenario("3.1.1.e")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize("peer", ["refused", "silent"])
-async def test_client_for_unreachable_address_times_out(
-    peer: str, free_port: Callable[[], int], metrics: Any, no_leaks: None
+def test_client_for_unreachable_address_times_out(
+    peer: str, free_port: Callable[[], int], metrics: Any, client_driver: DriverSession
 ) -> None:
-    timeout = 0.5
+    timeout_ms = 500.0
 
-    async def attempt(address: str) -> tuple[BaseException, float]:
-        client = RemoteExchange(address, connect_timeout=timeout)
-        started = time.monotonic()
-        try:
-            with pytest.raises(ConnectTimeout) as raised:
-                await client.connect()
-            return raised.value, time.monotonic() - started
-        finally:
-            await client.close()
+    def attempt(address: str) -> dict[str, Any]:
+        outcome = client_driver.connect(address, connect_timeout_ms=timeout_ms, timeout=5.0, rule="D15")
+        return client_driver.expect(
+            outcome, "error", "D15", f"[3.1.1.e] connecting to the {peer} peer {address}"
+        )
 
     if peer == "refused":
         address = f"127.0.0.1:{free_port()}"
-        error, took = await attempt(address)
+        outcome = attempt(address)
     else:
-        async with silent_peer() as address:
-            error, took = await attempt(address)
-    message = str(error)
-    assert isinstance(error, ExchangeUnavailable), f"3.1.1.e: expected an ExchangeUnavailable, got {error!r}"
-    assert address in message and "0.5 s" in message and "timeout" in message, (
-        f"3.1.1.e: expected the error to name {address} and the 0.5 s connect timeout, got {message!r}"
-    )
-    overrun = took - timeout
+        with silent_peer() as address:
+            outcome = attempt(address)
+    took_s = float(outcome["took_ms"]) / 1000.0
+    overrun = took_s - timeout_ms / 1000.0
     metrics.record("connect_timeout_overrun_s", overrun, "s")
-    assert timeout <= took, (
-        f"3.1.1.e: expected to wait the full {timeout} s connect timeout, gave up after {took:.2f} s"
+    message = str(outcome.get("message"))
+    assert outcome.get("kind") == "connect_timeout", (
+        f"[3.1.1.e] (rule D15): expected error kind connect_timeout, got {outcome.get('kind')!r} ({message!r})"
+    )
+    assert address in message, f"[3.1.1.e] (rule D15): expected the error to name {address}, got {message!r}"
+    assert took_s >= timeout_ms / 1000.0 * 0.95, (
+        f"[3.1.1.e] (rule D15): expected to wait the full {timeout_ms:g} ms connect timeout, gave up after "
+        f"{outcome['took_ms']} ms"
     )
     assert overrun < 1.0, (
-        f"3.1.1.e: expected to give up within 1 s after the {timeout} s timeout, took {took:.2f} s"
+        f"[3.1.1.e] (rule D15): expected to give up within 1 s after the {timeout_ms:g} ms timeout, took "
+        f"{outcome['took_ms']} ms"
     )
+
+
+@pytest.mark.scenario("3.1.1.x1")
+def test_driver_answers_bad_commands_and_keeps_running(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
+) -> None:
+    early = client_driver.call("get_account", 5.0, "D4")
+    client_driver.expect(early, "error", "D4", "[3.1.1.x1] for get_account before connect")
+    unknown = client_driver.call("fly_to_the_moon", 5.0, "D4")
+    client_driver.expect(unknown, "error", "D4", "[3.1.1.x1] for an unknown command")
+    client_driver.send_raw("this is not json")
+    client_driver.wait_for(
+        lambda e: e["event"] == "error" and "id" not in e,
+        5.0,
+        "an error without id for a line that is not JSON",
+        "D4",
+    )
+    for outcome, doing in ((early, "a call before connect"), (unknown, "an unknown command")):
+        assert outcome.get("kind") == "bad_command", (
+            f"[3.1.1.x1] (rule D4): expected error kind bad_command for {doing}, got {outcome.get('kind')!r}"
+        )
+    connected(client_driver, mock_exchange, "3.1.1.x1")
+    answer = client_driver.call("get_account", 5.0, "D4", deadline_ms=2000)
+    client_driver.expect(answer, "result", "D4", "[3.1.1.x1] from get_account after the bad commands")
+    times = [float(e["t_ms"]) for e in client_driver.events]
+    assert times == sorted(times), f"[3.1.1.x1] (rule D2): expected t_ms never to decrease, got {times}"
 
 
 # ---------------------------------------------------------------------------------------------- 3.1.2
 
 
 @pytest.mark.scenario("3.1.2.a")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-async def test_get_account_returns_the_servers_account(
-    mock_exchange: MockExchangeServer, no_leaks: None
+def test_get_account_returns_the_servers_account(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
     sent = spec_account(total_balance="12345.67", unrealized_pnl="-0.00000001", leverage="3")
     mock_exchange.set_account(sent)
-    async with RemoteExchange(mock_exchange.address) as client:
-        received = await client.get_account()
-    assert isinstance(received, pb.Account), f"3.1.2.a: expected a pb.Account, got {type(received).__name__}"
+    connected(client_driver, mock_exchange, "3.1.2.a")
+    answer = client_driver.call("get_account", 5.0, "D20", deadline_ms=2000)
+    client_driver.expect(answer, "result", "D20", "[3.1.2.a] from get_account")
+    received = to_message(answer.get("account"), pb.Account, "[3.1.2.a]")
     for field in pb.Account.DESCRIPTOR.fields:
         expected, got = getattr(sent, field.name), getattr(received, field.name)
-        assert got == expected, f"3.1.2.a: field {field.name}: expected {expected!r}, got {got!r}"
-
-
-@pytest.mark.scenario("3.1.2.b")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    "code",
-    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAUTHENTICATED],
-    ids=lambda code: code.name,
-)
-async def test_get_account_surfaces_server_error(
-    mock_exchange: MockExchangeServer, code: grpc.StatusCode, no_leaks: None
-) -> None:
-    details = f"upstream said no ({code.name.lower()})"
-    mock_exchange.fail_calls(code, details)
-    async with RemoteExchange(mock_exchange.address) as client:
-        with pytest.raises(RemoteError) as raised:
-            await client.get_account()
-    error = raised.value
-    assert error.code == code, f"3.1.2.b: expected status {code.name}, got {error.code.name}"
-    assert error.details == details, f"3.1.2.b: expected details {details!r}, got {error.details!r}"
-    assert str(error) == f"GetAccount failed: {code.name}: {details}", f"3.1.2.b: unexpected message {error}"
-    assert not isinstance(error, RemoteDeadlineExceeded), (
-        "3.1.2.b: a server error must not look like a timeout"
-    )
-    if code == grpc.StatusCode.UNAVAILABLE:
-        assert isinstance(error, ExchangeUnavailable), (
-            "3.1.2.b: expected UNAVAILABLE to be ExchangeUnavailable"
+        assert got == expected, (
+            f"[3.1.2.a] (rule D20): field {field.name}: expected {expected!r}, got {got!r}"
         )
 
 
+@pytest.mark.scenario("3.1.2.b")
+def test_get_account_surfaces_server_errors(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
+) -> None:
+    connected(client_driver, mock_exchange, "3.1.2.b")
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAUTHENTICATED):
+        details = f"upstream said no ({code.name.lower()})"
+        mock_exchange.fail_calls(code, details)
+        outcome = client_driver.call("get_account", 5.0, "D21", deadline_ms=2000)
+        client_driver.expect(outcome, "error", "D21", f"[3.1.2.b] when the server answers {code.name}")
+        seen = (outcome.get("kind"), outcome.get("code"), outcome.get("details"))
+        assert seen == ("rpc", code.name, details), (
+            f"[3.1.2.b] (rule D21): expected (kind, code, details) {('rpc', code.name, details)}, got {seen} "
+            f"(message {outcome.get('message')!r})"
+        )
+    mock_exchange.fail_calls(None)
+
+
 @pytest.mark.scenario("3.1.2.c")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
-async def test_get_account_cancelled_cancels_the_rpc(no_leaks: None) -> None:
-    servicer = StallingExchange()
-    async with serving(servicer) as address, RemoteExchange(address) as client:
-        call = asyncio.ensure_future(client.get_account(timeout=30.0))
-        await asyncio.wait_for(servicer.entered.wait(), 5.0)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        try:
-            await asyncio.wait_for(servicer.cancelled.wait(), 2.0)
-        except asyncio.TimeoutError:
-            pytest.fail("3.1.2.c: expected the server to see the RPC cancelled within 2 s, it kept running")
+def test_get_account_cancelled_cancels_the_rpc(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
+) -> None:
+    connected(client_driver, mock_exchange, "3.1.2.c")
+    mock_exchange.stall_calls()
+    call = client_driver.send("get_account", deadline_ms=30000)
+    assert mock_exchange.wait_until(lambda m: m.stalled_calls() >= 1, 5.0), (
+        f"[3.1.2.c] (rule D22): expected the GetAccount call to reach the server within 5 s; {client_driver.describe()}"
+    )
+    cancel = client_driver.send("cancel", target=call)
+    ended = client_driver.outcome(call, 5.0, "D22")
+    client_driver.expect(ended, "error", "D22", "[3.1.2.c] as the cancelled call's outcome")
+    assert (ended.get("kind"), ended.get("code")) == ("cancelled", "CANCELLED"), (
+        f"[3.1.2.c] (rule D22): expected the call to end with kind cancelled, code CANCELLED, got "
+        f"{ended.get('kind')!r}, {ended.get('code')!r} ({ended.get('message')!r})"
+    )
+    done = client_driver.outcome(cancel, 5.0, "D22")
+    client_driver.expect(done, "cancelled", "D22", "[3.1.2.c] to the cancel command")
+    assert mock_exchange.wait_until(lambda m: m.ended_stalls() >= 1, 2.0), (
+        "[3.1.2.c] (rule D22): expected the server to see the RPC cancelled within 2 s, it kept running"
+    )
+    mock_exchange.stall_calls(False)
 
 
 @pytest.mark.scenario("3.1.2.d")
-@pytest.mark.asyncio
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize("where", ["per-call", "client-default"])
-async def test_get_account_timeout_is_deadline_exceeded(where: str, no_leaks: None) -> None:
-    timeout = 0.3
-    servicer = StallingExchange()
-    call_timeout = timeout if where == "client-default" else 10.0
-    async with serving(servicer) as address, RemoteExchange(address, call_timeout=call_timeout) as client:
-        started = time.monotonic()
-        with pytest.raises(RemoteDeadlineExceeded) as raised:
-            if where == "per-call":
-                await client.get_account(timeout=timeout)
-            else:
-                await client.get_account()
-        took = time.monotonic() - started
-    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, (
-        f"3.1.2.d: expected DEADLINE_EXCEEDED, got {raised.value.code.name}"
+def test_get_account_timeout_is_deadline_exceeded(
+    where: str, mock_exchange: MockExchangeServer, client_driver: DriverSession
+) -> None:
+    deadline_ms = 300.0
+    call_timeout_ms = deadline_ms if where == "client-default" else 10000.0
+    connected(client_driver, mock_exchange, "3.1.2.d", call_timeout_ms=call_timeout_ms)
+    mock_exchange.stall_calls()
+    started = time.monotonic()
+    outcome = client_driver.call(
+        "get_account", 5.0, "D23", deadline_ms=deadline_ms if where == "per-call" else None
     )
-    assert timeout * 0.9 <= took < timeout + 1.0, (
-        f"3.1.2.d: expected to fail after ~{timeout} s, took {took:.2f} s"
+    waited = time.monotonic() - started
+    client_driver.expect(
+        outcome, "error", "D23", f"[3.1.2.d] from a call that outlives its {deadline_ms:g} ms deadline"
     )
+    assert (outcome.get("kind"), outcome.get("code")) == ("rpc", "DEADLINE_EXCEEDED"), (
+        f"[3.1.2.d] (rule D23): expected kind rpc, code DEADLINE_EXCEEDED, got {outcome.get('kind')!r}, "
+        f"{outcome.get('code')!r} ({outcome.get('message')!r})"
+    )
+    took = float(outcome["took_ms"])
+    assert deadline_ms * 0.9 <= took < deadline_ms + 1000.0 and waited < deadline_ms / 1000.0 + 2.0, (
+        f"[3.1.2.d] (rule D23): expected to fail after ~{deadline_ms:g} ms, took {took} ms (seen after {waited:.2f} s)"
+    )
+    mock_exchange.stall_calls(False)
+
+
+@pytest.mark.scenario("3.1.2.x1")
+def test_get_positions_returns_the_servers_positions(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
+) -> None:
+    sent = spec_positions()
+    mock_exchange.set_positions(sent)
+    connected(client_driver, mock_exchange, "3.1.2.x1")
+    for symbol, expected in (("", sent), ("BTCUSDT", [p for p in sent if p.symbol == "BTCUSDT"])):
+        answer = client_driver.call("get_positions", 5.0, "D24", symbol=symbol, deadline_ms=2000)
+        client_driver.expect(answer, "result", "D24", f"[3.1.2.x1] from get_positions({symbol!r})")
+        listed = answer.get("positions")
+        got = [to_message(p, pb.Position, "[3.1.2.x1]") for p in (listed if isinstance(listed, list) else [])]
+        assert got == expected, (
+            f"[3.1.2.x1] (rule D24): expected get_positions({symbol!r}) to return {[p.symbol for p in expected]} "
+            f"field for field, got {got}"
+        )
