@@ -35,6 +35,7 @@ from harness.perf.loadworker import ClientGroup, ClientProcesses
 from harness.perf.machine_probe import probe_steadiness
 from harness.perf.procwatch import ProcessWatch
 from harness.perf.results import PerfRecorder
+from harness.verdicts import Verdicts
 
 pytestmark = pytest.mark.perf
 
@@ -54,21 +55,27 @@ QUICK_DURATION_S = 20.0
 @pytest.mark.scenario("6.3.1.a", "6.3.1.b", "6.3.1.c", "6.3.1.d")
 @pytest.mark.asyncio
 async def test_load_of_15_clients_at_100_updates_per_second(
-    connector: Any, mock_exchange: Any, perf: PerfRecorder, load_duration: float
+    connector: Any, mock_exchange: Any, perf: PerfRecorder, load_duration: float, verdicts: Verdicts
 ) -> None:
-    await _run_load(connector, mock_exchange, perf, load_duration, judge_p99=True)
+    await _run_load(connector, mock_exchange, perf, verdicts, load_duration, judge_p99=True)
 
 
 @pytest.mark.scenario("6.3.1.a", "6.3.1.c", "6.3.1.d")
 @pytest.mark.asyncio
 async def test_load_quick_form_loses_nothing_within_cpu_and_memory(
-    connector: Any, mock_exchange: Any, perf: PerfRecorder
+    connector: Any, mock_exchange: Any, perf: PerfRecorder, verdicts: Verdicts
 ) -> None:
-    await _run_load(connector, mock_exchange, perf, QUICK_DURATION_S, judge_p99=False)
+    await _run_load(connector, mock_exchange, perf, verdicts, QUICK_DURATION_S, judge_p99=False)
 
 
 async def _run_load(
-    connector: Any, mock_exchange: Any, perf: PerfRecorder, load_duration: float, *, judge_p99: bool
+    connector: Any,
+    mock_exchange: Any,
+    perf: PerfRecorder,
+    verdicts: Verdicts,
+    load_duration: float,
+    *,
+    judge_p99: bool,
 ) -> None:
     count = int(RATE * load_duration)
     # the quick form's figures have names of their own: they never stand for the full run's
@@ -125,15 +132,15 @@ async def _run_load(
     perf.detail("client_process_cpu_s", {result.group.kind: round(result.cpu_s, 2) for result in results})
 
     expected = count * len(reports)
-    failures = []
-    if lost or reordered or latency.count != expected:
-        worst = max(reports, key=lambda report: report.counts.lost)
-        failures.append(
-            f"6.3.1.a: expected all {count} updates delivered once and in order to each of {len(reports)} "
-            f"clients ({expected} deliveries), got {latency.count} with {lost} lost and {reordered} "
-            f"reordered/duplicated (e.g. {worst.name} missing {worst.missing}, {reconnects} reconnects)"
+    worst = max(reports, key=lambda report: report.counts.lost)
+    with verdicts.check("6.3.1.a"):
+        assert not (lost or reordered or latency.count != expected), (
+            f"[6.3.1.a] (spec §6.3: 0 % message loss): expected all {count} updates delivered once and in "
+            f"order to each of {len(reports)} clients ({expected} deliveries), got {latency.count} with {lost} "
+            f"lost and {reordered} reordered/duplicated (e.g. {worst.name} missing {worst.missing}, "
+            f"{reconnects} reconnects)"
         )
-    if judge_p99 and not p99 < P99_TARGET_MS:
+    if judge_p99:
         machine = (
             f"; the exchange's own stream read directly had p99 {exchange_direct.p_ms(99):.2f} ms over the same run"
             if exchange_direct is not None and exchange_direct.count
@@ -141,16 +148,16 @@ async def _run_load(
         )
         if steadiness is not None:
             machine += f"; on this machine {steadiness.describe()}"
-        failures.append(
-            f"6.3.1.b: expected update latency p99 below {P99_TARGET_MS} ms, got {p99:.2f} ms{machine}"
+        with verdicts.check("6.3.1.b"):
+            assert p99 < P99_TARGET_MS, (
+                f"[6.3.1.b] (spec §6.3): expected update latency p99 below {P99_TARGET_MS} ms, got {p99:.2f} ms{machine}"
+            )
+    with verdicts.check("6.3.1.c"):
+        assert cpu < CPU_TARGET_PCT, (
+            f"[6.3.1.c] (spec §6.3): expected the connector's CPU below {CPU_TARGET_PCT:.0f} % of a core over the "
+            f"run, got {cpu:.1f} % (peak {server.cpu_peak_pct:.1f} %)"
         )
-    if not cpu < CPU_TARGET_PCT:
-        failures.append(
-            f"6.3.1.c: expected the connector's CPU below {CPU_TARGET_PCT:.0f} % of a core over the run, "
-            f"got {cpu:.1f} % (peak {server.cpu_peak_pct:.1f} %)"
+    with verdicts.check("6.3.1.d"):
+        assert rss < RSS_TARGET_MB, (
+            f"[6.3.1.d] (spec §6.3): expected the connector's RSS below {RSS_TARGET_MB:.0f} MB, got {rss:.1f} MB"
         )
-    if not rss < RSS_TARGET_MB:
-        failures.append(
-            f"6.3.1.d: expected the connector's RSS below {RSS_TARGET_MB:.0f} MB, got {rss:.1f} MB"
-        )
-    assert not failures, "; ".join(failures)

@@ -23,6 +23,7 @@ from harness.perf.clientsim import SimulatedClient, make_clients, prime, start_a
 from harness.perf.loadgen import run_paced, tagged_account
 from harness.perf.probes import ResourceSnapshot, assert_no_growth, assert_no_growth_async
 from harness.perf.results import PerfRecorder
+from harness.verdicts import Verdicts
 
 pytestmark = pytest.mark.perf
 
@@ -56,7 +57,7 @@ async def _stream(mock: Any, clients: list[SimulatedClient], first: int, seconds
 @pytest.mark.asyncio
 @pytest.mark.timeout(300)
 async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
-    connector: Any, mock_exchange: Any, perf: PerfRecorder, run_mode: str
+    connector: Any, mock_exchange: Any, perf: PerfRecorder, run_mode: str, verdicts: Verdicts
 ) -> None:
     clients = make_clients(connector.address, 2, 0, run=1)
     try:
@@ -85,25 +86,27 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
         perf.detail("server_rss_mb", [round(server_before.rss_mb, 2), round(server_after.rss_mb, 2)])
         perf.detail("client_rss_mb", [round(client_before.rss_mb, 2), round(client_after.rss_mb, 2)])
 
-        assert server_growth < GROWTH_LIMIT_MB, (
-            f"6.2.1.a: expected the connector's RSS to grow by less than {GROWTH_LIMIT_MB} MB over "
-            f"{DURATION_S[run_mode]:.0f} s of streaming ({last - warmed} updates to 2 clients), got "
-            f"{server_before.rss_mb:.1f} -> {server_after.rss_mb:.1f} MB (+{server_growth:.1f} MB)"
-        )
-        assert client_growth < GROWTH_LIMIT_MB, (
-            f"6.2.1.a: expected the clients' process RSS to grow by less than {GROWTH_LIMIT_MB} MB over "
-            f"{DURATION_S[run_mode]:.0f} s of streaming, got {client_before.rss_mb:.1f} -> "
-            f"{client_after.rss_mb:.1f} MB (+{client_growth:.1f} MB)"
-        )
-        await asyncio.to_thread(
-            assert_no_growth,
-            server_before,
-            server_after,
-            settle_s=THREAD_POOL_SETTLE_S,
-            label="6.2.1.b connector (threads, fds)",
-        )
-        await assert_no_growth_async(
-            client_before, client_after, label="6.2.1.b clients (threads, tasks, fds)"
-        )
+        with verdicts.check("6.2.1.a"):
+            assert server_growth < GROWTH_LIMIT_MB, (
+                f"[6.2.1.a] (spec §6.2): expected the connector's RSS to grow by less than {GROWTH_LIMIT_MB} MB "
+                f"over {DURATION_S[run_mode]:.0f} s of streaming ({last - warmed} updates to 2 clients), got "
+                f"{server_before.rss_mb:.1f} -> {server_after.rss_mb:.1f} MB (+{server_growth:.1f} MB)"
+            )
+            assert client_growth < GROWTH_LIMIT_MB, (
+                f"[6.2.1.a] (spec §6.2): expected the clients' process RSS to grow by less than "
+                f"{GROWTH_LIMIT_MB} MB over {DURATION_S[run_mode]:.0f} s of streaming, got "
+                f"{client_before.rss_mb:.1f} -> {client_after.rss_mb:.1f} MB (+{client_growth:.1f} MB)"
+            )
+        with verdicts.check("6.2.1.b"):
+            await asyncio.to_thread(
+                assert_no_growth,
+                server_before,
+                server_after,
+                settle_s=THREAD_POOL_SETTLE_S,
+                label="[6.2.1.b] (spec §6.2) connector (threads, fds)",
+            )
+            await assert_no_growth_async(
+                client_before, client_after, label="[6.2.1.b] (spec §6.2) clients (threads, tasks, fds)"
+            )
     finally:
         await stop_all(clients)

@@ -18,6 +18,7 @@ import pytest
 
 from harness.perf.results import PerfRecorder
 from harness.perf.soak import SoakConfig, SoakRun
+from harness.verdicts import Verdicts
 
 pytestmark = pytest.mark.soak
 
@@ -53,6 +54,7 @@ async def test_soak_runs_its_duration_with_restarts_and_stays_stable(
     free_port: Any,
     perf: PerfRecorder,
     pytestconfig: pytest.Config,
+    verdicts: Verdicts,
 ) -> None:
     config = SoakConfig.from_env(soak_duration)
     report_dir = Path(pytestconfig.getoption("report_dir"))
@@ -105,28 +107,27 @@ async def test_soak_runs_its_duration_with_restarts_and_stays_stable(
 
     crashed = [s["t_s"] for s in snapshots if not s["connector_running"]]
     down = [(s["t_s"], n) for s in snapshots for n, up in s["programs_running"].items() if not up]
-    failures = []
-    if snapshots[-1]["t_s"] < soak_duration - 1.0 or crashed or down or run.program_exits:
-        failures.append(
-            f"7.1.1.a: expected {soak_duration:.0f} s with no crash, got {snapshots[-1]['t_s']:.0f} s; connector "
-            f"down at {crashed[:3]}, programs down at {down[:3]}, exits: {run.program_exits[:3]}"
+    with verdicts.check("7.1.1.a"):
+        assert not (snapshots[-1]["t_s"] < soak_duration - 1.0 or crashed or down or run.program_exits), (
+            f"[7.1.1.a] (spec §7.1): expected {soak_duration:.0f} s with no crash, got {snapshots[-1]['t_s']:.0f} s; "
+            f"connector down at {crashed[:3]}, programs down at {down[:3]}, exits: {run.program_exits[:3]}"
         )
-    if not rate < ERROR_RATE_TARGET_PCT:
-        failures.append(
-            f"7.1.1.b: expected an error rate below {ERROR_RATE_TARGET_PCT} %, got {rate:.4f} % "
+    with verdicts.check("7.1.1.b"):
+        assert rate < ERROR_RATE_TARGET_PCT, (
+            f"[7.1.1.b] (spec §7.1): expected an error rate below {ERROR_RATE_TARGET_PCT} %, got {rate:.4f} % "
             f"({run.tally.errors} of {run.tally.operations}: {run.tally.errors_by_kind})"
         )
-    if not growth < MEMORY_GROWTH_TARGET_MB:
-        failures.append(
-            f"7.1.1.c: expected connector RSS growth below {MEMORY_GROWTH_TARGET_MB} MB, got {growth:.1f} MB"
+    with verdicts.check("7.1.1.c"):
+        assert growth < MEMORY_GROWTH_TARGET_MB, (
+            f"[7.1.1.c] (spec §7.1): expected connector RSS growth below {MEMORY_GROWTH_TARGET_MB} MB, "
+            f"got {growth:.1f} MB"
         )
-    if not drift <= DRIFT_TARGET:
-        failures.append(
-            f"7.1.1.d: expected thread/task counts within ±{DRIFT_TARGET}, got a drift of {drift}"
+    with verdicts.check("7.1.1.d"):
+        assert drift <= DRIFT_TARGET, (
+            f"[7.1.1.d] (spec §7.1): expected thread/task counts within ±{DRIFT_TARGET}, got a drift of {drift}"
         )
-    if not ratio <= P99_RATIO_TARGET:
-        failures.append(
-            f"7.1.1.e: expected the last interval's p99 within {P99_RATIO_TARGET}x of the first's, got "
-            f"{ratio:.2f}x ({first_p99:.2f} -> {last_p99:.2f} ms)"
+    with verdicts.check("7.1.1.e"):
+        assert ratio <= P99_RATIO_TARGET, (
+            f"[7.1.1.e] (spec §7.1: latency stable): expected the last interval's p99 within {P99_RATIO_TARGET}x "
+            f"of the first's, got {ratio:.2f}x ({first_p99:.2f} -> {last_p99:.2f} ms)"
         )
-    assert not failures, "; ".join(failures)
