@@ -198,3 +198,50 @@ def test_programs_exit_2_naming_the_key(tmp_path: Path, program: str) -> None:
     assert result.returncode == 2, f"expected exit code 2, got {result.returncode}: {result.stderr}"
     assert "unknown key 'bogus'" in result.stderr, f"expected the key named on stderr, got {result.stderr!r}"
     assert len(result.stderr.strip().splitlines()) == 1, f"expected one line, got {result.stderr!r}"
+
+
+# ------------------------------------------------------------------ tokens kept out of `ps`
+
+
+def test_token_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret\n", encoding="utf-8")
+    config = market_maker(write(tmp_path, MARKET_MAKER_OK + "token_file: token\n"))
+    assert config.bearer_token == "s3cret", f"expected the file's token without its newline, got {config}"
+
+
+def test_empty_or_missing_token_file_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n", encoding="utf-8")
+    assert "token file" in error_of(write(tmp_path, MARKET_MAKER_OK + "token_file: empty\n"))
+    assert "cannot read token file" in error_of(write(tmp_path, MARKET_MAKER_OK + "token_file: nowhere\n"))
+
+
+def test_token_and_token_file_together_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("a", encoding="utf-8")
+    problem = error_of(write(tmp_path, MARKET_MAKER_OK + "token: b\ntoken_file: token\n"))
+    assert "token or token_file, not both" in problem, f"got {problem}"
+
+
+def test_shared_token_variable_is_the_last_resort(tmp_path: Path) -> None:
+    path = write(tmp_path, LIVE_SERVER_OK)
+    assert live_server(path, {"OPENSQT_TOKEN": "shared"}).bearer_token == "shared"
+    own = live_server(path, {"OPENSQT_TOKEN": "shared", "LIVE_SERVER_TOKEN": "own"})
+    assert own.bearer_token == "own", f"expected the program's own variable to win, got {own.bearer_token}"
+    assert live_server(path).bearer_token is None
+
+
+def test_live_server_hardening_defaults(tmp_path: Path) -> None:
+    config = live_server(write(tmp_path, LIVE_SERVER_OK))
+    assert (config.http_header_timeout_s, config.max_connections, config.ws_max_message_bytes) == (
+        5.0,
+        1000,
+        65_536,
+    ), f"got {config}"
+    assert config.allowed_hosts is None and config.allowed_origins is None, f"got {config}"
+    assert (config.log.updates, config.log.update_interval_s) == ("sampled", 1.0), f"got {config.log}"
+    listed = live_server(write(tmp_path, LIVE_SERVER_OK + "allowed_hosts: [dash.example]\n"))
+    assert listed.allowed_hosts == ("dash.example",), f"got {listed.allowed_hosts}"
+
+
+def test_websocket_limit_above_the_rule_is_refused(tmp_path: Path) -> None:
+    problem = error_of(write(tmp_path, LIVE_SERVER_OK + "ws_max_message_bytes: 2000000\n"), live_server)
+    assert "ws_max_message_bytes" in problem, f"got {problem}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from implementation.config import SHARED_TOKEN_ENV, read_token_file
 from implementation.exchange.errors import InvalidRequest
 from implementation.exchange.server import split_address
 from implementation.exchange.sim import DEFAULT_SYMBOLS
@@ -54,6 +55,10 @@ class ServeSettings:
     log_format: str
     grace_period: float
     queue_size: int
+    max_data_age: float = 5.0
+    probe_after: float = 1.0
+    subscriber_max_lag: float = 1.0
+    upstream_keepalive: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         metavar="TOKEN",
         type=_token,
-        help="require `authorization: Bearer <token>` (health exempt)",
+        help="require `authorization: Bearer <token>` (health exempt; visible in ps: prefer --token-file)",
+    )
+    security.add_argument(
+        "--token-file", metavar="FILE", type=Path, help=f"--token read from FILE (or set {SHARED_TOKEN_ENV})"
     )
     operation = serve.add_argument_group("operation")
     operation.add_argument(
@@ -214,6 +222,35 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 1),
         default=1024,
         help="updates a subscriber may lag (default 1024)",
+    )
+    freshness = serve.add_argument_group("freshness (docs/sut-manifest.md, rules C30-C35)")
+    freshness.add_argument(
+        "--max-data-age",
+        metavar="SECONDS",
+        type=_number(float, 0, strict=True),
+        default=5.0,
+        help="a view older than this is stale: NOT_SERVING, GetAccount UNAVAILABLE (default 5)",
+    )
+    freshness.add_argument(
+        "--probe-after",
+        metavar="SECONDS",
+        type=_number(float, 0, strict=True),
+        default=1.0,
+        help="silence after which the upstream is asked whether it is alive (default 1)",
+    )
+    freshness.add_argument(
+        "--subscriber-max-lag",
+        metavar="SECONDS",
+        type=_number(float, 0, strict=True),
+        default=1.0,
+        help="a subscriber whose oldest undelivered update waited longer is dropped (default 1)",
+    )
+    freshness.add_argument(
+        "--upstream-keepalive",
+        metavar="SECONDS",
+        type=_number(float, 0, strict=True),
+        default=10.0,
+        help="HTTP/2 ping on a silent upstream connection after this long (default 10)",
     )
 
     health = commands.add_parser(
@@ -280,7 +317,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Serv
     args = parser.parse_args(list(argv))
     if args.command == "health":
         return _health_settings(args, env)
-    return _serve_settings(args)
+    return _serve_settings(args, env)
 
 
 def _readable(path: Path | None, flag: str) -> Path | None:
@@ -292,13 +329,34 @@ def _readable(path: Path | None, flag: str) -> Path | None:
     return path
 
 
-def _serve_settings(args: argparse.Namespace) -> ServeSettings:
+def _bearer_token(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """--token, else --token-file's content, else OPENSQT_TOKEN (shared by all three programs)."""
+    if args.token is not None and args.token_file is not None:
+        raise UsageError("give --token or --token-file, not both")
+    if args.token_file is not None:
+        try:
+            return _token(read_token_file(args.token_file))
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise UsageError(f"--token-file: {exc}") from None
+    if args.token is None and env.get(SHARED_TOKEN_ENV):
+        try:
+            return _token(env[SHARED_TOKEN_ENV])
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{SHARED_TOKEN_ENV}: {exc}") from None
+    return args.token  # type: ignore[no-any-return]
+
+
+def _serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSettings:
     if args.exchange == "grpc" and not args.upstream:
         raise UsageError("--exchange grpc needs --upstream HOST:PORT (or EXCHANGE_CONNECTOR_UPSTREAM)")
     if args.exchange != "grpc":
         for flag in ("upstream", "upstream_ca", "upstream_cert", "upstream_key", "upstream_token"):
             if getattr(args, flag) is not None:
                 raise UsageError(f"--{flag.replace('_', '-')} is only used with --exchange grpc")
+    if args.probe_after >= args.max_data_age:
+        raise UsageError(
+            f"--probe-after ({args.probe_after:g} s) must be below --max-data-age ({args.max_data_age:g} s)"
+        )
     if (args.upstream_cert is None) != (args.upstream_key is None):
         raise UsageError("--upstream-cert and --upstream-key go together")
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -329,12 +387,16 @@ def _serve_settings(args: argparse.Namespace) -> ServeSettings:
         sim_interval=args.sim_interval,
         sim_symbols=tuple(args.sim_symbols),
         tls=tls,
-        token=args.token,
+        token=_bearer_token(args, env),
         metrics_listen=args.metrics_listen,
         log_level=args.log_level,
         log_format=args.log_format,
         grace_period=args.grace_period,
         queue_size=args.queue_size,
+        max_data_age=args.max_data_age,
+        probe_after=args.probe_after,
+        subscriber_max_lag=args.subscriber_max_lag,
+        upstream_keepalive=args.upstream_keepalive,
     )
 
 
