@@ -1,8 +1,7 @@
-"""§3.2 ExchangeServer lifecycle: start (3.2.1.a), stop (3.2.1.b), graceful shutdown (3.2.1.c),
-double stop (3.2.1.d).
-
-Unit level: the server of the reference library over the in-process MockExchange, in the test's
-event loop, reached by real gRPC clients on loopback.
+"""The Python ExchangeServer's lifecycle in-process: start (port 0 reported, a taken port refused),
+health before the upstream is up, stop releasing the port, graceful shutdown (NOT_SERVING first,
+streams ended with UNAVAILABLE, the grace period bounded) and double stop. The catalogue's §3.2
+scenarios check the connector program from outside (specs/e2e/test_connector_lifecycle.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from implementation.exchange.server import SERVICE_NAME, ExchangeServer, ListenE
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
-pytestmark = [pytest.mark.unit, pytest.mark.requires("reference_library"), pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.timeout(30)]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.02, max_backoff=0.1, jitter=0.0)
@@ -86,7 +85,6 @@ async def stream_end(call: Any) -> grpc.aio.AioRpcError:
 # ---------------------------------------------------------------------------------------------- 3.2.1.a
 
 
-@pytest.mark.scenario("3.2.1.a")
 @pytest.mark.asyncio
 async def test_start_binds_port_zero_reports_it_and_accepts_calls(
     server: ExchangeServer, mock: MockExchange
@@ -111,7 +109,6 @@ async def test_start_binds_port_zero_reports_it_and_accepts_calls(
         assert SERVICE_NAME in names, f"3.2.1.a: expected reflection to list {SERVICE_NAME}, got {names}"
 
 
-@pytest.mark.scenario("3.2.1.a")
 @pytest.mark.asyncio
 async def test_start_binds_the_given_port_and_refuses_a_taken_one(
     server: ExchangeServer, free_port: Any
@@ -125,7 +122,6 @@ async def test_start_binds_the_given_port_and_refuses_a_taken_one(
     await other.stop()
 
 
-@pytest.mark.scenario("3.2.1.a")
 @pytest.mark.asyncio
 async def test_health_is_not_serving_until_the_upstream_is_up(
     server: ExchangeServer, mock: MockExchange
@@ -151,7 +147,6 @@ async def test_health_is_not_serving_until_the_upstream_is_up(
 # ---------------------------------------------------------------------------------------------- 3.2.1.b
 
 
-@pytest.mark.scenario("3.2.1.b")
 @pytest.mark.asyncio
 async def test_stop_releases_the_port(server: ExchangeServer) -> None:
     port = await server.start()
@@ -181,7 +176,6 @@ async def test_stop_releases_the_port(server: ExchangeServer) -> None:
 # ---------------------------------------------------------------------------------------------- 3.2.1.c
 
 
-@pytest.mark.scenario("3.2.1.c")
 @pytest.mark.asyncio
 async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailable(
     server: ExchangeServer, mock: MockExchange
@@ -192,7 +186,7 @@ async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailabl
         stub = pb_grpc.ExchangeServiceStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
         assert (await watch.read()).status == SERVING
-        streams = [stub.SubscribeAccount(pb.SubscribeAccountRequest()) for _ in range(2)]
+        streams: list[Any] = [stub.SubscribeAccount(pb.SubscribeAccountRequest()) for _ in range(2)]
         streams.append(stub.SubscribePositions(pb.SubscribePositionsRequest(symbol="BTCUSDT")))
         await wait_subscribers(server, "account", 2, "3.2.1.c")
         await wait_subscribers(server, "positions", 1, "3.2.1.c")
@@ -231,7 +225,6 @@ async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailabl
         watch.cancel()
 
 
-@pytest.mark.scenario("3.2.1.c")
 @pytest.mark.asyncio
 async def test_shutdown_grace_period_is_bounded(server: ExchangeServer, mock: MockExchange) -> None:
     await server.start()
@@ -254,7 +247,6 @@ async def test_shutdown_grace_period_is_bounded(server: ExchangeServer, mock: Mo
 # ---------------------------------------------------------------------------------------------- 3.2.1.d
 
 
-@pytest.mark.scenario("3.2.1.d")
 @pytest.mark.asyncio
 async def test_double_stop_is_harmless(mock: MockExchange) -> None:
     never_started = ExchangeServer(MockExchange())

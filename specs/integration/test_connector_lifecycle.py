@@ -1,0 +1,254 @@
+"""§3.2 the server's lifecycle, for the SUT's exchange_connector program: start binds the port
+(3.2.1.a), an exit releases it (3.2.1.b), a shutdown with clients tells them (3.2.1.c), and more
+SIGTERMs during a shutdown are harmless (3.2.1.d). Rules C60-C63 of docs/sut-manifest.md.
+
+The connector runs as a subprocess started by the harness launcher, fed by the mock exchange; the
+test is its client over loopback gRPC and probes its port with plain sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from harness.doubles.mock_exchange import MockExchangeServer, spec_account
+from harness.sut.launch import ProgramLauncher, RunningProgram
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
+
+SHUTTING_DOWN = "shutting down"
+FIRST_UPDATE_WAIT_S = 10.0
+STREAM_END_WAIT_S = 5.0
+RELEASE_WAIT_S = 2.0
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(90)]
+
+
+def bind_error(port: int, *, reuse_address: bool) -> OSError | None:
+    """Bind and listen on 127.0.0.1:port as a restarting server would (SO_REUSEADDR, so connections of
+    the last owner left in TIME_WAIT do not count, a listener does); the error, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if reuse_address:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+        except OSError as error:
+            return error
+    return None
+
+
+def released(port: int, timeout: float) -> OSError | None:
+    """Retry bind_error() for up to `timeout` s; the last error, or None once the port could be bound."""
+    deadline = time.monotonic() + timeout
+    while (error := bind_error(port, reuse_address=True)) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return error
+
+
+async def start(
+    launcher: ProgramLauncher, mock: MockExchangeServer, port: int, free_port: Any
+) -> RunningProgram:
+    values = {"upstream": mock.address, "grpc_port": port, "metrics_port": free_port()}
+    return await launcher.start_async("exchange_connector", values)
+
+
+def account(n: int) -> pb.Account:
+    update = spec_account()
+    update.total_balance = f"{20000 + n}.00"
+    return update
+
+
+async def read_to_end(call: Any, received: list[Any]) -> grpc.aio.AioRpcError | None:
+    try:
+        async for message in call:
+            received.append(message)
+    except grpc.aio.AioRpcError as error:
+        return error
+    return None
+
+
+async def streams_flowing(
+    mock: MockExchangeServer, streams: list[tuple[list[Any], asyncio.Task[Any]]], scenario: str
+) -> None:
+    """Trigger updates until every stream has one: each subscription is then in place at the connector."""
+    deadline = time.monotonic() + FIRST_UPDATE_WAIT_S
+    n = 0
+    while not all(received for received, _ in streams):
+        for _, reader in streams:
+            if reader.done():
+                pytest.fail(f"[{scenario}]: expected every stream to stay open, one ended: {reader.result()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"[{scenario}]: expected an update on every stream within {FIRST_UPDATE_WAIT_S} s")
+        n += 1
+        mock.trigger_account_update(account(n))
+        position = pb.Position(symbol="BTCUSDT", side="LONG", size=f"0.{n}", entry_price="1.00")
+        position.mark_price, position.leverage, position.unrealized_pnl = "1.00", "1", "0.00"
+        position.liquidation, position.margin_type = "0.50", "CROSS"
+        mock.trigger_position_update(position)
+        await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- 3.2.1.a
+
+
+@pytest.mark.scenario("3.2.1.a")
+async def test_start_binds_the_port_and_accepts_calls_at_once(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
+    connector = await start(launcher, mock_exchange, port, free_port)
+    taken = bind_error(port, reuse_address=True)
+    assert taken is not None, (
+        f"[3.2.1.a] (rule C60): expected 127.0.0.1:{port} held by the connector once it is ready, "
+        f"but another socket could bind and listen on it"
+    )
+    async with grpc.aio.insecure_channel(connector.address) as channel:
+        try:
+            got = await pb_grpc.ExchangeServiceStub(channel).GetAccount(pb.GetAccountRequest(), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            pytest.fail(
+                f"[3.2.1.a] (rule C60): expected GetAccount answered at once after start, "
+                f"got {error.code().name} {error.details()!r}"
+            )
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert got.total_balance == "10000.00", (
+        f"[3.2.1.a] (rule C60): expected the exchange's account (10000.00), got {got.total_balance!r}"
+    )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING, (
+        f"[3.2.1.a] (rule C60): expected health SERVING, got {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- 3.2.1.b
+
+
+@pytest.mark.scenario("3.2.1.b")
+async def test_exit_releases_the_port(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
+    connector = await start(launcher, mock_exchange, port, free_port)
+    async with grpc.aio.insecure_channel(connector.address) as channel:
+        received: list[Any] = []
+        call = pb_grpc.ExchangeServiceStub(channel).SubscribeAccount(pb.SubscribeAccountRequest())
+        reader = asyncio.create_task(read_to_end(call, received))
+        await streams_flowing(mock_exchange, [(received, reader)], "3.2.1.b")
+        code = await asyncio.to_thread(connector.stop)
+        await asyncio.wait({reader}, timeout=STREAM_END_WAIT_S)
+        reader.cancel()
+    assert code == 0, (
+        f"[3.2.1.b] (rule C61): expected exit code 0 after SIGTERM, got {code}; {connector.tail()}"
+    )
+    error = await asyncio.to_thread(released, port, RELEASE_WAIT_S)
+    assert error is None, (
+        f"[3.2.1.b] (rule C61): expected 127.0.0.1:{port} free within {RELEASE_WAIT_S} s of the exit, "
+        f"binding it failed: {error}"
+    )
+    again = await start(launcher, mock_exchange, port, free_port)
+    assert again.running, f"[3.2.1.b] (rule C61): expected a new connector to serve on port {port}"
+
+
+# ---------------------------------------------------------------------------------------------- 3.2.1.c
+
+
+@pytest.mark.scenario("3.2.1.c")
+async def test_shutdown_tells_every_active_client(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> None:
+    connector = await start(launcher, mock_exchange, free_port(), free_port)
+    async with (
+        grpc.aio.insecure_channel(connector.address) as first,
+        grpc.aio.insecure_channel(
+            connector.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as second,
+    ):
+        calls = [
+            (
+                "account stream, client 1",
+                pb_grpc.ExchangeServiceStub(first).SubscribeAccount(pb.SubscribeAccountRequest()),
+            ),
+            (
+                "account stream, client 2",
+                pb_grpc.ExchangeServiceStub(second).SubscribeAccount(pb.SubscribeAccountRequest()),
+            ),
+            (
+                "BTCUSDT position stream, client 2",
+                pb_grpc.ExchangeServiceStub(second).SubscribePositions(
+                    pb.SubscribePositionsRequest(symbol="BTCUSDT")
+                ),
+            ),
+        ]
+        streams: list[tuple[list[Any], asyncio.Task[Any]]] = []
+        for _, call in calls:
+            received: list[Any] = []
+            streams.append((received, asyncio.create_task(read_to_end(call, received))))
+        await streams_flowing(mock_exchange, streams, "3.2.1.c")
+        code = await asyncio.to_thread(connector.stop)
+        done, _ = await asyncio.wait({reader for _, reader in streams}, timeout=STREAM_END_WAIT_S)
+        seen = []
+        for (name, _), (_, reader) in zip(calls, streams, strict=True):
+            if reader not in done:
+                reader.cancel()
+                seen.append((name, "still open", ""))
+                continue
+            ended = reader.result()
+            seen.append(
+                (
+                    name,
+                    "OK" if ended is None else ended.code().name,
+                    "" if ended is None else ended.details() or "",
+                )
+            )
+    wrong = [entry for entry in seen if entry[1] != "UNAVAILABLE" or SHUTTING_DOWN not in entry[2]]
+    assert not wrong, (
+        f"[3.2.1.c] (rule C62): expected every open stream to end with UNAVAILABLE {SHUTTING_DOWN!r} "
+        f"sent by the connector; the clients saw {seen}"
+    )
+    assert code == 0, (
+        f"[3.2.1.c] (rule C62): expected exit code 0 after SIGTERM, got {code}; {connector.tail()}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- 3.2.1.d
+
+
+@pytest.mark.scenario("3.2.1.d")
+async def test_more_sigterms_during_shutdown_are_harmless(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> None:
+    connector = await start(launcher, mock_exchange, free_port(), free_port)
+    async with grpc.aio.insecure_channel(connector.address) as channel:
+        received: list[Any] = []
+        call = pb_grpc.ExchangeServiceStub(channel).SubscribeAccount(pb.SubscribeAccountRequest())
+        reader = asyncio.create_task(read_to_end(call, received))
+        await streams_flowing(mock_exchange, [(received, reader)], "3.2.1.d")
+        sent = 0
+        for pause in (0.0, 0.02, 0.2):  # at once, during the shutdown, and perhaps after the exit
+            await asyncio.sleep(pause)
+            try:
+                os.kill(connector.pid, signal.SIGTERM)
+                sent += 1
+            except ProcessLookupError:
+                break
+        try:
+            code = await asyncio.to_thread(connector.wait, connector.stop_timeout_s)
+        except TimeoutError:
+            pytest.fail(
+                f"[3.2.1.d] (rule C63): expected an exit within {connector.stop_timeout_s} s of {sent} SIGTERMs, "
+                f"the connector kept running; {connector.tail()}"
+            )
+        await asyncio.wait({reader}, timeout=STREAM_END_WAIT_S)
+        reader.cancel()
+    assert code == 0, (
+        f"[3.2.1.d] (rule C63): expected exit code 0 after {sent} SIGTERMs in a row, got {code}; {connector.tail()}"
+    )
