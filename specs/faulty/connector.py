@@ -15,7 +15,9 @@ import itertools
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +36,18 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 DROP_EVERY = 4  # drop-one-in-n: the 4th, 8th, ... account update is lost
 REORDER_FLUSH_S = 0.2  # reorder: a held update with no successor goes out after this long
 GET_ACCOUNT_DELAY_S = 0.010  # slow-get-account
+LATE_SERVICE_S = 3.0  # late-service: calls are refused this long after start
+PORT_HELD_S = 5.0  # port-held-after-exit: how long the orphan holds the port
+# port-held-after-exit: the orphan binds the port (as gRPC does, with SO_REUSEPORT), says so, waits
+PORT_HOLDER = (
+    "import socket, sys, time\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+    "s.bind((sys.argv[1], int(sys.argv[2])))\n"
+    "s.listen()\n"
+    "print('bound', flush=True)\n"
+    "time.sleep(float(sys.argv[3]))\n"
+)
 NOT_DECIMAL_FIELDS = frozenset({"symbol", "side", "margin_type"})
 HUB_LOG = logging.getLogger("implementation.exchange.hub")  # where the reference logs its subscribers
 
@@ -236,7 +250,101 @@ def leak_task_per_stream() -> None:
     ExchangeService._stream = leaky_stream  # type: ignore[method-assign]
 
 
+@fault("late-service")
+def late_service() -> None:
+    """For its first LATE_SERVICE_S the ExchangeService refuses calls (UNAVAILABLE) while health says SERVING."""
+    started = time.monotonic()
+    get_account = ExchangeService.GetAccount
+
+    async def warming_up(self: ExchangeService, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        if time.monotonic() - started < LATE_SERVICE_S:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "still warming up")
+        return await get_account(self, request, context)
+
+    ExchangeService.GetAccount = warming_up  # type: ignore[method-assign]
+
+
+@fault("port-held-after-exit")
+def port_held_after_exit() -> None:
+    """On its way out the program leaves a detached child listening on its port for PORT_HELD_S."""
+    serve = connector_main.serve
+
+    def hold(listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", PORT_HOLDER, host or "127.0.0.1", port, str(PORT_HELD_S)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        assert holder.stdout is not None
+        holder.stdout.readline()  # "bound": the port is held before this process exits
+
+    async def serve_then_hold(settings: Any) -> int:
+        code = await serve(settings)
+        await asyncio.to_thread(hold, str(settings.listen))
+        return code
+
+    connector_main.serve = serve_then_hold
+
+
+@fault("shutdown-cancels-streams")
+def shutdown_cancels_streams() -> None:
+    """On SIGTERM open streams end with CANCELLED "server stopping" instead of UNAVAILABLE "shutting down"."""
+
+    def close_subscribers(self: Hub, details: str = "") -> None:
+        self._end_all(grpc.StatusCode.CANCELLED, "server stopping")
+
+    Hub.close_subscribers = close_subscribers  # type: ignore[method-assign]
+
+
+@fault("second-sigterm-exits-1")
+def second_sigterm_exits_1() -> None:
+    """The first SIGTERM starts the graceful shutdown; a second one during it exits at once with code 1."""
+    connector_main.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
+    serve = connector_main.serve
+    seen = itertools.count()
+
+    def on_sigterm() -> None:
+        if next(seen) == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # the reference's own graceful path
+        else:
+            os._exit(1)
+
+    async def serve_impatiently(settings: Any) -> int:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        return await serve(settings)
+
+    connector_main.serve = serve_impatiently
+
+
 # ------------------------------------------------------------------------------------ unary calls and values
+
+
+@fault("get-account-pass-through")
+def get_account_pass_through() -> None:
+    """GetAccount never answers from the hub's view: every client call becomes a call to the exchange."""
+    Hub.current_account = lambda self: None  # type: ignore[method-assign]
+
+
+@fault("late-stream-headers")
+def late_stream_headers() -> None:
+    """Streams send their response headers only with their first update, not once subscribed (as a
+    relay that holds the headers back would)."""
+    stream = ExchangeService._stream
+
+    class NoEarlyHeaders:
+        def __init__(self, context: Any) -> None:
+            self._context = context
+
+        async def send_initial_metadata(self, metadata: Any) -> None:
+            return None
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._context, name)
+
+    async def late(self: ExchangeService, topic: str, symbol: str, context: Any, *rest: Any) -> None:
+        await stream(self, topic, symbol, NoEarlyHeaders(context), *rest)
+
+    ExchangeService._stream = late  # type: ignore[method-assign]
 
 
 @fault("slow-get-account")
@@ -286,6 +394,50 @@ def float_decimals() -> None:
     Subscription.next = next_floated  # type: ignore[method-assign]
     ExchangeService.GetAccount = account  # type: ignore[method-assign]
     ExchangeService.GetPositions = positions  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ freshness and back-pressure
+
+
+@fault("no-keepalive")
+def no_keepalive() -> None:
+    """The upstream channel has no keepalive and the hub no watchdog: a frozen exchange is never noticed."""
+    from implementation.exchange import upstream
+
+    async def no_watchdog(self: Hub) -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    upstream.keepalive_options = lambda keepalive, timeout: []
+    Hub._watch = no_watchdog  # type: ignore[method-assign]
+
+
+@fault("no-freshness-bound")
+def no_freshness_bound() -> None:
+    """A hung upstream is still detected (health, streams), but GetAccount goes on answering OK from
+    the last account it saw, as if it were current."""
+    publish = Hub.publish_account
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        self.__dict__["kept_account"] = account
+        publish(self, account)
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+    Hub.stale_reason = lambda self: None  # type: ignore[method-assign]
+    Hub.current_account = lambda self: self.__dict__.get("kept_account")  # type: ignore[method-assign]
+
+
+@fault("slow-consumer-never-dropped")
+def slow_consumer_never_dropped() -> None:
+    """No subscriber is ever dropped for falling behind: no lag bound, no queue bound."""
+    init = Hub.__init__
+
+    def unbounded(self: Hub, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.queue_size = 2**62
+
+    Hub.__init__ = unbounded  # type: ignore[method-assign]
+    Subscription.lag = lambda self, now: 0.0  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------------------ the program

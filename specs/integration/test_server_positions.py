@@ -19,7 +19,7 @@ from specs.integration.conftest import read_stream
 if TYPE_CHECKING:
     from specs.integration.conftest import ConnectorUnderTest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.requires("metrics")]  # rule C15
 
 
 def position(symbol: str, mark: str) -> pb.Position:
