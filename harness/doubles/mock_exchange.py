@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from harness.doubles.freeze import FreezableRelay
 from harness.doubles.mock_handlers import (
     TOPICS,
     MockBook,
@@ -35,6 +36,13 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "opensqt.exchange.v1.ExchangeService"
+# A client's keepalive pings are welcome at any rate, with or without data in flight: the mock
+# never tells a client off for pinging (real exchanges may; the connector's rules say how it copes).
+SERVER_OPTIONS = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
 
 __all__ = ["TOPICS", "MockExchangeServer", "MockExchangeViolation", "spec_account", "spec_positions"]
 
@@ -47,7 +55,12 @@ class MockExchangeServer:
     """An ExchangeService whose data and failures the test controls; every method is thread-safe."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, credentials: grpc.ServerCredentials | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: grpc.ServerCredentials | None = None,
+        *,
+        freezable: bool = False,
     ) -> None:
         self.host = host
         self.port = port  # the bound port once started; a restart binds the same one
@@ -57,6 +70,9 @@ class MockExchangeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._grace = 1.0
+        # freezable: clients reach the server through a relay that freeze() stops (harness/doubles/freeze.py)
+        self._freezable = freezable
+        self._relay: FreezableRelay | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,17 +159,25 @@ class MockExchangeServer:
                 loop.close()
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_ExchangeServiceServicer_to_server(MockExchangeService(self._book), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
+            bind = f"{self.host}:0" if self._freezable else self.address
             if self._credentials is None:
-                self.port = server.add_insecure_port(self.address)
+                port = server.add_insecure_port(bind)
             else:
-                self.port = server.add_secure_port(self.address, self._credentials)
+                port = server.add_secure_port(bind, self._credentials)
             await server.start()
+            if self._freezable:
+                self._relay = FreezableRelay(port)
+                port = await self._relay.start(self.host, self.port)
+            self.port = port
         except BaseException:
+            if self._relay is not None:
+                await self._relay.stop()
+                self._relay = None
             await server.stop(None)
             raise
         for service in ("", SERVICE_NAME):
@@ -166,6 +190,9 @@ class MockExchangeServer:
         finally:
             await health_servicer.enter_graceful_shutdown()
             self._book.end_all(grpc.StatusCode.UNAVAILABLE, "mock exchange stopping")
+            if self._relay is not None:
+                await self._relay.stop()
+                self._relay = None
             await server.stop(self._grace)
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
@@ -231,6 +258,32 @@ class MockExchangeServer:
             self._post(
                 self._book.end_all, code, details or f"mock exchange ended the stream with {code.name}"
             )
+
+    def freeze(self) -> None:
+        """Stop answering anything, as a process stopped with SIGSTOP: no bytes in or out on any
+        connection (HTTP/2 pings included), no new connection. Needs MockExchangeServer(freezable=True)."""
+        self._relay_call("freeze")
+
+    def thaw(self) -> None:
+        """Undo freeze(): the bytes held flow again, in order."""
+        self._relay_call("thaw")
+
+    def _relay_call(self, name: str) -> None:
+        if not self._freezable:
+            raise MockExchangeViolation(f"{name}() needs MockExchangeServer(freezable=True)")
+        done = threading.Event()
+        with self._book.lock:
+            loop, relay = self._loop, self._relay
+        if loop is None or relay is None:
+            raise MockExchangeViolation(f"{name}(): the mock exchange is not serving")
+
+        def apply() -> None:
+            getattr(relay, name)()
+            done.set()
+
+        loop.call_soon_threadsafe(apply)
+        if not done.wait(5.0):
+            raise MockExchangeViolation(f"{name}(): the mock exchange's loop did not answer within 5 s")
 
     def stall_calls(self, enabled: bool = True) -> None:
         """While set, GetAccount and GetPositions never answer: each waits until its client cancels it or

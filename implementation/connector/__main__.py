@@ -22,6 +22,7 @@ from implementation.connector.cli import PROGRAM, HealthSettings, ServeSettings,
 from implementation.connector.health import check_health
 from implementation.connector.metrics import MetricsServer
 from implementation.exchange.base import Exchange
+from implementation.exchange.freshness import UPSTREAM_KEEPALIVE_TIMEOUT_S, FreshnessPolicy
 from implementation.exchange.mock import MockExchange
 from implementation.exchange.server import ExchangeServer, ListenError
 from implementation.exchange.sim import SimExchange
@@ -44,6 +45,9 @@ def build_exchange(settings: ServeSettings) -> Exchange:
             tls_cert=settings.upstream_cert,
             tls_key=settings.upstream_key,
             token=settings.upstream_token,
+            call_timeout=settings.max_data_age,  # a call the upstream holds longer is a hung upstream
+            keepalive=settings.upstream_keepalive,
+            keepalive_timeout=min(UPSTREAM_KEEPALIVE_TIMEOUT_S, settings.max_data_age),
         )
     if settings.exchange == "mock":
         return MockExchange()
@@ -62,6 +66,11 @@ async def serve(settings: ServeSettings) -> int:
         tls=settings.tls,
         grace_period=settings.grace_period,
         queue_size=settings.queue_size,
+        freshness=FreshnessPolicy(
+            max_age=settings.max_data_age,
+            probe_after=settings.probe_after,
+            subscriber_max_lag=settings.subscriber_max_lag,
+        ),
     )
     metrics = MetricsServer(server.hub) if settings.metrics_listen else None
     log_event(

@@ -12,6 +12,11 @@ own registry (several servers in one process never collide).
     exchange_connector_upstream_connections                gauge: 1 while the exchange connection is up
     exchange_connector_upstream_reconnects_total           upstream subscriptions reopened after a failure
     exchange_connector_serving                             gauge: 1 while health says SERVING
+    exchange_connector_data_age_seconds                    gauge: since the upstream's last sign of life
+    exchange_connector_upstream_lag_seconds                gauge: how far the upstream read trails the exchange
+    exchange_connector_stale                               gauge: 1 while the view must not be served as current
+    exchange_connector_upstream_probes_total               liveness reads sent to a quiet upstream
+    exchange_connector_upstream_hung_total                 upstream connections given up as hung
     exchange_connector_asyncio_tasks                       gauge: asyncio tasks alive on the event loop
 
 The task count is how a black-box leak check sees the connector's coroutines (the Python analogue
@@ -97,7 +102,28 @@ class HubCollector(Collector):
             value=hub.upstream_reconnects,
         )
         yield GaugeMetricFamily(
-            PREFIX + "serving", "1 while health says SERVING", value=1 if hub.serving else 0
+            PREFIX + "serving", "1 while health says SERVING", value=1 if hub.healthy else 0
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "data_age_seconds",
+            "seconds since the upstream exchange last gave a sign of life (update or liveness answer)",
+            value=hub.data_age(),
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "upstream_lag_seconds",
+            "how far the connector's upstream read trails the exchange's stamps",
+            value=hub.freshness.upstream_lag if hub.serving else 0.0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "stale",
+            "1 while the view is past its freshness bound and is not served as current",
+            value=1 if hub.stale_reason() is not None else 0,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "upstream_probes", "liveness reads sent to a quiet upstream", value=hub.probes
+        )
+        yield CounterMetricFamily(
+            PREFIX + "upstream_hung", "upstream connections given up as hung", value=hub.hung_upstreams
         )
         tasks = count_tasks(self._loop) if self._loop is not None else None
         if tasks is not None:

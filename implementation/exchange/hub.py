@@ -7,8 +7,17 @@
 - Every valid update goes, in the order the exchange produced it, into the bounded queue of each
   subscriber (positions: only those that want its symbol). An update that fails validation is
   logged and dropped, never forwarded.
-- A subscriber whose queue is full is dropped at once: it is removed, its queue is freed, and its
-  stream ends with RESOURCE_EXHAUSTED (logged, counted). The fan-out never waits for anyone.
+- A subscriber whose queue is full, or whose oldest undelivered update has waited longer than the
+  policy's `subscriber_max_lag` (counted from when the connector read it, less the upstream lag:
+  see freshness.py), is dropped at once: it is removed, its queue is freed, and its stream ends
+  with RESOURCE_EXHAUSTED (logged, counted). The fan-out never waits for anyone. A slow reader and
+  an overloaded connector look the same here, as growing lag, so overload sheds the laggiest
+  subscribers first (each as it passes the bound) and the upstream read, with fewer to serve,
+  catches up; while the upstream lag is past the bound, new subscribers are refused (UNAVAILABLE).
+- A watchdog runs beside the upstream streams: after `probe_after` seconds without an update it
+  asks the exchange (GetAccount, the liveness read); when nothing at all was heard for `max_age`
+  seconds the upstream counts as hung and is dropped like a failed one (below). While the
+  upstream lag is past `max_age`, the view is stale: health is NOT_SERVING and GetAccount refuses.
 - When the upstream fails, every subscriber's stream ends with UNAVAILABLE (the updates in between
   would be lost, so clients must resynchronise), new subscriptions are refused with UNAVAILABLE,
   the owner is told NOT_SERVING, and the hub probes the exchange with exponential backoff; once it
@@ -27,11 +36,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import InvalidData
+from implementation.exchange.freshness import Freshness, FreshnessPolicy
 from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.subscription import Subscription, SubscriptionEnded
 from implementation.exchange.validation import validate_account, validate_position
@@ -71,6 +82,7 @@ class Hub:
         backoff: ReconnectPolicy | None = None,
         on_serving: ServingCallback | None = None,
         stable_after: float = STABLE_AFTER_S,
+        freshness: FreshnessPolicy | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -90,6 +102,14 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._serving_changed: asyncio.Event | None = None
         self._account: pb.Account | None = None  # the current view, kept by the account stream
+        self.policy = freshness or FreshnessPolicy()
+        self.freshness = Freshness()
+        self._max_lag = self.policy.subscriber_max_lag
+        self._stale: str | None = None  # why the view is not current while the upstream is up
+        self._healthy = False  # what the owner was last told
+        self.probes = 0  # liveness reads sent to a quiet upstream
+        self.hung_upstreams = 0  # upstream connections the watchdog gave up on
+        self._hung: str | None = None  # why, until the upstream answers again
 
     # ------------------------------------------------------------------ observation
 
@@ -102,6 +122,22 @@ class Hub:
     def upstream_subscriptions(self) -> dict[str, int]:
         """Upstream subscriptions open right now, by topic (at most 1 each)."""
         return dict(self._upstream_open)
+
+    @property
+    def healthy(self) -> bool:
+        """Serving, with a view that is current (health SERVING)."""
+        return self._serving and self._stale is None
+
+    def stale_reason(self) -> str | None:
+        """Why the view must not be served as current right now; None while it may. Also set while
+        the upstream is down after the watchdog found it hung, until it answers again."""
+        if not self._serving:
+            return self._hung
+        return self._stale or self.freshness.stale_reason(self.policy.max_age)
+
+    def data_age(self) -> float:
+        """Seconds since the upstream last gave a sign of life (0 while there is no live upstream)."""
+        return self.freshness.age() if self._serving else 0.0
 
     def current_account(self) -> pb.Account | None:
         """The latest valid account from the live upstream subscription; None when there is none."""
@@ -170,6 +206,9 @@ class Hub:
             raise SubscriptionEnded(
                 grpc.StatusCode.UNAVAILABLE, f"upstream exchange unavailable: {self._down_reason}"
             )
+        stale = self.stale_reason()
+        if stale is not None:
+            raise SubscriptionEnded(grpc.StatusCode.UNAVAILABLE, f"the connector's view is stale: {stale}")
         subscribers = self._subscribers[sub.topic]
         subscribers[sub] = None
         log_event(
@@ -198,20 +237,33 @@ class Hub:
             reason=reason, subscribers=len(subscribers),
         )  # fmt: skip
 
-    def _drop(self, sub: Subscription) -> None:
-        """The subscriber's queue is full: remove it and end its stream with RESOURCE_EXHAUSTED."""
+    def _drop(self, sub: Subscription, now: float) -> None:
+        """The subscriber fell behind: remove it and end its stream with RESOURCE_EXHAUSTED."""
         self._subscribers[sub.topic].pop(sub, None)
         self.stats[sub.topic].dropped += 1
+        lag, queued = sub.lag(now), sub.queued
+        if queued >= sub.capacity:
+            why = f"fell more than {sub.capacity} {sub.topic} updates behind"
+        else:
+            why = f"left a {sub.topic} update waiting {lag:.2f} s (bound {self._max_lag:g} s)"
         sub.end(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"subscriber fell more than {sub.capacity} {sub.topic} updates behind and was dropped; "
-            "resynchronise (GetAccount/GetPositions) and subscribe again",
+            f"subscriber {why} and was dropped; resynchronise (GetAccount/GetPositions) and subscribe again",
             discard=True,
         )
         log_event(
             _log, "subscriber_dropped", level=logging.WARNING, topic=sub.topic, symbol=sub.symbol,
-            peer=sub.peer, queue_size=sub.capacity,
+            peer=sub.peer, queue_size=sub.capacity, queued=queued, lag_s=round(lag, 3),
         )  # fmt: skip
+
+    def drop_lagging(self) -> int:
+        """Drop every subscriber whose oldest undelivered update waited past the bound; how many."""
+        now = time.monotonic()
+        bound = self._max_lag
+        late = [sub for topic in TOPICS for sub in self._subscribers[topic] if sub.lag(now) > bound]
+        for sub in late:
+            self._drop(sub, now)
+        return len(late)
 
     def _end_all(self, code: grpc.StatusCode, details: str) -> None:
         for subscribers in self._subscribers.values():
@@ -232,9 +284,18 @@ class Hub:
             return
         stats.published += 1
         self._account = account
-        full = [sub for sub in self._subscribers[ACCOUNT] if not sub.put_nowait(account)]
-        for sub in full:
-            self._drop(sub)
+        freshness = self.freshness
+        freshness.account_read(account)
+        now = freshness.last_heard
+        stamp = now - freshness.upstream_lag
+        bound = self._max_lag
+        late = [
+            sub
+            for sub in self._subscribers[ACCOUNT]
+            if not sub.put_nowait(account, stamp) or sub.lag(now) > bound
+        ]
+        for sub in late:
+            self._drop(sub, now)
 
     def publish_position(self, position: pb.Position) -> None:
         """Fan one upstream position update out to the subscribers of its symbol (after validation)."""
@@ -246,13 +307,19 @@ class Hub:
             return
         stats.published += 1
         symbol = position.symbol
-        full = [
+        freshness = self.freshness
+        freshness.heard()
+        now = freshness.last_heard
+        stamp = now - freshness.upstream_lag
+        bound = self._max_lag
+        late = [
             sub
             for sub in self._subscribers[POSITIONS]
-            if (not sub.symbol or sub.symbol == symbol) and not sub.put_nowait(position)
+            if (not sub.symbol or sub.symbol == symbol)
+            and (not sub.put_nowait(position, stamp) or sub.lag(now) > bound)
         ]
-        for sub in full:
-            self._drop(sub)
+        for sub in late:
+            self._drop(sub, now)
 
     @staticmethod
     def _reject(topic: str, stats: TopicStats, exc: InvalidData) -> None:
@@ -281,6 +348,7 @@ class Hub:
                 await asyncio.sleep(delay)
                 continue
             self.upstream_connections = 1
+            self._hung = None
             if connected_once:
                 self.upstream_reconnects += 1
             log_event(_log, "upstream_connected", reconnect=connected_once, attempt=attempt)
@@ -298,15 +366,18 @@ class Hub:
             await asyncio.sleep(self.backoff.delay(attempt))
 
     async def _run_upstream(self) -> str:
-        """Run both upstream subscriptions until one ends; why it ended."""
+        """Run both upstream subscriptions and their watchdog until one ends; why it ended."""
         loop = asyncio.get_running_loop()
-        streams = {
+        self.freshness.reset()
+        self._stale = None
+        streams: dict[str, asyncio.Task[Any]] = {
             ACCOUNT: loop.create_task(
                 self.exchange.run_account_stream(self.publish_account), name="upstream-account"
             ),
             POSITIONS: loop.create_task(
                 self.exchange.run_position_stream(self.publish_position), name="upstream-positions"
             ),
+            "watchdog": loop.create_task(self._watch(), name="upstream-watchdog"),
         }
         try:
             for topic in TOPICS:
@@ -322,6 +393,8 @@ class Hub:
             for topic in TOPICS:
                 self._upstream_open[topic] = 0
         topic, ended = next((topic, task) for topic, task in streams.items() if task in done)
+        if topic == "watchdog" and not ended.cancelled() and ended.exception() is None:
+            return str(ended.result())
         if ended.cancelled():
             return f"the upstream {topic} stream was cancelled"
         error = ended.exception()
@@ -329,17 +402,69 @@ class Hub:
             return f"the upstream {topic} stream ended"
         return f"{topic} stream: {_describe(error)}"
 
+    async def _watch(self) -> str:
+        """The watchdog of one upstream connection: returns (ending it) once the upstream is hung.
+
+        Every tick: a liveness read after `probe_after` s of silence, the hung check, the stale
+        check (health follows it) and the drop of subscribers left behind by a stalled stream."""
+        policy, freshness = self.policy, self.freshness
+        probe: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(policy.tick)
+                age = freshness.age()
+                if age > policy.max_age:
+                    self.hung_upstreams += 1
+                    reason = (
+                        f"no sign of life from the upstream exchange for {age:.1f} s "
+                        f"(data age bound {policy.max_age:g} s): the upstream is hung"
+                    )
+                    self._hung = reason
+                    return reason
+                if age >= policy.probe_after and (probe is None or probe.done()):
+                    probe = asyncio.get_running_loop().create_task(self._probe(), name="upstream-probe")
+                stale = freshness.stale_reason(policy.max_age)
+                if stale != self._stale:
+                    self._stale = stale
+                    if stale is not None:
+                        log_event(_log, "view_stale", level=logging.WARNING, reason=stale)
+                    else:
+                        log_event(_log, "view_fresh", upstream_lag_s=round(freshness.upstream_lag, 3))
+                    await self._tell_health()
+                self.drop_lagging()
+        finally:
+            if probe is not None:
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
+
+    async def _probe(self) -> None:
+        """The liveness read: an answer from a quiet upstream is a sign of life."""
+        self.probes += 1
+        try:
+            await self.exchange.get_account()
+        except Exception as exc:  # the stream or the hung check will say what is wrong
+            log_event(_log, "upstream_probe_failed", level=logging.DEBUG, reason=_describe(exc))
+            return
+        self.freshness.heard()
+
     async def _set_serving(self, serving: bool) -> None:
         if serving == self._serving:
             return
         self._serving = serving
         if not serving:
             self._account = None
+            self._stale = None
         changed, self._serving_changed = self._serving_changed, None
         if changed is not None:
             changed.set()
-        if self._on_serving is not None:
-            await self._on_serving(serving)
+        await self._tell_health()
+
+    async def _tell_health(self) -> None:
+        healthy = self.healthy
+        if healthy != self._healthy:
+            self._healthy = healthy
+            if self._on_serving is not None:
+                await self._on_serving(healthy)
 
 
 def _check_topic(topic: str) -> str:

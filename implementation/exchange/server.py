@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from implementation.exchange.auth import BearerTokenInterceptor
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
+from implementation.exchange.freshness import FreshnessPolicy
 from implementation.exchange.hub import (
     ACCOUNT,
     DEFAULT_QUEUE_SIZE,
@@ -41,6 +42,9 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
+# Initial metadata of every GetAccount/GetPositions answer: how old the connector's view is, in
+# whole milliseconds (0 for an answer the exchange has just given).
+DATA_AGE_KEY = "x-opensqt-data-age-ms"
 HEALTH_SERVICES = ("", SERVICE_NAME)
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
@@ -110,12 +114,19 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         await self._enter(context)
         try:
-            current = self._hub.current_account()
+            hub = self._hub
+            stale = hub.stale_reason()
+            if stale is not None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the connector's view is stale: {stale}")
+            current = hub.current_account()
             if current is not None:
-                return current  # kept current by the one upstream subscription: no second round trip
+                # kept current by the one upstream subscription: no second round trip
+                await context.send_initial_metadata(((DATA_AGE_KEY, str(int(hub.data_age() * 1000))),))
+                return current
             try:
                 account = validate_account(await self._exchange.get_account())
-                self._hub.offer_account(account)
+                hub.offer_account(account)
+                await context.send_initial_metadata(((DATA_AGE_KEY, "0"),))
                 return account
             except Exception as exc:
                 failure = exc
@@ -131,9 +142,11 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
             try:
                 symbol = check_symbol(request.symbol)
                 positions = await self._exchange.get_positions(symbol)
-                return pb.GetPositionsResponse(
+                answer = pb.GetPositionsResponse(
                     positions=[validate_position(p) for p in positions if not symbol or p.symbol == symbol]
                 )
+                await context.send_initial_metadata(((DATA_AGE_KEY, "0"),))
+                return answer
             except Exception as exc:
                 failure = exc
             await self._fail(context, "GetPositions", failure)
@@ -224,6 +237,7 @@ class ExchangeServer:
         reflection: bool = True,
         backoff: ReconnectPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        freshness: FreshnessPolicy | None = None,
     ) -> None:
         if grace_period < 0:
             raise ValueError(f"grace_period must be >= 0 s, got {grace_period}")
@@ -232,7 +246,9 @@ class ExchangeServer:
         self.tls = tls
         self.grace_period = grace_period
         self.reflection = reflection
-        self.hub = Hub(exchange, queue_size=queue_size, backoff=backoff, on_serving=self._on_serving)
+        self.hub = Hub(
+            exchange, queue_size=queue_size, backoff=backoff, on_serving=self._on_serving, freshness=freshness
+        )
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.address = ""
@@ -245,7 +261,7 @@ class ExchangeServer:
 
     @property
     def serving(self) -> bool:
-        return self.hub.serving and not self._gate.draining
+        return self.hub.healthy and not self._gate.draining
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
         """Listen on `address` (port 0: any free port) and connect upstream in the background; the port."""

@@ -2,7 +2,10 @@
 
 The fan-out never waits: put_nowait() answers False when the mailbox is full, and the hub then
 drops the subscriber. The reader awaits next(), which only suspends when the mailbox is empty
-(one future per wait, none per message while updates are queued).
+(one future per wait, none per message while updates are queued). Each queued update carries the
+time it counts from (when the connector read it, less the upstream lag), so lag() says how long the
+oldest update has waited for this subscriber: its stream loop takes the next one only once the
+transport accepted the one before, so a reader slower than the updates shows here as growing lag.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ class Subscription:
     next() raises SubscriptionEnded once the hub ends it and the queue is drained. Entering the
     block registers it (`on_enter`), leaving it in any way removes it (`on_exit`)."""
 
-    __slots__ = ("_end", "_items", "_on_enter", "_on_exit", "_waiter", "capacity", "peer", "symbol", "topic")
+    __slots__ = (
+        "_end", "_items", "_on_enter", "_on_exit", "_stamps", "_waiter", "capacity", "peer", "symbol", "topic",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class Subscription:
         self.peer = peer
         self.capacity = capacity
         self._items: deque[Message] = deque()
+        self._stamps: deque[float] = deque()  # time.monotonic() each queued update counts from
         self._waiter: asyncio.Future[None] | None = None
         self._end: tuple[grpc.StatusCode, str] | None = None
 
@@ -65,11 +71,18 @@ class Subscription:
     def ended(self) -> bool:
         return self._end is not None
 
-    def put_nowait(self, message: Message) -> bool:
-        """Queue `message`; False (nothing queued) when the queue is full or the subscription ended."""
+    def lag(self, now: float) -> float:
+        """Seconds the oldest queued update has waited (counted from its stamp); 0 when none waits."""
+        stamps = self._stamps
+        return now - stamps[0] if stamps else 0.0
+
+    def put_nowait(self, message: Message, stamp: float = 0.0) -> bool:
+        """Queue `message` (its lag counted from `stamp`, a time.monotonic() value); False (nothing
+        queued) when the queue is full or the subscription ended."""
         if len(self._items) >= self.capacity or self._end is not None:
             return False
         self._items.append(message)
+        self._stamps.append(stamp)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -84,6 +97,7 @@ class Subscription:
         self._end = (code, details)
         if discard:
             self._items.clear()
+            self._stamps.clear()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -101,6 +115,7 @@ class Subscription:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
+        self._stamps.popleft()
         return items.popleft()
 
     def __aiter__(self) -> Subscription:
