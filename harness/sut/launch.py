@@ -38,6 +38,10 @@ class ProgramNotReady(RuntimeError):
         super().__init__(f"{reason}; {tail}" if tail else reason)
 
 
+class CapabilityNotClaimed(RuntimeError):
+    """A test asked a program for a capability its SUT does not claim: the test lacks requires(...)."""
+
+
 class ProgramStopFailed(AssertionError):
     """A program did not exit within its stop timeout after SIGTERM and was killed."""
 
@@ -253,6 +257,12 @@ class ProgramLauncher:
         one-line reason (the program is then killed).
         """
         program = self.manifest.program(name)
+        for wanted, capability in ((tls, "tls"), (token, "token_auth")):
+            if wanted and not self.manifest.has_capability(capability):
+                raise CapabilityNotClaimed(
+                    f"{name}: a test asked for {capability} from SUT {self.manifest.name!r}, which does not claim "
+                    f"it; the test must carry @pytest.mark.requires({capability!r})"
+                )
         self._starts += 1
         folder = self.workdir / f"{name}-{self._starts}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,16 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Compose:
+    """The SUT's own Compose stack (§5.2): its file, its services' names and the variable that sets
+    live_server's published host port. A manifest without [compose] makes §5.2 not applicable."""
+
+    file: Path
+    services: Mapping[str, str]  # program name -> service name
+    http_port_env: str
+
+
+@dataclass(frozen=True)
 class Program:
     name: str
     command: tuple[str, ...]
@@ -99,9 +109,11 @@ class Manifest:
     events: Mapping[str, str]
     known_failures: Mapping[str, str]
     description: str = ""
+    compose: Compose | None = None
 
     def has_capability(self, capability: str) -> bool:
-        return capability in self.capabilities
+        # `compose` is claimed by a [compose] table, not by the capabilities list
+        return capability in self.capabilities or (capability == "compose" and self.compose is not None)
 
     def program(self, name: str) -> Program:
         return self.programs[name]
@@ -182,6 +194,27 @@ def _program(name: str, raw: Any, root: Path) -> Program:
     return program
 
 
+def _compose(raw: Any, root: Path) -> Compose | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ManifestError("[compose] must be a table")
+    for key in ("file", "http_port_env"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ManifestError(f"compose: missing key {key!r} (a non-empty string)")
+    # checked when §5.2 runs: an installed suite carries the reference's manifest, not its build context
+    file = (root / raw["file"]).resolve()
+    services = {name: name for name in PROGRAMS}
+    given = raw.get("services", {})
+    if not isinstance(given, dict) or not all(isinstance(v, str) and v for v in given.values()):
+        raise ManifestError("compose.services maps program names to service names (strings)")
+    unknown = set(given) - set(PROGRAMS)
+    if unknown:
+        raise ManifestError(f"compose.services: unknown program {sorted(unknown)[0]!r} (known: {', '.join(PROGRAMS)})")
+    services.update({str(k): str(v) for k, v in given.items()})
+    return Compose(file, services, str(raw["http_port_env"]))
+
+
 def load_manifest(path: Path) -> Manifest:
     try:
         data = path.read_bytes()
@@ -229,4 +262,5 @@ def load_manifest(path: Path) -> Manifest:
         events={**DEFAULT_EVENTS, **{str(k): str(v) for k, v in dict(raw.get("events", {})).items()}},
         known_failures={str(k): v for k, v in known_failures.items()},
         description=str(raw.get("description", "")),
+        compose=_compose(raw.get("compose"), root),
     )

@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -38,10 +37,9 @@ from docker.models.containers import Container
 
 from harness.fixtures import MetricRecorder
 from harness.ports import free_port
+from harness.sut.manifest import Compose, Manifest
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.grpc.yml"
-SERVICES = ("exchange_connector", "market_maker", "live_server")
+PROGRAMS = ("exchange_connector", "market_maker", "live_server")
 HEALTHY_WITHIN_S = 60.0
 BUILD_TIMEOUT_S = 420.0
 STEP_TIMEOUT_S = 120.0
@@ -61,7 +59,8 @@ ERROR_TEXT = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|Traceback \(most recent cal
 START, HEALTHY, DATA, SHUTDOWN = "5.2.1.a", "5.2.1.b", "5.2.1.c", "5.2.1.d"
 
 # The first run builds the image (minutes without a cache); later runs take about 20 s.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+# the SUT's own stack: its manifest's [compose] table names the file and the services (rule H5)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), pytest.mark.requires("compose")]
 
 
 class StepFailed(Exception):
@@ -145,14 +144,16 @@ def _error_lines(lines: list[str]) -> list[str]:
 
 
 class Stack:
-    """One compose project of docker-compose.grpc.yml, with its own name and host port."""
+    """One compose project of the SUT's compose file, with its own name and host port."""
 
-    def __init__(self, client: docker.DockerClient, http_port: int) -> None:
+    def __init__(self, client: docker.DockerClient, http_port: int, compose: Compose) -> None:
         self.client = client
         self.project = f"opensqt-e2e-{uuid.uuid4().hex[:10]}"
         self.http_port = http_port
-        self._cli = [*_compose_cli(), "--project-name", self.project, "--file", str(COMPOSE_FILE)]
-        self._env = {**os.environ, "LIVE_SERVER_PORT": str(http_port)}
+        self.folder = compose.file.parent
+        self.services = {service: program for program, service in compose.services.items()}
+        self._cli = [*_compose_cli(), "--project-name", self.project, "--file", str(compose.file)]
+        self._env = {**os.environ, compose.http_port_env: str(http_port)}
         self._label = {"label": f"com.docker.compose.project={self.project}"}
 
     def compose(self, *args: str, timeout: float = STEP_TIMEOUT_S) -> None:
@@ -160,7 +161,7 @@ class Stack:
         try:
             done = subprocess.run(
                 [*self._cli, *args],
-                cwd=ROOT,
+                cwd=self.folder,
                 env=self._env,
                 capture_output=True,
                 text=True,
@@ -178,10 +179,11 @@ class Stack:
 
     def containers(self) -> dict[str, Container]:
         found = self.client.containers.list(all=True, filters=self._label)
-        return {
+        named = {
             container.labels.get("com.docker.compose.service", container.name): container
             for container in found
         }
+        return {self.services.get(service, service): container for service, container in named.items()}
 
     def health(self) -> dict[str, str]:
         containers = self.containers()
@@ -189,7 +191,7 @@ class Stack:
             name: (containers[name].attrs["State"].get("Health") or {}).get("Status", "none")
             if name in containers
             else "missing"
-            for name in SERVICES
+            for name in PROGRAMS
         }
 
     def leftovers(self) -> dict[str, list[str]]:
@@ -218,7 +220,7 @@ class Stack:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             subprocess.run(
                 [*self._cli, "down", "--volumes", "--remove-orphans", "--timeout", "10"],
-                cwd=ROOT,
+                cwd=self.folder,
                 env=self._env,
                 capture_output=True,
                 timeout=STEP_TIMEOUT_S,
@@ -252,7 +254,19 @@ def engine() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="module")
-def compose_run(engine: docker.DockerClient, pytestconfig: pytest.Config) -> Iterator[ComposeRun]:
+def compose_file(sut: Manifest) -> Compose:
+    """The SUT's [compose] table, once its file is there."""
+    compose = sut.compose
+    assert compose is not None  # the module requires the `compose` capability
+    if not compose.file.is_file():
+        pytest.skip(f"environment: the SUT's compose file {compose.file} is not on this host")
+    return compose
+
+
+@pytest.fixture(scope="module")
+def compose_run(
+    engine: docker.DockerClient, compose_file: Compose, pytestconfig: pytest.Config
+) -> Iterator[ComposeRun]:
     """Runs the stack once, start to finish, recording what it saw; always removes the project."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
 
@@ -261,7 +275,7 @@ def compose_run(engine: docker.DockerClient, pytestconfig: pytest.Config) -> Ite
             print(f"[5.2 compose] {text}", flush=True)
 
     try:
-        stack = Stack(engine, free_port())
+        stack = Stack(engine, free_port(), compose_file)
     except StepFailed as exc:
         yield ComposeRun("", 0, start_error=str(exc))
         return
@@ -387,8 +401,8 @@ def _check_decimal(scenario: str, where: str, value: Any) -> None:
 @pytest.mark.scenario(START)
 def test_compose_up_starts_all_three_services(compose_run: ComposeRun) -> None:
     _require_start(compose_run, START)
-    assert sorted(compose_run.started) == sorted(SERVICES), (
-        f"[{START}] expected containers for {sorted(SERVICES)}, got {sorted(compose_run.started)}"
+    assert sorted(compose_run.started) == sorted(PROGRAMS), (
+        f"[{START}] expected containers for {sorted(PROGRAMS)}, got {sorted(compose_run.started)}"
     )
     not_running = {name: status for name, status in compose_run.started.items() if status != "running"}
     assert not not_running, f"[{START}] expected every container running after `up`, got {not_running}"
@@ -451,7 +465,7 @@ def test_compose_down_is_clean(compose_run: ComposeRun) -> None:
     assert compose_run.stop_error is None, (
         f"[{SHUTDOWN}] expected `compose stop` to succeed, got {compose_run.stop_error}"
     )
-    assert sorted(compose_run.exited) == sorted(SERVICES), (
+    assert sorted(compose_run.exited) == sorted(PROGRAMS), (
         f"[{SHUTDOWN}] expected three stopped containers, got {sorted(compose_run.exited)}"
     )
     for name, exited in sorted(compose_run.exited.items()):

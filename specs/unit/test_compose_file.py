@@ -1,36 +1,33 @@
-"""§5.2: the Compose stack's files are well formed, checked without a Docker engine.
+"""§5.2: the SUT's Compose file is well formed (rules S1-S5), checked without a Docker engine.
 
 The engine-backed scenario (specs/e2e/test_docker_compose.py) runs the stack for real; this test
-always runs and catches a broken compose file or Dockerfile before any engine is involved.
+runs wherever the file is, and catches a broken compose file before any engine is involved. The
+file and its services' names come from the manifest's [compose] table; what is particular to the
+reference's own image is checked in tests/test_reference_image.py.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "docker-compose.grpc.yml"
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
+from harness.sut.manifest import Compose, Manifest
+
 SID = "5.2.1.x1"
-SERVICES = {"exchange_connector", "market_maker", "live_server"}
-PACKAGES = {
-    "exchange_connector": "implementation.connector",
-    "market_maker": "implementation.market_maker",
-    "live_server": "implementation.live_server",
-}
 LOOPBACK = {"127.0.0.1", "::1"}
-BASE_IMAGE = "python:3.11-slim"
 # ${NAME}, ${NAME:-default}, ${NAME-default}; `$$` is a literal dollar.
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
 
-pytestmark = [pytest.mark.unit, pytest.mark.scenario(SID), pytest.mark.timeout(30)]
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.scenario(SID),
+    pytest.mark.timeout(30),
+    pytest.mark.requires("compose"),
+]
 
 
 def _with_defaults(value: Any) -> Any:
@@ -45,31 +42,32 @@ def _with_defaults(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+def compose_table(sut: Manifest) -> Compose:
+    compose = sut.compose
+    assert compose is not None  # the module requires the `compose` capability
+    if not compose.file.is_file():
+        pytest.skip(f"environment: the SUT's compose file {compose.file} is not on this host")
+    return compose
+
+
+@pytest.fixture(scope="module")
+def compose(compose_table: Compose) -> dict[str, Any]:
+    raw = yaml.safe_load(compose_table.file.read_text(encoding="utf-8"))
     assert isinstance(raw, dict), (
-        f"[{SID}] expected a mapping in {COMPOSE_FILE.name}, got {type(raw).__name__}"
+        f"[{SID}] (rule S1): expected a mapping in {compose_table.file.name}, got {type(raw).__name__}"
     )
     return dict(_with_defaults(raw))
 
 
 @pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return dict(compose.get("services") or {})
+def services(compose: dict[str, Any], compose_table: Compose) -> dict[str, dict[str, Any]]:
+    """The program's services, by program name (the manifest names each program's service)."""
+    found = dict(compose.get("services") or {})
+    return {program: found[name] for program, name in compose_table.services.items() if name in found}
 
 
 def _argv(value: Any) -> list[str]:
     return shlex.split(value) if isinstance(value, str) else [str(part) for part in value]
-
-
-def _dockerfile_instructions() -> list[tuple[str, str]]:
-    text = DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-        for line in lines
-        if line and not line.startswith("#")
-    ]
 
 
 def test_compose_file_is_the_compose_specification(compose: dict[str, Any]) -> None:
@@ -79,67 +77,38 @@ def test_compose_file_is_the_compose_specification(compose: dict[str, Any]) -> N
     }, f"[{SID}] expected only Compose Specification top-level keys, got {sorted(compose)}"
 
 
-def test_three_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == SERVICES, f"[{SID}] expected services {sorted(SERVICES)}, got {sorted(services)}"
+def test_three_services(services: dict[str, dict[str, Any]], compose_table: Compose) -> None:
+    wanted = compose_table.services
+    missing = sorted(f"{program} ({name})" for program, name in wanted.items() if program not in services)
+    assert not missing, f"[{SID}] (rule S1): expected a service for every program, missing {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
-def test_each_service_runs_its_program_from_the_local_image(
-    services: dict[str, dict[str, Any]], name: str
-) -> None:
-    service = services[name]
-    command = _argv(service.get("command", []))
-    assert command[:3] == ["python", "-m", PACKAGES[name]], (
-        f"[{SID}] {name}: expected command `python -m {PACKAGES[name]} ...` in exec form, got {command}"
-    )
-    image = str(service.get("image", ""))
-    assert image and not image.endswith(":latest") and ":" in image, (
-        f"[{SID}] {name}: expected a local image with an explicit tag (never `latest`), got {image!r}"
-    )
-    assert service.get("pull_policy") == "never", (
-        f"[{SID}] {name}: expected pull_policy: never (the image is built here), got {service.get('pull_policy')!r}"
-    )
-    assert service.get("stop_grace_period"), f"[{SID}] {name}: expected a stop_grace_period, got none"
-
-
-def test_one_image_built_from_the_dockerfile(services: dict[str, dict[str, Any]]) -> None:
-    images = {str(service["image"]) for service in services.values()}
-    assert len(images) == 1, f"[{SID}] expected one image for the three programs, got {sorted(images)}"
-    built = {name: service["build"] for name, service in services.items() if "build" in service}
-    assert built, f"[{SID}] expected a service with a build section, got none"
-    for name, build in built.items():
-        dockerfile = build.get("dockerfile", "Dockerfile") if isinstance(build, dict) else "Dockerfile"
-        context = build.get("context", ".") if isinstance(build, dict) else build
-        path = (COMPOSE_FILE.parent / context / dockerfile).resolve()
-        assert path == DOCKERFILE, f"[{SID}] {name}: expected to build {DOCKERFILE}, got {path}"
-
-
-@pytest.mark.parametrize("name", sorted(SERVICES))
-def test_health_check_uses_the_programs_own_probe(services: dict[str, dict[str, Any]], name: str) -> None:
-    check = services[name].get("healthcheck") or {}
+@pytest.mark.parametrize("name", ["exchange_connector", "market_maker", "live_server"])
+def test_every_service_has_a_health_check(services: dict[str, dict[str, Any]], name: str) -> None:
+    check = (services.get(name) or {}).get("healthcheck") or {}
     test = _argv(check.get("test", []))
-    assert test[:1] in (["CMD"], ["CMD-SHELL"]), f"[{SID}] {name}: expected a healthcheck test, got {test}"
-    command = test[1:] if test[0] == "CMD" else shlex.split(" ".join(test[1:]))
-    assert command[:4] == ["python", "-m", PACKAGES[name], "health"], (
-        f"[{SID}] {name}: expected `python -m {PACKAGES[name]} health ...`, got {command}"
+    assert test[:1] in (["CMD"], ["CMD-SHELL"]), (
+        f"[{SID}] (rule S2): {name}: expected a healthcheck test, got {test}"
     )
     for key in ("interval", "timeout", "retries"):
-        assert key in check, f"[{SID}] {name}: expected healthcheck.{key}, got keys {sorted(check)}"
-    if name == "live_server":
-        assert any(arg.endswith("/health") for arg in command), (
-            f"[{SID}] live_server: expected the probe to GET /health, got {command}"
+        assert key in check, (
+            f"[{SID}] (rule S2): {name}: expected healthcheck.{key}, got keys {sorted(check)}"
         )
 
 
-def test_clients_start_after_a_healthy_connector(services: dict[str, dict[str, Any]]) -> None:
+def test_clients_start_after_a_healthy_connector(
+    services: dict[str, dict[str, Any]], compose_table: Compose
+) -> None:
+    connector = compose_table.services["exchange_connector"]
     for name in ("market_maker", "live_server"):
         depends = services[name].get("depends_on")
         assert isinstance(depends, dict), (
-            f"[{SID}] {name}: expected depends_on in long form (with conditions), got {depends!r}"
+            f"[{SID}] (rule S3): {name}: expected depends_on in long form (with conditions), got {depends!r}"
         )
-        condition = (depends.get("exchange_connector") or {}).get("condition")
+        condition = (depends.get(connector) or {}).get("condition")
         assert condition == "service_healthy", (
-            f"[{SID}] {name}: expected depends_on exchange_connector condition service_healthy, got {condition!r}"
+            f"[{SID}] (rule S3): {name}: expected depends_on {connector} condition service_healthy, "
+            f"got {condition!r}"
         )
 
 
@@ -166,121 +135,36 @@ def _published(service: dict[str, Any]) -> list[tuple[str, str, str]]:
     return published
 
 
-def test_live_server_port_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
-    published = _published(services["live_server"])
-    assert len(published) == 1, f"[{SID}] live_server: expected one published port, got {published}"
-    host_ip, host_port, container_port = published[0]
-    assert host_ip in LOOPBACK, (
-        f"[{SID}] live_server: expected the port bound to 127.0.0.1, got {host_ip or 'all'}"
+def test_live_server_port_published_on_loopback_only(
+    services: dict[str, dict[str, Any]], compose_table: Compose
+) -> None:
+    raw = yaml.safe_load(compose_table.file.read_text(encoding="utf-8"))
+    raw_ports = str((raw["services"][compose_table.services["live_server"]] or {}).get("ports", []))
+    assert "${" + compose_table.http_port_env in raw_ports, (
+        f"[{SID}] (rule S4): live_server: expected its host port set by ${{{compose_table.http_port_env}}} "
+        f"(the manifest's compose.http_port_env), got ports {raw_ports}"
     )
-    assert host_port.isdigit(), f"[{SID}] live_server: expected a host port (default), got {host_port!r}"
-    assert container_port == "8080", (
-        f"[{SID}] live_server: expected container port 8080, got {container_port}"
+    published = _published(services["live_server"])
+    assert len(published) == 1, (
+        f"[{SID}] (rule S4): live_server: expected one published port, got {published}"
+    )
+    host_ip, host_port, _ = published[0]
+    assert host_ip in LOOPBACK, (
+        f"[{SID}] (rule S4): live_server: expected the port bound to 127.0.0.1, got {host_ip or 'all'}"
+    )
+    assert host_port.isdigit(), (
+        f"[{SID}] (rule S4): live_server: expected a default host port, got {host_port!r}"
     )
     for name, service in services.items():
         for ip, _, _ in _published(service):
             assert ip in LOOPBACK, (
-                f"[{SID}] {name}: expected ports published on loopback only, got {ip or 'all'}"
+                f"[{SID}] (rule S4): {name}: expected ports published on loopback only, got {ip or 'all'}"
             )
 
 
-def test_connector_runs_the_simulated_exchange_by_default(services: dict[str, dict[str, Any]]) -> None:
-    environment = services["exchange_connector"].get("environment") or {}
-    if isinstance(environment, list):
-        environment = dict(item.split("=", 1) if "=" in item else (item, None) for item in environment)
-    assert environment.get("EXCHANGE_CONNECTOR_EXCHANGE") == "sim", (
-        f"[{SID}] expected EXCHANGE_CONNECTOR_EXCHANGE default 'sim', got {environment.get('EXCHANGE_CONNECTOR_EXCHANGE')!r}"
-    )
-    listen = str(environment.get("EXCHANGE_CONNECTOR_LISTEN", ""))
-    assert listen.endswith(":50051"), (
-        f"[{SID}] expected the connector to listen on port 50051, got {listen!r}"
-    )
-
-
-@pytest.mark.parametrize(
-    ("name", "exchange_key"), [("market_maker", "current_exchange"), ("live_server", "exchange_type")]
-)
-def test_client_configs_are_mounted_and_point_at_the_connector(
-    services: dict[str, dict[str, Any]], name: str, exchange_key: str
-) -> None:
-    command = _argv(services[name]["command"])
-    config_path = command[command.index("--config") + 1]
-    mounts = {}
-    for volume in services[name].get("volumes", []):
-        host_path, target = str(volume).split(":")[:2]
-        mounts[target] = host_path
-    assert config_path in mounts, f"[{SID}] {name}: expected {config_path} mounted, got mounts {mounts}"
-    source = (COMPOSE_FILE.parent / mounts[config_path]).resolve()
-    assert source.is_file(), f"[{SID}] {name}: expected the config file {source} to exist, got none"
-    config = yaml.safe_load(source.read_text(encoding="utf-8"))
-    assert config.get(exchange_key) == "remote", (
-        f"[{SID}] {name}: expected {exchange_key}: remote, got {config.get(exchange_key)!r}"
-    )
-    host, _, port = str(config.get("exchange_grpc_address", "")).rpartition(":")
-    connector = services["exchange_connector"]
-    names = {
-        "exchange_connector",
-        *((connector.get("networks") or {}).get("default") or {}).get("aliases", []),
-    }
-    assert host in names and port == "50051", (
-        f"[{SID}] {name}: expected exchange_grpc_address at the connector ({sorted(names)}:50051), got {host}:{port}"
-    )
-    if name == "market_maker":
-        # `market_maker health --config` reads the heartbeat file the running program writes
-        heartbeat = str(config.get("health_file", ""))
-        writable = [str(path).split(":")[0] for path in services[name].get("tmpfs", [])]
-        assert heartbeat and (
-            not services[name].get("read_only") or any(heartbeat.startswith(path + "/") for path in writable)
-        ), f"[{SID}] market_maker: expected health_file on a writable path ({writable}), got {heartbeat!r}"
-    if name == "live_server":
-        assert str(config.get("listen", "")).endswith(":8080"), (
-            f"[{SID}] live_server: expected listen on container port 8080, got {config.get('listen')!r}"
-        )
-
-
-def test_dockerfile_basics() -> None:
-    instructions = _dockerfile_instructions()
-    froms = [argument.split()[0] for keyword, argument in instructions if keyword == "FROM"]
-    assert froms and froms[-1] == BASE_IMAGE, (
-        f"[{SID}] expected the final stage FROM {BASE_IMAGE}, got {froms}"
-    )
-    assert all(image == BASE_IMAGE or ":" not in image for image in froms), (
-        f"[{SID}] expected every stage based on {BASE_IMAGE} (or an earlier stage), got {froms}"
-    )
-    users = [argument.strip() for keyword, argument in instructions if keyword == "USER"]
-    assert users, f"[{SID}] expected a USER instruction (non-root), got none"
-    assert users[-1].split(":")[0] not in {"root", "0"}, (
-        f"[{SID}] expected a non-root USER, got {users[-1]!r}"
-    )
-    installs = [
-        argument for keyword, argument in instructions if keyword == "RUN" and "pip install" in argument
-    ]
-    assert installs and all("requirements.lock" in argument for argument in installs), (
-        f"[{SID}] expected every pip install constrained by requirements.lock, got {installs}"
-    )
-    for keyword in ("CMD", "ENTRYPOINT"):
-        for keyword_found, argument in instructions:
-            if keyword_found == keyword:
-                assert argument.lstrip().startswith("["), (
-                    f"[{SID}] expected {keyword} in exec form (python as PID 1 receives SIGTERM), got {argument}"
-                )
-
-
-def test_build_context_excludes_local_state() -> None:
-    patterns = [
-        line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-    patterns = [line for line in patterns if not line.startswith("#")]
-    excludes_all = "*" in patterns
-    for path in (".git", ".venv", "reports"):
-        re_included = any(line.lstrip("!").rstrip("/") == path for line in patterns if line.startswith("!"))
-        excluded = (excludes_all and not re_included) or any(line.rstrip("/") == path for line in patterns)
-        assert excluded, f"[{SID}] expected .dockerignore to exclude {path}, got patterns {patterns}"
-
-
-def test_compose_reads_no_variable_without_a_default() -> None:
-    text = COMPOSE_FILE.read_text(encoding="utf-8")
+def test_compose_reads_no_variable_without_a_default(compose_table: Compose) -> None:
+    text = compose_table.file.read_text(encoding="utf-8")
     bare = [match.group(0) for match in _VARIABLE.finditer(text) if match.group("default") is None]
     assert not bare, (
-        f"[{SID}] expected every ${{VAR}} with a default (the stack runs with no .env), got {bare}"
+        f"[{SID}] (rule S5): expected every ${{VAR}} with a default (the stack runs with no .env), got {bare}"
     )
