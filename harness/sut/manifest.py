@@ -131,6 +131,8 @@ DEFAULT_EVENTS = {
     "position_update": "position_update",
     "reconnect": "reconnect",
     "not_ready": "not_ready",
+    "subscriber_removed": "subscriber_removed",
+    "subscriber_dropped": "subscriber_dropped",
 }
 
 

@@ -85,7 +85,8 @@ class ConnectorUnderTest:
         while (held := await self.subscribers(topic)) != count:
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"{scenario}: expected the connector to hold {count} {topic} subscriber(s), got {held}"
+                    f"[{scenario}] (rule C15): expected the connector's subscriber gauge to show {count} "
+                    f"{topic} subscriber(s) within {timeout:.0f} s, got {held}"
                 )
             await asyncio.sleep(0.02)
 

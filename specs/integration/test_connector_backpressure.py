@@ -59,6 +59,7 @@ async def _read_all(call: Any, into: list[pb.Account]) -> grpc.StatusCode:
 
 
 @pytest.mark.scenario("4.2.1.x23")
+@pytest.mark.requires("metrics")
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 @pytest.mark.asyncio

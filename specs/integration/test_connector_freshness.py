@@ -142,6 +142,7 @@ async def test_get_account_never_serves_a_frozen_view_as_current(program_connect
 
 
 @pytest.mark.scenario("4.2.1.x22")
+@pytest.mark.requires("metrics")
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 @pytest.mark.asyncio

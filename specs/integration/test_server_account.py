@@ -120,7 +120,7 @@ async def test_single_client_receives_account_updates(connector: ConnectorUnderT
     received = await read(call, 5, "4.2.1.a")
     for index, (got, expected) in enumerate(zip(received, sent, strict=True)):
         assert got == expected, (
-            f"4.2.1.a: update {index}: expected {one_line(expected)}, got {one_line(got)} "
+            f"[4.2.1.a] (rule C4): update {index}: expected {one_line(expected)}, got {one_line(got)} "
             "(field values must be identical)"
         )
     call.cancel()
@@ -140,16 +140,16 @@ async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscriptio
     received = await asyncio.gather(*(read(call, 20, "4.2.1.b") for call in calls))
     for client, messages in enumerate(received):
         assert messages == sent, (
-            f"4.2.1.ac2: client {client}: expected the 20 updates in order, got {len(messages)}"
+            f"[4.2.1.ac2] (rule C4): client {client}: expected the 20 updates in order, got {len(messages)}"
         )
     mock = connector.mock
     upstream = (mock.connection_count, mock.subscriptions("account"), mock.subscriptions("positions"))
     assert upstream == (1, 1, 1), (
-        f"4.2.1.b: expected ONE upstream connection and one subscription per topic with 10 subscribers, "
+        f"[4.2.1.b] (rule C2): expected ONE upstream connection and one subscription per topic with 10 subscribers, "
         f"got connections={upstream[0]}, account={upstream[1]}, positions={upstream[2]} (peers: {mock.peers})"
     )
     ever = (mock.total_subscriptions("account"), mock.total_subscriptions("positions"))
-    assert ever == (1, 1), f"4.2.1.b: expected each upstream subscription opened once, got {ever}"
+    assert ever == (1, 1), f"[4.2.1.b] (rule C2): expected each upstream subscription opened once, got {ever}"
 
 
 # ---------------------------------------------------------------------------------------------- c, x6
@@ -264,9 +264,13 @@ async def test_abrupt_disconnects_are_logged_and_cleaned_up(connector: Connector
     account_now = await connector.stub().GetAccount(
         pb.GetAccountRequest(), timeout=5, metadata=connector.metadata
     )
-    assert account_now.total_balance, "4.2.1.c: expected the server to keep answering after the disconnects"
+    assert account_now.total_balance, (
+        "[4.2.1.c] (rule C14): expected the server to keep answering after the disconnects"
+    )
     removed = connector.events("subscriber_removed")[removed_before:]
-    assert len(removed) == 18, f"4.2.1.c: expected 18 logged disconnects, got {len(removed)}: {removed[-3:]}"
+    assert len(removed) == 18, (
+        f"[4.2.1.c] (rule C14): expected 18 logged disconnects, got {len(removed)}: {removed[-3:]}"
+    )
     await assert_no_growth_async(
         before, connector.snapshot(), threads=0, tasks=0, fds=0, settle_s=10.0, label="4.2.1.ac3"
     )
@@ -359,21 +363,23 @@ async def test_slow_consumer_is_dropped_with_resource_exhausted_others_unaffecte
         for update in sent[start : start + window]:
             connector.mock.trigger_account_update(update)
         received += await read(fast, window, "4.2.1.x1 (the reading subscriber)")
-    assert received == sent, f"4.2.1.x1: expected the reading subscriber to get all {total} updates in order"
+    assert received == sent, (
+        f"[4.2.1.x1] (rule C13): expected the reading subscriber to get all {total} updates in order"
+    )
     assert await connector.dropped("account") == 1, (
-        f"4.2.1.x1: expected 1 subscriber dropped, got {await connector.dropped('account')}"
+        f"[4.2.1.x1] (rule C13): expected 1 subscriber dropped, got {await connector.dropped('account')}"
     )
     delivered, ended = await stream_end(slow, "4.2.1.x1 (the slow subscriber)")
     assert ended.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, (
-        f"4.2.1.x1: expected the slow subscriber's stream to end with RESOURCE_EXHAUSTED, got {ended.code()}"
+        f"[4.2.1.x1] (rule C13): expected the slow subscriber's stream to end with RESOURCE_EXHAUSTED, got {ended.code()}"
     )
     assert delivered == sent[: len(delivered)] and len(delivered) < total, (
-        f"4.2.1.x1: expected an in-order prefix of the updates before the status (no silent gap), "
+        f"[4.2.1.x1] (rule C13): expected an in-order prefix of the updates before the status (no silent gap), "
         f"got {len(delivered)} messages"
     )
     logged = connector.events("subscriber_dropped")
     assert len(logged) == 1 and logged[0]["level"] == "warning", (
-        f"4.2.1.x1: expected one drop logged, got {logged}"
+        f"[4.2.1.x1] (rule C13): expected one drop logged, got {logged}"
     )
     await connector.wait_subscribers("account", 1, "4.2.1.x1 (the dropped subscriber is removed)")
 
@@ -400,11 +406,15 @@ async def test_invalid_symbols_are_rejected_with_invalid_argument(
     call = stub.SubscribePositions(pb.SubscribePositionsRequest(symbol=symbol), metadata=connector.metadata)
     _, streamed = await stream_end(call, "4.2.1.x2")
     for name, error in (("GetPositions", unary.value), ("SubscribePositions", streamed)):
-        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, f"4.2.1.x2: {name}: got {error.code()}"
-        assert shown in (error.details() or ""), (
-            f"4.2.1.x2: {name}: expected the message to name the symbol, got {error.details()!r}"
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (
+            f"[4.2.1.x2] (rule C6): {name}: got {error.code()}"
         )
-    assert await connector.subscribers("positions") == 0, "4.2.1.x2: a rejected subscription must not be held"
+        assert shown in (error.details() or ""), (
+            f"[4.2.1.x2] (rule C6): {name}: expected the message to name the symbol, got {error.details()!r}"
+        )
+    assert await connector.subscribers("positions") == 0, (
+        "[4.2.1.x2] (rule C6): a rejected subscription must not be held"
+    )
 
 
 @pytest.mark.scenario("4.2.1.x2")
@@ -415,7 +425,9 @@ async def test_empty_symbol_and_unknown_fields_are_accepted(connector: Connector
     everything = await connector.stub().GetPositions(
         pb.GetPositionsRequest(symbol=""), timeout=5, metadata=connector.metadata
     )
-    assert len(everything.positions) == 2, f"4.2.1.x2: an empty symbol means all, got {everything.positions}"
+    assert len(everything.positions) == 2, (
+        f"[4.2.1.x2] (rule C6): an empty symbol means all, got {everything.positions}"
+    )
     unknown_field = b"\x98\x06\x01"  # field 99, varint 1
     request = pb.SubscribePositionsRequest(symbol="BTCUSDT").SerializeToString() + unknown_field
     call = connector.channel().unary_stream(
@@ -427,14 +439,16 @@ async def test_empty_symbol_and_unknown_fields_are_accepted(connector: Connector
     btc = position("BTCUSDT", "41500.00")
     connector.mock.trigger_position_update(position("ETHUSDT", "2950.00"))
     connector.mock.trigger_position_update(btc)
-    assert await read(call, 1, "4.2.1.x2") == [btc], "4.2.1.x2: the unknown field must not change the filter"
+    assert await read(call, 1, "4.2.1.x2") == [btc], (
+        "[4.2.1.x2] (rule C6): the unknown field must not change the filter"
+    )
     raw_account = connector.channel().unary_unary(
         "/opensqt.exchange.v1.ExchangeService/GetAccount",
         request_serializer=lambda raw: raw,
         response_deserializer=pb.Account.FromString,
     )
     answered = await raw_account(unknown_field, timeout=5, metadata=connector.metadata)
-    assert answered.total_balance, "4.2.1.x2: GetAccount with an unknown field must be served"
+    assert answered.total_balance, "[4.2.1.x2] (rule C6): GetAccount with an unknown field must be served"
 
 
 @pytest.mark.scenario("4.2.1.x3")
@@ -453,7 +467,7 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
         r.get("level") == "error" and "margin_used" in json.dumps(r) for r in connector.log_records()
     ):
         assert time.monotonic() < deadline, (
-            "4.2.1.x3: expected the connector to log the third malformed update"
+            "[4.2.1.x3] (rule C12): expected the connector to log the third malformed update"
         )
         await asyncio.sleep(0.05)
     # the connector no longer trusts its view and asks the exchange, whose account is the last,
@@ -461,15 +475,17 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
     with pytest.raises(grpc.aio.AioRpcError) as unary:
         await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5, metadata=connector.metadata)
     assert unary.value.code() is grpc.StatusCode.UNAVAILABLE, (
-        f"4.2.1.x3: GetAccount: got {unary.value.code()}"
+        f"[4.2.1.x3] (rule C12): GetAccount: got {unary.value.code()}"
     )
     mock.trigger_account_update(account(2))
     received = await read(call, 2, "4.2.1.x3")
     assert received == [account(1), account(2)], (
-        f"4.2.1.x3: expected only the two valid updates, got {[m.total_balance for m in received]}"
+        f"[4.2.1.x3] (rule C12): expected only the two valid updates, got {[m.total_balance for m in received]}"
     )
     errors = [r for r in connector.log_records() if r.get("level") == "error" and "1e-05" in json.dumps(r)]
-    assert errors, "4.2.1.x3: expected an error-level log line naming the malformed value '1e-05'"
+    assert errors, (
+        "[4.2.1.x3] (rule C12): expected an error-level log line naming the malformed value '1e-05'"
+    )
 
 
 @pytest.mark.scenario("4.2.1.x4")
@@ -519,24 +535,26 @@ async def test_tls_connector_serves_tls_clients_only(
 ) -> None:
     connector = await start_connector(tls=tls_material)
     answered = await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5)
-    assert answered.total_balance, "4.2.1.x5: a TLS client trusting the CA must be served"
+    assert answered.total_balance, "[4.2.1.x5] (rule C17): a TLS client trusting the CA must be served"
     call = subscribe(connector)
     await connector.wait_subscribers("account", 1, "4.2.1.x5")
     connector.mock.trigger_account_update(account(5))
-    assert await read(call, 1, "4.2.1.x5") == [account(5)], "4.2.1.x5: a TLS subscriber must get updates"
+    assert await read(call, 1, "4.2.1.x5") == [account(5)], (
+        "[4.2.1.x5] (rule C17): a TLS subscriber must get updates"
+    )
 
     plaintext = connector.stub(connector.channel(plaintext=True))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await plaintext.GetAccount(pb.GetAccountRequest(), timeout=5)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, (
-        f"4.2.1.x5: expected a plaintext client to fail with UNAVAILABLE, got {refused.value.code()}"
+        f"[4.2.1.x5] (rule C17): expected a plaintext client to fail with UNAVAILABLE, got {refused.value.code()}"
     )
     wrong_ca = grpc.aio.secure_channel(connector.address, tls_material.channel_credentials(wrong_ca=True))
     try:
         with pytest.raises(grpc.aio.AioRpcError) as untrusted:
             await connector.stub(wrong_ca).GetAccount(pb.GetAccountRequest(), timeout=5)
         assert untrusted.value.code() is grpc.StatusCode.UNAVAILABLE, (
-            f"4.2.1.x5: wrong CA: got {untrusted.value.code()}"
+            f"[4.2.1.x5] (rule C17): wrong CA: got {untrusted.value.code()}"
         )
     finally:
         await wrong_ca.close()
