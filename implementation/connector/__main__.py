@@ -72,7 +72,9 @@ async def serve(settings: ServeSettings) -> int:
             subscriber_max_lag=settings.subscriber_max_lag,
         ),
     )
-    metrics = MetricsServer(server.hub) if settings.metrics_listen else None
+    metrics = None
+    if settings.metrics_listen:
+        metrics = MetricsServer(server.hub, stats=server.stats, positions=server.positions_calls)
     log_event(
         _log, "starting", exchange=settings.exchange, upstream=settings.upstream, listen=settings.listen,
         loop=type(loop).__module__,
@@ -85,7 +87,7 @@ async def serve(settings: ServeSettings) -> int:
         gc.freeze()
         if metrics is not None and settings.metrics_listen:
             try:
-                port = metrics.start(settings.metrics_listen)
+                port = await metrics.start(settings.metrics_listen)
             except OSError as exc:
                 raise ListenError(
                     f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror or exc}"
@@ -98,7 +100,7 @@ async def serve(settings: ServeSettings) -> int:
     finally:
         await server.stop(None if code == 0 else 0)
         if metrics is not None:
-            metrics.stop()
+            await metrics.stop()
         for number in STOP_SIGNALS:
             loop.remove_signal_handler(number)
     return code

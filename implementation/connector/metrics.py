@@ -17,6 +17,10 @@ own registry (several servers in one process never collide).
     exchange_connector_stale                               gauge: 1 while the view must not be served as current
     exchange_connector_upstream_probes_total               liveness reads sent to a quiet upstream
     exchange_connector_upstream_hung_total                 upstream connections given up as hung
+    exchange_connector_malformed_requests_total{method}    requests refused as not parseable (INVALID_ARGUMENT)
+    exchange_connector_auth_rejected_total{reason}         calls refused with UNAUTHENTICATED (missing, invalid)
+    exchange_connector_upstream_get_positions_calls_total  GetPositions calls made to the upstream
+    exchange_connector_get_positions_shared_total          GetPositions answered by a call already in flight
     exchange_connector_asyncio_tasks                       gauge: asyncio tasks alive on the event loop
 
 The task count is how a black-box leak check sees the connector's coroutines (the Python analogue
@@ -27,16 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIServer
+from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from implementation.connector.metrics_http import AsyncMetricsHttp
 from implementation.exchange.hub import TOPICS, Hub
+from implementation.exchange.requests import CallStats
 from implementation.exchange.server import split_address
+from implementation.exchange.shared_calls import SharedCalls
 
 PREFIX = "exchange_connector_"
 TASK_COUNT_TIMEOUT_S = 1.0
@@ -133,11 +139,18 @@ class HubCollector(Collector):
 
 
 class MetricsServer:
-    """GET /metrics on HOST:PORT, served by prometheus-client on its own thread.
+    """GET /metrics on HOST:PORT, served from the connector's event loop (metrics_http.py).
 
     Made inside the connector's event loop, it also reports that loop's task count."""
 
-    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        stats: CallStats | None = None,
+        positions: SharedCalls[str, Any] | None = None,
+    ) -> None:
         if loop is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -145,24 +158,53 @@ class MetricsServer:
                 loop = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HubCollector(hub, loop))
+        self.registry.register(CallCollector(stats or CallStats(), positions))
         self.port = 0
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = AsyncMetricsHttp(self.registry)
 
-    def start(self, address: str) -> int:
+    async def start(self, address: str) -> int:
         """Listen on `address` (port 0: any free port); the bound port. OSError when it cannot."""
         host, port = split_address(address)
-        self._server, self._thread = start_http_server(port, addr=host.strip("[]"), registry=self.registry)
-        self.port = int(self._server.server_address[1])
+        self.port = await self._http.start(host.strip("[]"), port)
         return self.port
 
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5.0)
+    async def stop(self) -> None:
+        await self._http.stop()
 
 
-__all__ = ["HubCollector", "MetricsServer", "count_tasks"]
+class CallCollector(Collector):
+    """Calls refused before they reached the service, and upstream calls shared by several clients."""
+
+    def __init__(self, stats: CallStats, positions: SharedCalls[str, Any] | None) -> None:
+        self._stats = stats
+        self._positions = positions
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        malformed = CounterMetricFamily(
+            PREFIX + "malformed_requests",
+            "requests refused with INVALID_ARGUMENT: not parseable",
+            labels=["method"],
+        )
+        for method, count in sorted(stats.malformed.items()):
+            malformed.add_metric([method], count)
+        rejected = CounterMetricFamily(
+            PREFIX + "auth_rejected", "calls refused with UNAUTHENTICATED", labels=["reason"]
+        )
+        for reason in ("missing", "invalid"):
+            rejected.add_metric([reason], stats.auth_rejected[reason])
+        yield from (malformed, rejected)
+        if self._positions is not None:
+            yield CounterMetricFamily(
+                PREFIX + "upstream_get_positions_calls",
+                "GetPositions calls made to the upstream",
+                value=self._positions.started,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "get_positions_shared",
+                "GetPositions calls answered by an upstream call already in flight for the same symbol",
+                value=self._positions.joined,
+            )
+
+
+__all__ = ["CallCollector", "HubCollector", "MetricsServer", "count_tasks"]

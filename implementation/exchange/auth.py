@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+
+from implementation.exchange.log_limit import LimitedLog
+from implementation.exchange.requests import CallStats, Malformed, refuse_malformed
 
 # Probes and tooling must work without the token: Docker health checks, grpcurl list/describe.
 EXEMPT_PREFIXES = (
@@ -32,10 +36,13 @@ def _presented_token(metadata: Any) -> str | None:
     return None
 
 
-def _refusal(handler: Handler, details: str) -> Handler:
-    """A handler of the same shape as `handler` that ends the call with UNAUTHENTICATED `details`."""
+def _refusal(handler: Handler, details: str, stats: CallStats) -> Handler:
+    """A handler of the same shape as `handler` that ends the call with UNAUTHENTICATED `details`
+    (INVALID_ARGUMENT for a request that could not even be parsed)."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if isinstance(request, Malformed):
+            await refuse_malformed(request, context, stats)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
 
     serializers = {
@@ -54,10 +61,13 @@ def _refusal(handler: Handler, details: str) -> Handler:
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without `authorization: Bearer <token>` (UNAUTHENTICATED, saying which problem)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, stats: CallStats | None = None) -> None:
         if not token or token != token.strip() or any(c in token for c in "\r\n"):
             raise ValueError("the bearer token must be a non-empty single word without surrounding spaces")
         self._expected = token.encode()
+        self.stats = stats or CallStats()
+        # every refusal is counted; the log says so at most once per interval (guessing is cheap)
+        self._log = LimitedLog(logging.getLogger("implementation.exchange.auth"), "token_rejected")
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -67,10 +77,17 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         presented = _presented_token(handler_call_details.invocation_metadata)
         if presented is None:
-            return _refusal(handler, MISSING)
+            return self._refuse(handler, handler_call_details, "missing", MISSING)
         if not hmac.compare_digest(presented.encode(), self._expected):
-            return _refusal(handler, INVALID)
+            return self._refuse(handler, handler_call_details, "invalid", INVALID)
         return handler
+
+    def _refuse(
+        self, handler: Handler, details: grpc.HandlerCallDetails, reason: str, message: str
+    ) -> Handler:
+        self.stats.auth_rejected[reason] += 1
+        self._log.log(method=details.method, reason=reason, total=self.stats.auth_rejected[reason])
+        return _refusal(handler, message, self.stats)
 
 
 __all__ = ["INVALID", "MISSING", "BearerTokenInterceptor"]

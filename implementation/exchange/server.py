@@ -35,6 +35,8 @@ from implementation.exchange.hub import (
     SubscriptionEnded,
 )
 from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.requests import CallStats, add_service
+from implementation.exchange.shared_calls import SharedCalls
 from implementation.exchange.tls import TlsServerConfig
 from implementation.exchange.validation import check_symbol, validate_account, validate_position
 from implementation.logs import log_event
@@ -106,10 +108,18 @@ class _Gate:
 class ExchangeService(pb_grpc.ExchangeServiceServicer):
     """The four RPCs of the contract."""
 
-    def __init__(self, exchange: Exchange, hub: Hub, gate: _Gate) -> None:
+    def __init__(
+        self,
+        exchange: Exchange,
+        hub: Hub,
+        gate: _Gate,
+        positions: SharedCalls[str, list[pb.Position]] | None = None,
+    ) -> None:
         self._exchange = exchange
         self._hub = hub
         self._gate = gate
+        # concurrent GetPositions for one symbol share one upstream call
+        self._positions: SharedCalls[str, list[pb.Position]] = positions or SharedCalls()
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         await self._enter(context)
@@ -141,7 +151,8 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         try:
             try:
                 symbol = check_symbol(request.symbol)
-                positions = await self._exchange.get_positions(symbol)
+                exchange = self._exchange
+                positions = await self._positions.call(symbol, lambda: exchange.get_positions(symbol))
                 answer = pb.GetPositionsResponse(
                     positions=[validate_position(p) for p in positions if not symbol or p.symbol == symbol]
                 )
@@ -252,7 +263,10 @@ class ExchangeServer:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.address = ""
-        self._interceptor = BearerTokenInterceptor(token) if token is not None else None
+        self.stats = CallStats()
+        self.positions_calls: SharedCalls[str, list[pb.Position]] = SharedCalls()
+        self.service: ExchangeService | None = None
+        self._interceptor = BearerTokenInterceptor(token, self.stats) if token is not None else None
         self._options = (*SERVER_OPTIONS, *options)
         self._gate = _Gate()
         self._server: grpc.aio.Server | None = None
@@ -272,9 +286,8 @@ class ExchangeServer:
         server = grpc.aio.server(
             interceptors=[self._interceptor] if self._interceptor else None, options=self._options
         )
-        pb_grpc.add_ExchangeServiceServicer_to_server(
-            ExchangeService(self.exchange, self.hub, self._gate), server
-        )
+        self.service = ExchangeService(self.exchange, self.hub, self._gate, self.positions_calls)
+        add_service(self.service, server, self.stats)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.reflection:
             reflection.enable_server_reflection(
@@ -327,9 +340,10 @@ class ExchangeServer:
         self._gate.draining = True
         self.hub.close_subscribers(SHUTTING_DOWN)
         drained = await self._gate.wait_idle(grace)
+        cancelled = self._gate.active  # counted before the stop: cancelled calls leave the gate as they end
         await server.stop(0)  # what is still running after the grace period is cancelled
         await self.hub.stop()
-        log_event(_log, "shutdown_complete", drained=drained, cancelled_calls=self._gate.active)
+        log_event(_log, "shutdown_complete", drained=drained, cancelled_calls=cancelled)
 
     async def _on_serving(self, serving: bool) -> None:
         status = (

@@ -440,6 +440,48 @@ def slow_consumer_never_dropped() -> None:
     Subscription.lag = lambda self, now: 0.0  # type: ignore[method-assign]
 
 
+@fault("quiet-is-stale")
+def quiet_is_stale() -> None:
+    """No liveness read: the data age is the time since the last update, so a quiet market looks hung."""
+
+    async def no_probe(self: Hub) -> None:
+        return None
+
+    Hub._probe = no_probe  # type: ignore[method-assign]
+
+
+@fault("malformed-unknown")
+def malformed_unknown() -> None:
+    """Requests are parsed as the generated code does: garbage raises inside grpc (UNKNOWN, a traceback)."""
+    from implementation.exchange import requests
+
+    requests._parser = lambda method, kind: kind.FromString
+
+
+@fault("token-log-per-call")
+def token_log_per_call() -> None:
+    """Every rejected token is logged, none is counted."""
+    from implementation.exchange import auth
+
+    def refuse(self: Any, handler: Any, details: Any, reason: str, message: str) -> Any:
+        log_event(logging.getLogger("implementation.exchange.auth"), "token_rejected", level=logging.WARNING)
+        return auth._refusal(handler, message, self.stats)
+
+    auth.BearerTokenInterceptor._refuse = refuse  # type: ignore[method-assign]
+
+
+@fault("positions-pass-through")
+def positions_pass_through() -> None:
+    """Every GetPositions becomes its own upstream call."""
+    from implementation.exchange.shared_calls import SharedCalls
+
+    async def call(self: Any, key: Any, start: Any) -> Any:
+        self.started += 1
+        return await start()
+
+    SharedCalls.call = call  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------ the program
 
 
