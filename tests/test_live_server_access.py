@@ -1,12 +1,9 @@
-"""live_server's Host allow-list and Origin check, and its rate-limited warnings (the library)."""
+"""live_server's Host allow-list and Origin check (the library)."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
-from implementation.live_server import guard
 from implementation.live_server.access import AccessPolicy, host_name, origin_key
 
 pytestmark = pytest.mark.timeout(10)
@@ -44,15 +41,3 @@ def test_listed_origins_and_wildcards() -> None:
     assert listed.allows_origin("https://dash.example") and not listed.allows_origin("http://127.0.0.1:1")
     assert AccessPolicy("127.0.0.1", allowed_hosts=["*"]).allows_host("anything.example")
     assert AccessPolicy("127.0.0.1", allowed_origins=["*"]).allows_origin("http://evil.example")
-
-
-def test_rate_limited_warning_logs_once_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    warning = guard.RateLimitedWarning("connection_limit", clock=lambda: now[0], limit="10")
-    with caplog.at_level(logging.WARNING, logger="live_server.http"):
-        for step in range(25):
-            now[0] = step
-            warning.note()
-    counts = [record.fields["count"] for record in caplog.records]  # type: ignore[attr-defined]
-    assert counts == ["1", "10", "10"], f"expected lines at 0, 10 and 20 s with counts, got {counts}"
-    assert warning.total == 25

@@ -2,10 +2,12 @@
 
 uvicorn closes idle keep-alive connections, but a connection that starts a request and never
 finishes its head (slowloris) is held forever. GuardedH11Protocol closes such a connection
-`header_timeout_s` after it opened or after its head began. Past `max_connections` open
-connections, every new request (WebSocket upgrades too) gets uvicorn's 503 at once. Both are
-logged as warnings, at most one line per LOG_INTERVAL_S per kind, each with the count since the
-last line: an attack must not become a log flood.
+`header_timeout_s` after it opened or after its head began. At `max_connections` open
+connections, a new one makes room by closing the oldest connection still waiting for its request
+head, so slowloris of any size cannot lock out real requests; when none is waiting (every
+connection is a real request or a WebSocket), new requests (upgrades too) get uvicorn's 503 at
+once. Both are logged as warnings, at most one line per LOG_INTERVAL_S per kind, each with the
+count since the last line: an attack must not become a log flood.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.refused = RateLimitedWarning("connection_limit", limit=str(max_connections))
         self.timed_out = RateLimitedWarning("header_timeout", timeout_s=str(header_timeout_s))
+        # Connections waiting for a request head, oldest first: the ones to close to make room.
+        self.waiting: dict[H11Protocol, None] = {}
+
+    def make_room(self, open_connections: int, newcomer: H11Protocol) -> None:
+        if open_connections < self.max_connections:
+            return
+        victim = next((p for p in self.waiting if p is not newcomer), None)
+        if victim is None:
+            return  # every connection is busy: the newcomer's request gets 503
+        del self.waiting[victim]
+        self.refused.note(open=str(open_connections), action="closed the oldest unfinished request")
+        victim.transport.close()
 
 
 def guarded_protocol(limits: ConnectionGuard) -> type[H11Protocol]:
@@ -72,12 +86,16 @@ def guarded_protocol(limits: ConnectionGuard) -> type[H11Protocol]:
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._start_head_timer()
+            limits.make_room(len(self.connections), self)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_head_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            # uvicorn's check counts every open connection; those waiting for a head can be closed
+            # to make room, so only the others count against the limit.
+            self.limit_concurrency = limits.max_connections + len(limits.waiting)
             super().data_received(data)
             if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
                 self._stop_head_timer()  # the head is complete (or the connection is gone)
@@ -92,24 +110,26 @@ def guarded_protocol(limits: ConnectionGuard) -> type[H11Protocol]:
             was_idle = self.conn.their_state is h11.IDLE
             super().handle_events()
             if was_idle and self.conn.their_state is not h11.IDLE and self._over_limit():
-                limits.refused.note(open=str(len(self.connections)))
+                limits.refused.note(open=str(len(self.connections)), action="answered 503")
 
         def _over_limit(self) -> bool:
-            return (
-                len(self.connections) >= limits.max_connections or len(self.tasks) >= limits.max_connections
-            )
+            busy = len(self.connections) - len(limits.waiting)
+            return busy >= limits.max_connections or len(self.tasks) >= limits.max_connections
 
         def _start_head_timer(self) -> None:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(limits.header_timeout_s, self._head_timed_out)
+                limits.waiting[self] = None
 
         def _stop_head_timer(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            limits.waiting.pop(self, None)
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
+            limits.waiting.pop(self, None)
             if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
                 return
             if self.cycle is not None and not self.cycle.response_complete:

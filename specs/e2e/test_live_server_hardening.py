@@ -9,11 +9,7 @@ program logs under a fast feed. Only the programs' HTTP side and logs are observ
 
 from __future__ import annotations
 
-import contextlib
-import selectors
-import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -22,6 +18,7 @@ from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
 from specs.e2e.conftest import HTTP_TIMEOUT_S, Answer, Stack, account_update, carrying, poll_http
+from specs.e2e.held_requests import held_requests
 
 HEADER_TIMEOUT, CONNECTION_LIMIT, WS_MESSAGE_LIMIT, ORIGIN_CHECK, HOST_CHECK, STALE_API, LOG_VOLUME = (
     "5.1.1.x30", "5.1.1.x31", "5.1.1.x32", "5.1.1.x33", "5.1.1.x34", "5.1.1.x35", "5.1.1.x36",
@@ -44,72 +41,6 @@ pytestmark = [pytest.mark.e2e]
 
 
 # ------------------------------------------------------------------------------- unfinished requests
-
-
-class HeldRequests:
-    """Sockets that each began a request and never finish its head."""
-
-    def __init__(self) -> None:
-        self.open: list[socket.socket] = []
-        self.closed = 0
-        self._selector = selectors.DefaultSelector()
-        self.opened_at = time.monotonic()
-
-    def start(self, port: int, count: int) -> None:
-        for _ in range(count):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT_S)
-            sock.sendall(b"GET /api/account HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            sock.setblocking(False)
-            self._selector.register(sock, selectors.EVENT_READ)
-            self.open.append(sock)
-        self.opened_at = time.monotonic()
-
-    def poll(self, timeout: float) -> None:
-        """Note the sockets the server has closed (EOF or reset) within `timeout` s."""
-        for key, _ in self._selector.select(timeout):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:  # an answer (e.g. 408) is read on; the close is what counts
-                self._drop(sock)
-
-    def trickle(self) -> None:
-        for sock in list(self.open):
-            try:
-                sock.send(b"X-Padding: 1\r\n")
-            except BlockingIOError:
-                pass
-            except OSError:
-                self._drop(sock)
-
-    def _drop(self, sock: socket.socket) -> None:
-        if sock in self.open:
-            self._selector.unregister(sock)
-            self.open.remove(sock)
-            sock.close()
-            self.closed += 1
-
-    def close(self) -> None:
-        for sock in list(self.open):
-            self._selector.unregister(sock)
-            sock.close()
-        self.open.clear()
-        self._selector.close()
-
-
-@contextlib.contextmanager
-def held_requests(port: int, count: int) -> Iterator[HeldRequests]:
-    held = HeldRequests()
-    try:
-        held.start(port, count)
-        yield held
-    finally:
-        held.close()
 
 
 def quick_get(url: str, headers: dict[str, str] | None = None, timeout: float = FAST_ANSWER_S) -> Answer:

@@ -44,6 +44,17 @@ def no_header_timeout() -> None:
     guard.guarded_protocol = guarded_protocol
 
 
+@fault("no-connection-limit")
+def no_connection_limit() -> None:
+    """Connections are never limited: no 503, no room made, no connection_limit line."""
+    init = guard.ConnectionGuard.__init__
+
+    def unlimited(self: guard.ConnectionGuard, header_timeout_s: float, max_connections: int) -> None:
+        init(self, header_timeout_s, 10**9)
+
+    guard.ConnectionGuard.__init__ = unlimited  # type: ignore[method-assign]
+
+
 @fault("no-origin-check")
 def no_origin_check() -> None:
     """/ws accepts a handshake from any Origin (any web page can read the account)."""
