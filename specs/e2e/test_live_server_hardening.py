@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
+from harness.fixtures import MetricRecorder
 from specs.e2e.conftest import HTTP_TIMEOUT_S, Answer, Stack, account_update, carrying, poll_http
 from specs.e2e.held_requests import held_requests
 
@@ -55,7 +56,7 @@ def quick_get(url: str, headers: dict[str, str] | None = None, timeout: float = 
 @pytest.mark.scenario(HEADER_TIMEOUT)
 @pytest.mark.requires("http_hardening")
 @pytest.mark.timeout(60)
-def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack) -> None:
+def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack, metrics: MetricRecorder) -> None:
     with held_requests(live_stack.http_port, HELD_REQUESTS) as held:
         normal = quick_get(f"{live_stack.base_url}/api/account", timeout=HTTP_TIMEOUT_S)
         assert normal.status == 200, (
@@ -70,6 +71,7 @@ def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack) -> N
                 held.trickle()
                 next_trickle += TRICKLE_EVERY_S
         waited = time.monotonic() - held.opened_at
+        metrics.record("unfinished_requests_closed_after_s", waited, "s")
         assert not held.open, (
             f"[{HEADER_TIMEOUT}] (rule L20): expected all {HELD_REQUESTS} unfinished requests "
             f"(a header line every {TRICKLE_EVERY_S:.0f} s, never the end of the head) closed within "
@@ -191,22 +193,25 @@ def test_foreign_host_gets_no_balances(live_stack: Stack) -> None:
 
 @pytest.mark.scenario(STALE_API)
 @pytest.mark.timeout(60)
-def test_api_says_503_once_the_connector_is_gone(live_stack: Stack) -> None:
+def test_api_says_503_once_the_connector_is_gone(live_stack: Stack, metrics: MetricRecorder) -> None:
     account_url = f"{live_stack.base_url}/api/account"
     ok, answer = poll_http(account_url, lambda a: a.status == 200, HTTP_TIMEOUT_S)
     assert ok, f"[{STALE_API}] (rule L25): expected /api/account to answer 200 at first, got {answer}"
     live_stack.connector.stop()
+    stopped = time.monotonic()
     for path in ("/api/account", "/api/positions"):
         ok, answer = poll_http(f"{live_stack.base_url}{path}", lambda a: a.status == 503, STALE_WITHIN_S)
         assert ok, (
             f"[{STALE_API}] (rule L25): expected GET {path} to answer 503 within {STALE_WITHIN_S:.0f} s "
             f"of the connector stopping, got {answer}"
         )
+        if path == "/api/account":
+            metrics.record("stale_api_503_after_s", time.monotonic() - stopped, "s")
 
 
 @pytest.mark.scenario(LOG_VOLUME)
 @pytest.mark.timeout(60)
-def test_log_stays_small_under_a_fast_feed(live_stack: Stack) -> None:
+def test_log_stays_small_under_a_fast_feed(live_stack: Stack, metrics: MetricRecorder) -> None:
     program = live_stack.live_server
     before = len(program.log_lines()) + len(program.output_lines())
     started = time.monotonic()
@@ -221,6 +226,7 @@ def test_log_stays_small_under_a_fast_feed(live_stack: Stack) -> None:
     took = time.monotonic() - started
     lines = len(program.log_lines()) + len(program.output_lines()) - before
     allowed = int(LINES_PER_S * took) + LINES_SLACK
+    metrics.record("log_lines_per_s_at_100_updates_per_s", lines / took, "lines/s")
     assert lines <= allowed, (
         f"[{LOG_VOLUME}] (rule L26): expected at most {allowed} log lines for {UPDATES} updates at "
         f"{UPDATE_RATE:.0f}/s ({LINES_PER_S:.0f} lines/s), got {lines} in {took:.1f} s"
