@@ -79,6 +79,11 @@ class Freshness:
                 self._floor = delay
             self.upstream_lag = delay - self._floor
 
+    def caught_up(self) -> None:
+        """A quiet upstream answered the liveness read: no update waits to be read."""
+        self.last_heard = time.monotonic()
+        self.upstream_lag = 0.0
+
     def reset(self) -> None:
         """A new upstream connection: nothing old counts against it."""
         self.last_heard = time.monotonic()

@@ -109,6 +109,7 @@ class Hub:
         self._healthy = False  # what the owner was last told
         self.probes = 0  # liveness reads sent to a quiet upstream
         self.hung_upstreams = 0  # upstream connections the watchdog gave up on
+        self.shed_rounds = 0  # times overload shed the laggiest subscribers
         self._hung: str | None = None  # why, until the upstream answers again
 
     # ------------------------------------------------------------------ observation
@@ -209,6 +210,12 @@ class Hub:
         stale = self.stale_reason()
         if stale is not None:
             raise SubscriptionEnded(grpc.StatusCode.UNAVAILABLE, f"the connector's view is stale: {stale}")
+        lag = self.freshness.upstream_lag
+        if lag > self._max_lag / 2:
+            raise SubscriptionEnded(
+                grpc.StatusCode.UNAVAILABLE,
+                f"connector overloaded: it reads the upstream {lag:.2f} s behind the exchange; retry shortly",
+            )
         subscribers = self._subscribers[sub.topic]
         subscribers[sub] = None
         log_event(
@@ -255,6 +262,18 @@ class Hub:
             _log, "subscriber_dropped", level=logging.WARNING, topic=sub.topic, symbol=sub.symbol,
             peer=sub.peer, queue_size=sub.capacity, queued=queued, lag_s=round(lag, 3),
         )  # fmt: skip
+
+    def shed(self) -> int:
+        """Overloaded (the upstream read trails by half the lag bound): drop the laggiest quarter of
+        the subscribers, so the others and the upstream read catch up; how many were dropped."""
+        now = time.monotonic()
+        everyone = [sub for topic in TOPICS for sub in self._subscribers[topic]]
+        everyone.sort(key=lambda sub: (sub.lag(now), sub.queued), reverse=True)
+        laggiest = everyone[: (len(everyone) + 3) // 4]
+        for sub in laggiest:
+            self._drop(sub, now)
+        self.shed_rounds += 1 if laggiest else 0
+        return len(laggiest)
 
     def drop_lagging(self) -> int:
         """Drop every subscriber whose oldest undelivered update waited past the bound; how many."""
@@ -431,6 +450,8 @@ class Hub:
                     else:
                         log_event(_log, "view_fresh", upstream_lag_s=round(freshness.upstream_lag, 3))
                     await self._tell_health()
+                if freshness.upstream_lag > self._max_lag / 2:
+                    self.shed()
                 self.drop_lagging()
         finally:
             if probe is not None:
@@ -445,7 +466,7 @@ class Hub:
         except Exception as exc:  # the stream or the hung check will say what is wrong
             log_event(_log, "upstream_probe_failed", level=logging.DEBUG, reason=_describe(exc))
             return
-        self.freshness.heard()
+        self.freshness.caught_up()
 
     async def _set_serving(self, serving: bool) -> None:
         if serving == self._serving:

@@ -482,6 +482,15 @@ def positions_pass_through() -> None:
     SharedCalls.call = call  # type: ignore[method-assign]
 
 
+@fault("no-overload-shedding")
+def no_overload_shedding() -> None:
+    """The connector does not measure how far its upstream read trails the exchange: under overload
+    nobody is shed or refused, and every subscriber drifts into the past together."""
+    from implementation.exchange.freshness import Freshness
+
+    Freshness.account_read = lambda self, account: self.heard()  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------ the program
 
 
