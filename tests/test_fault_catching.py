@@ -25,12 +25,13 @@ import pytest
 from harness.sut.manifest import DEFAULT_MANIFEST, load_manifest
 from specs.faulty.catalogue import Fault, is_timed, load_faults
 from specs.faulty.connector import FAULTS as CONNECTOR_FAULTS
+from specs.faulty.driver import FAULTS as DRIVER_FAULTS
 from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
 from specs.faulty.manifests import MODULES, faulty_program, write_manifest
 from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
 
 FAULTS = load_faults()
-IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS}
+IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS}
 CONTROL, TIMED_CONTROL = "control", "control-timed"
 RUN_TIMEOUT_S = 300.0
 PARALLEL_RUNS = 2
@@ -140,7 +141,8 @@ def test_fault_catalogue_matches_the_faulty_connector() -> None:
         f"expected faults.yaml to list exactly the faults specs/faulty/connector.py and live_server.py "
         f"implement, got catalogue {sorted(FAULTS)} and programs {sorted(IMPLEMENTED)}"
     )
-    assert not set(CONNECTOR_FAULTS) & set(LIVE_SERVER_FAULTS), "expected each fault name used once"
+    names = [*CONNECTOR_FAULTS, *LIVE_SERVER_FAULTS, *DRIVER_FAULTS]
+    assert len(names) == len(set(names)), "expected each fault name used once"
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))

@@ -103,6 +103,8 @@ async def serve(settings: ServeSettings) -> int:
             await metrics.stop()
         for number in STOP_SIGNALS:
             loop.remove_signal_handler(number)
+            # on the way out: a stop signal from here on (the interpreter's teardown) must not kill us
+            signal.signal(number, signal.SIG_IGN)
     return code
 
 

@@ -38,14 +38,18 @@ REORDER_FLUSH_S = 0.2  # reorder: a held update with no successor goes out after
 GET_ACCOUNT_DELAY_S = 0.010  # slow-get-account
 LATE_SERVICE_S = 3.0  # late-service: calls are refused this long after start
 PORT_HELD_S = 5.0  # port-held-after-exit: how long the orphan holds the port
-# port-held-after-exit: the orphan binds the port (as gRPC does, with SO_REUSEPORT), says so, waits
+# port-held-after-exit: the helper listens on the port (SO_REUSEADDR: the program's closed connections
+# may linger in TIME_WAIT), says so, and keeps it until PORT_HELD_S after the program is gone
 PORT_HOLDER = (
-    "import socket, sys, time\n"
+    "import os, socket, sys, time\n"
+    "parent = os.getppid()\n"
     "s = socket.socket()\n"
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     "s.bind((sys.argv[1], int(sys.argv[2])))\n"
     "s.listen()\n"
     "print('bound', flush=True)\n"
+    "while os.getppid() == parent:\n"
+    "    time.sleep(0.02)\n"
     "time.sleep(float(sys.argv[3]))\n"
 )
 NOT_DECIMAL_FIELDS = frozenset({"symbol", "side", "margin_type"})
@@ -266,7 +270,8 @@ def late_service() -> None:
 
 @fault("port-held-after-exit")
 def port_held_after_exit() -> None:
-    """On its way out the program leaves a detached child listening on its port for PORT_HELD_S."""
+    """On its way out the program starts a detached helper that listens on its port until PORT_HELD_S
+    after the program exited (a leaked child holding the port)."""
     serve = connector_main.serve
 
     def hold(listen: str) -> None:

@@ -4,8 +4,10 @@ A faulty manifest is implementation/sut.toml with one change to one program: for
 fault, its command runs `python -m specs.faulty.connector --fault NAME` in place of `python -m
 implementation.connector` (the serve flags stay as they are); for a live_server fault
 (specs/faulty/live_server.py), `python -m specs.faulty.live_server --fault NAME` in place of
-`python -m implementation.live_server`. It does not claim `reference_library`: the white-box forms
-would test the unchanged library, so only the programs are put to the test. The manifests are
+`python -m implementation.live_server`; for a client-driver fault (specs/faulty/driver.py),
+`python -m specs.faulty.driver --fault NAME` in place of `python -m implementation.client_driver`.
+It does not claim `reference_library`: the white-box forms would test the unchanged library, so
+only the programs are put to the test. The manifests are
 written at test time, so they always follow the reference's.
 """
 
@@ -32,15 +34,20 @@ FAULTY_MODULE = "specs.faulty.connector"
 MODULES = {
     "exchange_connector": (REFERENCE_MODULE, FAULTY_MODULE),
     "live_server": ("implementation.live_server", "specs.faulty.live_server"),
+    "client_driver": ("implementation.client_driver", "specs.faulty.driver"),
 }
 WHITE_BOX = "reference_library"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def faulty_program(fault: str) -> str:
-    """The program a fault replaces: live_server for the faults of specs/faulty/live_server.py."""
+    """The program a fault replaces: live_server for the faults of specs/faulty/live_server.py, the
+    client driver for those of specs/faulty/driver.py."""
+    from specs.faulty.driver import FAULTS as DRIVER_FAULTS
     from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
 
+    if fault in DRIVER_FAULTS:
+        return "client_driver"
     return "live_server" if fault in LIVE_SERVER_FAULTS else "exchange_connector"
 
 

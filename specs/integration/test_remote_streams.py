@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.client_driver import DriverSession, Event
+from harness.sut.client_driver import DriverSession
 from harness.verdicts import Verdicts
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
@@ -229,24 +229,39 @@ def test_account_stream_cancel_stops_within_one_second(
         )
 
 
-def restart_flow(
-    driver: DriverSession,
-    free_port: Callable[[], int],
-    checks: Callable[[str, Event, float, list[Event]], None],
+def feed_until_new_data(
+    driver: DriverSession, server: MockExchangeServer, stream: str, restarted: float
+) -> float:
+    """Trigger updates on the restarted server until the stream delivers one of them; the seconds it took."""
+    number = 51
+    while not any(a.total_balance >= "10000.51" for a in accounts(driver.of(stream, "update"), "[4.1.1.d]")):
+        if time.monotonic() - restarted > RESTART_WAIT_S:
+            raise AssertionError(
+                f"[4.1.1.d] (rule D38): expected new data within {RESTART_WAIT_S:g} s of the server restart, "
+                f"got none; {driver.describe()}"
+            )
+        server.trigger_account_update(account(number))
+        number = min(number + 1, 99)
+        time.sleep(0.02)
+    return time.monotonic() - restarted
+
+
+@pytest.mark.scenario("4.1.1.d", "4.1.1.ac5")
+@pytest.mark.timeout(90)
+def test_account_stream_reconnects_after_server_restart(
+    free_port: Callable[[], int], metrics: Any, client_driver: DriverSession, verdicts: Verdicts
 ) -> None:
-    """Subscribe to a mock exchange, stop it, start a new one on the same port, feed it until new data
-    arrives; then `checks(stream, break_event, restarted_at, new_updates)`."""
     port = free_port()
     first = MockExchangeServer(port=port).start()
     second: MockExchangeServer | None = None
     try:
-        connected(driver, first, "4.1.1.d")
-        stream = subscribed(driver, first, "4.1.1.d", "D38")
+        connected(client_driver, first, "4.1.1.d")
+        stream = subscribed(client_driver, first, "4.1.1.d", "D38")
         first.trigger_account_update(account(1))
-        wait_balance(driver, stream, "10000.01", "D30", "[4.1.1.d] before the server stops,")
+        wait_balance(client_driver, stream, "10000.01", "D30", "[4.1.1.d] before the server stops,")
         first.stop()  # ends its streams with UNAVAILABLE, then closes the port
         first.raise_violations()
-        broken = driver.wait_for(
+        broken = client_driver.wait_for(
             lambda e: e.get("id") == stream and e["event"] == "stream_error",
             DELIVERY_TIMEOUT_S,
             "a stream_error once the server stopped",
@@ -257,54 +272,28 @@ def restart_flow(
         second.set_account(account(50))
         second.start()
         restarted = time.monotonic()
-        number = 51
-        while not any(
-            a.total_balance >= "10000.51" for a in accounts(driver.of(stream, "update"), "[4.1.1.d]")
-        ):
-            if time.monotonic() - restarted > RESTART_WAIT_S:
-                raise AssertionError(
-                    f"[4.1.1.d] (rule D38): expected new data within {RESTART_WAIT_S:g} s of the server restart, got none; "
-                    f"{driver.describe()}"
-                )
-            second.trigger_account_update(account(number))
-            number = min(number + 1, 99)
-            time.sleep(0.02)
-        new = [e for e in updates_after(driver, stream, broken)]
-        checks(stream, broken, restarted, new)
-        driver.expect(driver.call("close", 5.0, "D38"), "closed", "D38", "[4.1.1.d] to close")
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-            second.raise_violations()
-
-
-@pytest.mark.scenario("4.1.1.d", "4.1.1.ac5")
-@pytest.mark.timeout(90)
-def test_account_stream_reconnects_after_server_restart(
-    free_port: Callable[[], int], metrics: Any, client_driver: DriverSession, verdicts: Verdicts
-) -> None:
-    def checks(stream: str, broken: Event, restarted: float, new: list[Event]) -> None:
-        first_update_s = time.monotonic() - restarted
-        metrics.record("reconnect_to_first_update_s", first_update_s, "s")
         with verdicts.check("4.1.1.d"):
+            first_update_s = feed_until_new_data(client_driver, second, stream, restarted)
+            metrics.record("reconnect_to_first_update_s", first_update_s, "s")
             assert first_update_s < 7.0, (
                 f"[4.1.1.d] (rule D38): expected new data within 7 s of the server restart, got {first_update_s:.2f} s"
             )
         with verdicts.check("4.1.1.ac5"):
-            told = [
-                e
-                for e in client_driver.of(stream, "reconnected")
-                if client_driver.index(e) > client_driver.index(broken)
-            ]
+            after = client_driver.index(broken)
+            told = [e for e in client_driver.of(stream, "reconnected") if client_driver.index(e) > after]
+            new = updates_after(client_driver, stream, broken)
             assert len(told) == 1, (
                 f"[4.1.1.ac5] (rule D39): expected the owner told once of the gap (one `reconnected`), got {len(told)}"
             )
             assert new and client_driver.index(told[0]) < client_driver.index(new[0]), (
                 "[4.1.1.ac5] (rule D39): expected `reconnected` before the first update of the new subscription"
             )
-
-    restart_flow(client_driver, free_port, checks)
+        client_driver.expect(client_driver.call("close", 5.0, "D38"), "closed", "D38", "[4.1.1.d] to close")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+            second.raise_violations()
 
 
 # ---------------------------------------------------------------------------------------------- 4.1.2
