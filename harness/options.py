@@ -61,6 +61,14 @@ def add_options(parser: pytest.Parser) -> None:
         default=os.environ.get("SOAK_DURATION", "24h"),
         help="duration of the §7.1 soak test, e.g. 10m, 2h (default: $SOAK_DURATION or 24h)",
     )
+    group.addoption(
+        "--soak-speedup",
+        metavar="N",
+        type=positive_float("--soak-speedup"),
+        default=None,
+        help="run the soak's events N times as often, so a run of D carries D x N of events "
+        "(default: $SOAK_SPEEDUP or 1)",
+    )
 
 
 def existing_file(flag: str) -> Callable[[str], Path]:
@@ -101,3 +109,12 @@ def load_duration_s(config: pytest.Config) -> float:
     if chosen is not None:
         return float(chosen)
     return FULL_LOAD_S if perf_mode(config) == "full" else QUICK_LOAD_S
+
+
+def soak_speedup(config: pytest.Config) -> float:
+    """The soak's speed-up: --soak-speedup, else SOAK_SPEEDUP, else 1 (real time)."""
+    chosen = config.getoption("soak_speedup")
+    if chosen is not None:
+        return float(chosen)
+    value = os.environ.get("SOAK_SPEEDUP", "")
+    return positive_float("SOAK_SPEEDUP")(value) if value.strip() else 1.0

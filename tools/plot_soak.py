@@ -3,7 +3,9 @@
     python tools/plot_soak.py reports/soak-snapshots.jsonl --output reports/soak-snapshots.png
 
 Six panels over the run's time: RSS (connector, test process), thread and task counts, open fds,
-connector CPU, cumulative error rate, and update latency p50/p99 per interval.
+connector CPU, cumulative error rate, and update latency p50/p99 per interval. Restarts are marked
+on every panel: thin grey lines for simulated clients, orange for the SUT's programs, red for a
+snapshot that found the connector down. An accelerated run's top axis gives the equivalent hours.
 """
 
 from __future__ import annotations
@@ -29,6 +31,23 @@ def read_snapshots(path: Path) -> list[dict[str, Any]]:
             except ValueError as error:
                 raise SystemExit(f"{path}:{number}: not a JSON line: {error}") from None
     return snapshots
+
+
+CLIENT_MARK, PROGRAM_MARK, DOWN_MARK = "grey", "tab:orange", "tab:red"
+PROGRAMS = ("market_maker", "live_server", "exchange_connector")
+
+
+def restart_marks(snapshots: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """(minute, colour) of every restart the snapshots record, and of every snapshot with the
+    connector down."""
+    marks = []
+    for snapshot in snapshots:
+        for event in snapshot.get("restart_events", []):
+            colour = PROGRAM_MARK if event.get("what") in PROGRAMS else CLIENT_MARK
+            marks.append((float(event["t_s"]) / 60, colour))
+        if snapshot.get("connector_running") is False:
+            marks.append((float(snapshot["t_s"]) / 60, DOWN_MARK))
+    return marks
 
 
 def plot(snapshots: list[dict[str, Any]], output: Path, title: str = "Soak run") -> None:
@@ -59,8 +78,19 @@ def plot(snapshots: list[dict[str, Any]], output: Path, title: str = "Soak run")
         axis.set_ylabel(unit)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")
+    marks = restart_marks(snapshots)
+    for axis in axes.flat:
+        for minute, colour in marks:
+            axis.axvline(minute, color=colour, linewidth=0.6 if colour == CLIENT_MARK else 1.0, alpha=0.5)
     for axis in axes[-1]:
-        axis.set_xlabel("minutes")
+        axis.set_xlabel("minutes (wall)")
+    speedup = float(snapshots[-1].get("speedup", 1.0)) if snapshots else 1.0
+    if speedup != 1.0:
+        for axis in axes[0]:
+            top = axis.secondary_xaxis(
+                "top", functions=(lambda m: m * speedup / 60, lambda h: h * 60 / speedup)
+            )
+            top.set_xlabel(f"equivalent hours (x{speedup:g})")
     restarts = snapshots[-1].get("restarts", 0) if snapshots else 0
     figure.suptitle(f"{title}: {len(snapshots)} snapshots, {restarts} client and program restarts")
     figure.tight_layout()

@@ -3,7 +3,8 @@
 * ``perf``: records a figure to the run's metrics and to reports/perf-results.json. It also holds
   the machine-wide benchmark lock while the test runs, so two benchmarks of this suite (xdist
   workers, or two runs at once) never measure each other; after BENCH_LOCK_WAIT_S the test runs
-  anyway and its details say it was not alone (``"exclusive": false``).
+  anyway and its details say it was not alone (``"exclusive": false``). A soak test does not take
+  the lock (hours of it would stall every benchmark).
 * ``baseline_program``: the bare baseline (harness.doubles.baseline) as a separate program, one per session
   (per xdist worker), stateless between tests.
 * ``connector``: the SUT's exchange_connector, started by the harness launcher with the harness
@@ -63,7 +64,9 @@ def perf(request: pytest.FixtureRequest, metrics: Any, pytestconfig: pytest.Conf
         mode = perf_mode(pytestconfig)
     path = Path(pytestconfig.getoption("report_dir")) / RESULTS_FILE
     recorder = PerfRecorder(metrics, path, test=node.nodeid, scenario_ids=scenario_ids(node), mode=mode)
-    with bench_lock() as exclusive:
+    # A soak runs for hours and measures drift, not speed: it never holds the benchmark lock
+    lock = contextlib.nullcontext(False) if mode == "soak" else bench_lock()
+    with lock as exclusive:
         recorder.detail("exclusive", exclusive)
         try:
             yield recorder

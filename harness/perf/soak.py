@@ -14,6 +14,13 @@ operations and errors, and the update latency p50/p99 of that interval.
 
 Errors: lost, reordered or duplicated updates, invalid messages, stream breaks the soak did not
 cause, and failed GetAccount/GetPositions polls. Operations: updates due to each client plus polls.
+
+Accelerated runs (SOAK_SPEEDUP=N or --soak-speedup N): the updates, the simulated clients' polls and
+the restarts come N times as often, so a run of wall time D carries the events of D x N of real
+time (24 h of events at N=24 in 1 h). The snapshot interval stays in wall time. The SUT's real
+market_maker and live_server programs keep their own pace between restarts. Each snapshot also
+says the equivalent time (`t_equiv_s`), the events so far, and the restarts since the previous
+snapshot (`restart_events`: when and what), so a plot can mark them.
 """
 
 from __future__ import annotations
@@ -51,24 +58,37 @@ def _env_seconds(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class SoakConfig:
+    """Intervals are wall-clock seconds, already divided by `speedup` where they scale."""
+
     duration_s: float
     account_interval_s: float = 5.0
     position_interval_s: float = 1.0
     snapshot_interval_s: float = 60.0
     restart_interval_s: float = 120.0
+    poll_interval_s: float = 1.0
+    speedup: float = 1.0
     market_makers: int = 3
     live_servers: int = 2
     seed: int = 0
 
+    @property
+    def equivalent_s(self) -> float:
+        """The real time whose events the run carries."""
+        return self.duration_s * self.speedup
+
     @classmethod
-    def from_env(cls, duration_s: float) -> SoakConfig:
-        # short runs still get at least ~10 snapshots and ~5 restarts
+    def from_env(cls, duration_s: float, speedup: float = 1.0) -> SoakConfig:
+        # short runs still get at least ~10 snapshots and ~5 restarts (counted in equivalent time)
+        equivalent = duration_s * speedup
         return cls(
             duration_s=duration_s,
-            account_interval_s=_env_seconds("SOAK_ACCOUNT_INTERVAL", 5.0),
-            position_interval_s=_env_seconds("SOAK_POSITION_INTERVAL", 1.0),
+            account_interval_s=_env_seconds("SOAK_ACCOUNT_INTERVAL", 5.0) / speedup,
+            position_interval_s=_env_seconds("SOAK_POSITION_INTERVAL", 1.0) / speedup,
             snapshot_interval_s=_env_seconds("SOAK_SNAPSHOT_INTERVAL", max(5.0, min(60.0, duration_s / 10))),
-            restart_interval_s=_env_seconds("SOAK_RESTART_INTERVAL", max(5.0, min(120.0, duration_s / 5))),
+            restart_interval_s=_env_seconds("SOAK_RESTART_INTERVAL", max(5.0, min(120.0, equivalent / 5)))
+            / speedup,
+            poll_interval_s=1.0 / speedup,
+            speedup=speedup,
             seed=int(os.environ.get("SOAK_SEED", "0") or 0) or int(time.time()),
         )
 
@@ -132,6 +152,7 @@ class SoakRun:
         self.clients: list[SimulatedClient] = []
         self.programs: dict[str, Any] = {}
         self.program_exits: list[str] = []
+        self.restart_events: list[dict[str, Any]] = []  # since the last snapshot
         self._start_program = start_program
         self._started = 0.0
         self._last_cpu = (0.0, 0.0)
@@ -141,7 +162,7 @@ class SoakRun:
     def _new_client(self, kind: str, index: int, *, first_seq: int | None) -> SimulatedClient:
         return SimulatedClient(
             self.connector.address, kind, run=RUN, name=f"{kind}-{index}", first_seq=first_seq,
-            position_sent_ns=self.position_sent_ns,
+            position_sent_ns=self.position_sent_ns, poll_interval=self.config.poll_interval_s,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -224,10 +245,13 @@ class SoakRun:
             choices = len(self.clients) + len(self.programs)
             pick = self.rng.randrange(choices)
             if pick < len(self.clients):
+                what = self.clients[pick].name
                 await self._restart_client(pick)
             else:
-                await self._restart_program(sorted(self.programs)[pick - len(self.clients)])
+                what = sorted(self.programs)[pick - len(self.clients)]
+                await self._restart_program(what)
             self.tally.restarts += 1
+            self.restart_events.append({"t_s": round(elapsed, 3), "what": what})
 
     async def _restart_client(self, index: int) -> None:
         old = self.clients[index]
@@ -246,6 +270,11 @@ class SoakRun:
 
     # ------------------------------------------------------------------------------ snapshots
 
+    @property
+    def events(self) -> int:
+        """The soak's events so far: updates sent and restarts."""
+        return self.accounts_sent + self.positions_sent + self.tally.restarts
+
     def live_totals(self) -> tuple[int, int]:
         operations, errors = self.tally.operations, self.tally.errors
         for client in self.clients:
@@ -261,8 +290,11 @@ class SoakRun:
         self._last_cpu = (now, cpu)
         latency = merged((c.reset_interval() for c in self.clients), "interval")
         operations, errors = self.live_totals()
+        events, self.restart_events = self.restart_events, []
         record: dict[str, Any] = {
             "t_s": round(now - self._started, 3),
+            "t_equiv_s": round((now - self._started) * self.config.speedup, 3),
+            "speedup": self.config.speedup,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "server_rss_mb": round(server.rss_mb, 3),
             "server_threads": server.os_threads,
@@ -279,6 +311,8 @@ class SoakRun:
             "latency_p50_ms": latency.p_ms(50) if latency.count else None,
             "latency_p99_ms": latency.p_ms(99) if latency.count else None,
             "restarts": self.tally.restarts,
+            "restart_events": events,
+            "events": self.events,
             "accounts_sent": self.accounts_sent,
             "positions_sent": self.positions_sent,
             "connector_running": self.connector.running,

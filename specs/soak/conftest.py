@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.options import soak_speedup
 from harness.perf.durations import parse_duration
 
 SOAK_TIMEOUT_MARGIN_S = 600.0
@@ -15,6 +16,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         duration = parse_duration(str(config.getoption("soak_duration")))
     except ValueError as error:
         raise pytest.UsageError(f"--soak-duration: {error}") from None
+    soak_speedup(config)  # a bad SOAK_SPEEDUP stops the run here, naming the variable
     for item in items:
         if item.path.name == "test_soak.py" and item.path.parent.name == "soak":
             item.add_marker(pytest.mark.timeout(duration + SOAK_TIMEOUT_MARGIN_S), append=False)
