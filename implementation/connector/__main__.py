@@ -66,6 +66,7 @@ async def serve(settings: ServeSettings) -> int:
         tls=settings.tls,
         grace_period=settings.grace_period,
         queue_size=settings.queue_size,
+        max_calls=settings.max_calls,
         freshness=FreshnessPolicy(
             max_age=settings.max_data_age,
             probe_after=settings.probe_after,
@@ -74,7 +75,9 @@ async def serve(settings: ServeSettings) -> int:
     )
     metrics = None
     if settings.metrics_listen:
-        metrics = MetricsServer(server.hub, stats=server.stats, positions=server.positions_calls)
+        metrics = MetricsServer(
+            server.hub, stats=server.stats, positions=server.positions_calls, refused=server.refused
+        )
     log_event(
         _log, "starting", exchange=settings.exchange, upstream=settings.upstream, listen=settings.listen,
         loop=type(loop).__module__,

@@ -59,6 +59,7 @@ class ServeSettings:
     probe_after: float = 1.0
     subscriber_max_lag: float = 1.0
     upstream_keepalive: float = 10.0
+    max_calls: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 1),
         default=1024,
         help="updates a subscriber may lag (default 1024)",
+    )
+    operation.add_argument(
+        "--max-calls",
+        metavar="N",
+        type=_number(int, 1),
+        default=10_000,
+        help="calls in flight, streams included, before new ones get RESOURCE_EXHAUSTED (default 10000)",
     )
     freshness = serve.add_argument_group("freshness (docs/sut-manifest.md, rules C30-C35)")
     freshness.add_argument(
@@ -397,6 +405,7 @@ def _serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> ServeSe
         probe_after=args.probe_after,
         subscriber_max_lag=args.subscriber_max_lag,
         upstream_keepalive=args.upstream_keepalive,
+        max_calls=args.max_calls,
     )
 
 

@@ -21,6 +21,7 @@ own registry (several servers in one process never collide).
     exchange_connector_auth_rejected_total{reason}         calls refused with UNAUTHENTICATED (missing, invalid)
     exchange_connector_upstream_get_positions_calls_total  GetPositions calls made to the upstream
     exchange_connector_get_positions_shared_total          GetPositions answered by a call already in flight
+    exchange_connector_calls_refused_total{reason}         new calls refused (shutting_down, overloaded)
     exchange_connector_asyncio_tasks                       gauge: asyncio tasks alive on the event loop
 
 The task count is how a black-box leak check sees the connector's coroutines (the Python analogue
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -150,6 +152,7 @@ class MetricsServer:
         *,
         stats: CallStats | None = None,
         positions: SharedCalls[str, Any] | None = None,
+        refused: Counter[str] | None = None,
     ) -> None:
         if loop is None:
             try:
@@ -158,7 +161,7 @@ class MetricsServer:
                 loop = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HubCollector(hub, loop))
-        self.registry.register(CallCollector(stats or CallStats(), positions))
+        self.registry.register(CallCollector(stats or CallStats(), positions, refused))
         self.port = 0
         self._http = AsyncMetricsHttp(self.registry)
 
@@ -175,9 +178,12 @@ class MetricsServer:
 class CallCollector(Collector):
     """Calls refused before they reached the service, and upstream calls shared by several clients."""
 
-    def __init__(self, stats: CallStats, positions: SharedCalls[str, Any] | None) -> None:
+    def __init__(
+        self, stats: CallStats, positions: SharedCalls[str, Any] | None, refused: Counter[str] | None = None
+    ) -> None:
         self._stats = stats
         self._positions = positions
+        self._refused = refused if refused is not None else Counter()
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -193,7 +199,14 @@ class CallCollector(Collector):
         )
         for reason in ("missing", "invalid"):
             rejected.add_metric([reason], stats.auth_rejected[reason])
-        yield from (malformed, rejected)
+        refused = CounterMetricFamily(
+            PREFIX + "calls_refused",
+            "new calls refused: UNAVAILABLE while shutting down, RESOURCE_EXHAUSTED at the limit of calls in flight",
+            labels=["reason"],
+        )
+        for reason in ("shutting_down", "overloaded"):
+            refused.add_metric([reason], self._refused[reason])
+        yield from (malformed, rejected, refused)
         if self._positions is not None:
             yield CounterMetricFamily(
                 PREFIX + "upstream_get_positions_calls",

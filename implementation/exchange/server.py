@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -48,10 +49,15 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
 # whole milliseconds (0 for an answer the exchange has just given).
 DATA_AGE_KEY = "x-opensqt-data-age-ms"
 HEALTH_SERVICES = ("", SERVICE_NAME)
+DEFAULT_MAX_CALLS = 10_000  # calls in flight (streams included) before new ones are refused
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.so_reuseport", 0),  # a port in use is an error, never silently shared
     ("grpc.keepalive_time_ms", 30_000),  # find subscribers whose host vanished without a FIN
     ("grpc.keepalive_timeout_ms", 10_000),
+    # a burst of new calls waits in grpc's queue for the event loop to take it (rule C39) rather than
+    # being cancelled once 1,000 wait (grpc's default)
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
 )
 Context = grpc.aio.ServicerContext[Any, Any]
 _log = logging.getLogger("implementation.exchange.server")
@@ -75,18 +81,28 @@ def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 class _Gate:
-    """Counts calls in flight and refuses new ones once draining."""
+    """Counts calls in flight; refuses new ones once draining, or while `limit` are in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = DEFAULT_MAX_CALLS) -> None:
         self.active = 0
         self.draining = False
+        self.limit = limit
+        self.refused: Counter[str] = Counter()  # by reason: shutting_down, overloaded
         self._idle: asyncio.Event | None = None
 
-    def enter(self) -> bool:
+    def enter(self) -> tuple[grpc.StatusCode, str] | None:
+        """None when admitted (leave() later); else the status to refuse the call with."""
         if self.draining:
-            return False
+            self.refused["shutting_down"] += 1
+            return grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN
+        if self.active >= self.limit:
+            self.refused["overloaded"] += 1
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.limit} calls in flight already; retry with backoff",
+            )
         self.active += 1
-        return True
+        return None
 
     def leave(self) -> None:
         self.active -= 1
@@ -199,8 +215,9 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
             self._gate.leave()
 
     async def _enter(self, context: Context) -> None:
-        if not self._gate.enter():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        refusal = self._gate.enter()
+        if refusal is not None:
+            await context.abort(*refusal)
 
     @staticmethod
     async def _fail(context: Context, method: str, exc: Exception) -> NoReturn:
@@ -249,6 +266,7 @@ class ExchangeServer:
         backoff: ReconnectPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
         freshness: FreshnessPolicy | None = None,
+        max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         if grace_period < 0:
             raise ValueError(f"grace_period must be >= 0 s, got {grace_period}")
@@ -268,7 +286,10 @@ class ExchangeServer:
         self.service: ExchangeService | None = None
         self._interceptor = BearerTokenInterceptor(token, self.stats) if token is not None else None
         self._options = (*SERVER_OPTIONS, *options)
-        self._gate = _Gate()
+        if max_calls < 1:
+            raise ValueError(f"max_calls must be >= 1, got {max_calls}")
+        self._gate = _Gate(max_calls)
+        self.refused = self._gate.refused
         self._server: grpc.aio.Server | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._ready_logged = False

@@ -496,6 +496,14 @@ def no_overload_shedding() -> None:
     Freshness.account_read = lambda self, account: self.heard()  # type: ignore[method-assign]
 
 
+@fault("burst-cancelled")
+def burst_cancelled() -> None:
+    """grpc's default queue of calls waiting for the event loop: past 1,000, a burst is CANCELLED."""
+    from implementation.exchange import server
+
+    server.SERVER_OPTIONS = tuple(o for o in server.SERVER_OPTIONS if "max_pending_requests" not in o[0])
+
+
 # ------------------------------------------------------------------------------------ the program
 
 

@@ -1,0 +1,72 @@
+"""§4.2 extension: a burst of new calls is admitted or refused with a contract status (rule C39)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import grpc
+import pytest
+
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.fixtures import MetricRecorder
+from harness.sut.launch import ProgramLauncher
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from specs.integration.connector_program import Connector
+
+BURST = 3000  # new calls at once, as a fleet reconnecting after a restart
+CHANNELS = 20
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@pytest.mark.scenario("4.2.1.x29")
+@pytest.mark.integration
+@pytest.mark.requires("metrics")
+@pytest.mark.timeout(60)
+@pytest.mark.asyncio
+async def test_a_burst_of_calls_is_admitted_or_refused_with_a_contract_status(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any, metrics: MetricRecorder
+) -> None:
+    values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
+    program = await launcher.start_async("exchange_connector", values)
+    connector = Connector(program, mock_exchange, values["metrics_port"])
+    # channels of their own (no shared subchannel): twenty clients, not one
+    channels = [
+        grpc.aio.insecure_channel(program.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS)
+    ]
+    codes: Counter[grpc.StatusCode] = Counter()
+
+    async def call(n: int) -> None:
+        stub = pb_grpc.ExchangeServiceStub(channels[n % CHANNELS])
+        try:
+            await stub.GetAccount(pb.GetAccountRequest(), timeout=30.0)
+            codes[grpc.StatusCode.OK] += 1
+        except grpc.aio.AioRpcError as exc:
+            codes[exc.code()] += 1
+
+    try:
+        await asyncio.gather(*(call(n) for n in range(BURST)))
+    finally:
+        for channel in channels:
+            await channel.close()
+    seen = {code.name: count for code, count in codes.items()}
+    metrics.record("burst_calls_ok", codes[grpc.StatusCode.OK], "calls")
+    assert set(codes) <= ALLOWED, (
+        f"[4.2.1.x29] (rule C39): expected each of {BURST} calls at once to be answered OK or refused "
+        f"with UNAVAILABLE or RESOURCE_EXHAUSTED, got {seen}"
+    )
+    refused = BURST - codes[grpc.StatusCode.OK]
+    counted = sum(
+        [
+            await connector.metric("calls_refused_total", {"reason": r}) or 0
+            for r in ("overloaded", "shutting_down")
+        ]
+    )
+    assert counted >= refused, (
+        f"[4.2.1.x29] (rule C39): expected exchange_connector_calls_refused_total to count the {refused} "
+        f"refused calls, got {counted} ({seen})"
+    )
+    await connector.close()
