@@ -13,6 +13,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
 const USAGE = `usage: node client.js ADDRESS [options]
+       node client.js --driver [--proto-dir DIR]   (the client-driver protocol, docs/client-driver.md)
 
   ADDRESS                   the connector, HOST:PORT (or --address HOST:PORT)
   --account-updates N       SubscribeAccount: wait for N updates (default 1; 0 skips the stream)
@@ -279,7 +280,28 @@ function fail(err, exitCode) {
   process.exitCode = exitCode;
 }
 
+function grpcJsVersion() {
+  const file = path.join(path.dirname(require.resolve('@grpc/grpc-js')), '..', '..', 'package.json');
+  return JSON.parse(fs.readFileSync(file)).version;
+}
+
+// --driver: commands on stdin, events on stdout, until end of input (tools/interop/driver.js)
+function driverMode(argv) {
+  let protoDir = path.resolve(__dirname, '..', '..', 'proto');
+  if (argv[0] === '--proto-dir' && argv[1]) protoDir = argv[1];
+  else if (argv.length) throw new UsageError(`--driver takes only --proto-dir DIR, got ${argv.join(' ')}`);
+  require('./driver').runDriver(loadServices(protoDir), { grpcJs: grpcJsVersion() });
+}
+
 function main() {
+  if (process.argv[2] === '--driver') {
+    try {
+      driverMode(process.argv.slice(3));
+    } catch (err) {
+      fail(err, err instanceof UsageError ? 2 : 1);
+    }
+    return;
+  }
   let options;
   try {
     options = parseArgs(process.argv.slice(2));
@@ -287,8 +309,7 @@ function main() {
     fail(err, err instanceof UsageError ? 2 : 1);
     return;
   }
-  const grpcVersion = JSON.parse(fs.readFileSync(path.join(path.dirname(require.resolve('@grpc/grpc-js')), '..', '..', 'package.json'))).version;
-  emit({ event: 'client', node: process.version, grpc_js: grpcVersion, address: options.address, tls: Boolean(options.ca) });
+  emit({ event: 'client', node: process.version, grpc_js: grpcJsVersion(), address: options.address, tls: Boolean(options.ca) });
   run(options).catch((err) => fail(err, err instanceof UsageError ? 2 : 1));
 }
 
