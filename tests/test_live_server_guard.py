@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import pytest
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from implementation.live_server import guard
@@ -57,3 +62,74 @@ def test_make_room_leaves_busy_connections_alone() -> None:
     limits.waiting[cast(H11Protocol, newcomer)] = None
     limits.make_room(5, cast(H11Protocol, newcomer))
     assert not newcomer.transport.closed and limits.refused.total == 0, "nothing waiting: the 503 decides"
+
+
+# ---------------------------------------------------------------------- on a real uvicorn server
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _hello(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextlib.asynccontextmanager
+async def guarded_server(limits: guard.ConnectionGuard) -> AsyncIterator[int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    config = uvicorn.Config(_hello, http=guard.guarded_protocol(limits), log_config=None, access_log=False,
+                            lifespan="off", limit_concurrency=limits.max_connections)  # fmt: skip
+    server = _QuietServer(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "expected uvicorn to start"
+            await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+        sock.close()
+
+
+async def _request(
+    port: int, head: bytes = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+) -> tuple[Any, Any, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    answer = await asyncio.wait_for(reader.readuntil(b"ok"), 5) if head.endswith(b"\r\n\r\n") else b""
+    return reader, writer, answer
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 2) == b""
+    except (ConnectionError, TimeoutError):
+        return True
+
+
+@pytest.mark.asyncio
+async def test_idle_connection_makes_room_and_an_unfinished_head_times_out() -> None:
+    limits = guard.ConnectionGuard(header_timeout_s=0.5, max_connections=3)
+    async with guarded_server(limits) as port:
+        idle = await _request(port)  # served, then idle on keep-alive
+        unfinished = await _request(port, b"GET / HTTP/1.1\r\n")
+        await asyncio.sleep(0.05)  # both seen by the server, in this order
+        newcomer = await _request(port)  # the third: the oldest connection with no request makes room
+        assert b"200" in idle[2] and b"200" in newcomer[2], (
+            f"expected both served, got {idle[2]!r}, {newcomer[2]!r}"
+        )
+        assert await _closed_by_server(idle[0]), "expected the oldest idle connection closed to make room"
+        assert await _closed_by_server(unfinished[0]), "expected the unfinished head closed after its timeout"
+        assert (limits.refused.total, limits.timed_out.total) == (1, 1), (
+            f"expected one made room and one timed out, got {limits.refused.total}, {limits.timed_out.total}"
+        )
+        for _, writer, _ in (idle, unfinished, newcomer):
+            writer.close()

@@ -3,10 +3,10 @@
 uvicorn closes idle keep-alive connections, but a connection that starts a request and never
 finishes its head (slowloris) is held forever. GuardedH11Protocol closes such a connection
 `header_timeout_s` after it opened or after its head began. At `max_connections` open
-connections, a new one makes room by closing the oldest connection still waiting for its request
-head, so slowloris of any size cannot lock out real requests; when none is waiting (every
-connection is a real request or a WebSocket), new requests (upgrades too) get uvicorn's 503 at
-once. Both are logged as warnings, at most one line per LOG_INTERVAL_S per kind, each with the
+connections, a new one makes room by closing the oldest connection with no request in progress
+(still waiting for its request head, or idle between requests), so slowloris of any size cannot
+lock out real requests; when there is none (every connection is a request being served or a
+WebSocket), new requests (upgrades too) get uvicorn's 503 at once. Both are logged as warnings, at most one line per LOG_INTERVAL_S per kind, each with the
 count since the last line: an attack must not become a log flood.
 """
 
@@ -63,7 +63,7 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.refused = RateLimitedWarning("connection_limit", limit=str(max_connections))
         self.timed_out = RateLimitedWarning("header_timeout", timeout_s=str(header_timeout_s))
-        # Connections waiting for a request head, oldest first: the ones to close to make room.
+        # Connections with no request in progress, oldest first: the ones to close to make room.
         self.waiting: dict[H11Protocol, None] = {}
 
     def make_room(self, open_connections: int, newcomer: H11Protocol) -> None:
@@ -73,7 +73,7 @@ class ConnectionGuard:
         if victim is None:
             return  # every connection is busy: the newcomer's request gets 503
         del self.waiting[victim]
-        self.refused.note(open=str(open_connections), action="closed the oldest unfinished request")
+        self.refused.note(open=str(open_connections), action="closed the oldest idle or unfinished")
         victim.transport.close()
 
 
@@ -93,14 +93,19 @@ def guarded_protocol(limits: ConnectionGuard) -> type[H11Protocol]:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            # uvicorn's check counts every open connection; those waiting for a head can be closed
-            # to make room, so only the others count against the limit.
+            # uvicorn's check counts every open connection; those with no request in progress can be
+            # closed to make room, so only the others count against the limit.
             self.limit_concurrency = limits.max_connections + len(limits.waiting)
             super().data_received(data)
             if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
                 self._stop_head_timer()  # the head is complete (or the connection is gone)
             else:
                 self._start_head_timer()  # a head has begun (again, on a kept-alive connection)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()  # may start a pipelined request at once
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                limits.waiting[self] = None  # idle between requests: may be closed to make room
 
         def _should_upgrade(self) -> bool:
             # uvicorn checks its limit only for plain requests: an upgrade over it gets the 503 too.
