@@ -1,0 +1,115 @@
+"""The hub's freshness machinery over the in-process MockExchange: the liveness read of a quiet
+upstream, a hung upstream given up, slow subscribers dropped by lag, overload shedding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from implementation.exchange.freshness import FreshnessPolicy
+from implementation.exchange.hub import ACCOUNT, Hub, SubscriptionEnded
+from implementation.exchange.mock import MockExchange
+from implementation.exchange.remote_stream import ReconnectPolicy
+from opensqt.exchange.testdata import spec_account
+
+pytestmark = pytest.mark.timeout(20)
+FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
+POLICY = FreshnessPolicy(max_age=1.0, probe_after=0.2, subscriber_max_lag=0.3)
+
+
+class Health:
+    def __init__(self) -> None:
+        self.states: list[bool] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, healthy: bool) -> None:
+        self.states.append(healthy)
+        self._changed.set()
+
+    async def until(self, healthy: bool, timeout: float) -> None:
+        async def wait() -> None:
+            while not self.states or self.states[-1] is not healthy:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+
+@pytest_asyncio.fixture
+async def mock() -> MockExchange:
+    return MockExchange()
+
+
+@pytest_asyncio.fixture
+async def health() -> Health:
+    return Health()
+
+
+@pytest_asyncio.fixture
+async def hub(mock: MockExchange, health: Health) -> AsyncIterator[Hub]:
+    hub = Hub(mock, backoff=FAST_BACKOFF, freshness=POLICY, on_serving=health)
+    await hub.start()
+    await hub.wait_serving(2.0)
+    try:
+        yield hub
+    finally:
+        await hub.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_upstream_is_asked_and_stays_fresh(
+    hub: Hub, mock: MockExchange, health: Health
+) -> None:
+    await asyncio.sleep(POLICY.max_age * 2.5)
+    assert hub.probes >= 2 and mock.calls["get_account"] >= 2
+    assert hub.healthy and hub.stale_reason() is None and health.states == [True]
+    assert hub.data_age() < POLICY.max_age
+
+
+@pytest.mark.asyncio
+async def test_a_hung_upstream_is_given_up_within_the_bound(
+    hub: Hub, mock: MockExchange, health: Health
+) -> None:
+    mock.hold_calls()  # the liveness read is never answered, and no update comes
+    started = time.monotonic()
+    await health.until(False, POLICY.max_age * 3)
+    assert not hub.serving and time.monotonic() - started <= POLICY.max_age + POLICY.tick * 4
+    assert hub.hung_upstreams == 1 and health.states[-1] is False
+    assert "no sign of life" in (hub.stale_reason() or "")
+    mock.release_calls()
+    await hub.wait_serving(5.0)
+    assert hub.stale_reason() is None and health.states[-1] is True
+
+
+@pytest.mark.asyncio
+async def test_a_subscriber_left_waiting_past_the_lag_bound_is_dropped(hub: Hub, mock: MockExchange) -> None:
+    async with hub.subscribe(ACCOUNT) as slow:
+        mock.trigger_account_update(spec_account())
+        await asyncio.sleep(0)
+        assert slow.queued == 1
+        await asyncio.sleep(POLICY.subscriber_max_lag + POLICY.tick * 2)  # never read: the watchdog drops it
+        with pytest.raises(SubscriptionEnded) as ended:
+            await slow.next()
+    assert ended.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED and "bound 0.3 s" in ended.value.details
+    assert hub.stats[ACCOUNT].dropped == 1
+
+
+@pytest.mark.asyncio
+async def test_overload_sheds_the_laggiest_quarter_and_refuses_new_subscribers(hub: Hub) -> None:
+    subs = [hub.subscribe(ACCOUNT) for _ in range(8)]
+    for sub in subs:
+        await sub.__aenter__()
+    try:
+        hub.freshness.upstream_lag = POLICY.subscriber_max_lag  # the read trails by more than half the bound
+        assert hub.shed() == 2 and hub.subscriber_count(ACCOUNT) == 6
+        with pytest.raises(SubscriptionEnded, match="overloaded"):
+            async with hub.subscribe(ACCOUNT):
+                pass
+    finally:
+        for sub in subs:
+            await sub.__aexit__(None, None, None)
