@@ -89,7 +89,9 @@ def test_connections_past_the_limit_are_refused_fast_and_logged(live_stack: Stac
         started = time.monotonic()
         extra = quick_get(url)
         took = time.monotonic() - started
-        held.poll(0.0)
+        settle = time.monotonic() + FAST_ANSWER_S
+        while held.closed < OVER_LIMIT and time.monotonic() < settle:  # closes made room, maybe
+            held.poll(0.05)
         refused = extra.status == 503 or extra.status is None
         assert (refused and took <= FAST_ANSWER_S) or held.closed >= OVER_LIMIT, (
             f"[{CONNECTION_LIMIT}] (rule L21): with {count} connections open (the limit is at most "
