@@ -1,7 +1,7 @@
 """The Python ExchangeServer's lifecycle in-process: start (port 0 reported, a taken port refused),
 health before the upstream is up, stop releasing the port, graceful shutdown (NOT_SERVING first,
 streams ended with UNAVAILABLE, the grace period bounded) and double stop. The catalogue's §3.2
-scenarios check the connector program from outside (specs/e2e/test_connector_lifecycle.py).
+scenarios check the connector program from outside (specs/unit/test_connector_lifecycle.py).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 (3.2.1.a), an exit releases it (3.2.1.b), a shutdown with clients tells them (3.2.1.c), and more
 SIGTERMs during a shutdown are harmless (3.2.1.d). Rules C60-C63 of docs/sut-manifest.md.
 
-The connector runs as a subprocess started by the harness launcher, fed by the mock exchange; the
-test is its client over loopback gRPC and probes its port with plain sockets.
+Unit level in the catalogue, as in the spec (§3.2 is one of its unit tests): one component, the
+connector, runs as a subprocess started by the harness launcher, fed by the mock exchange; the test
+is its client over loopback gRPC and probes its port with plain sockets.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ RELEASE_WAIT_S = 2.0
 SIGNAL_EVERY_S = 0.002
 SIGNALS_FOR_S = 0.5
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.unit, pytest.mark.asyncio, pytest.mark.timeout(90)]
 
 
 def bind_error(port: int, *, reuse_address: bool) -> OSError | None:
