@@ -143,6 +143,12 @@ def test_health_defaults_to_the_listen_address_on_loopback() -> None:
 # ---------------------------------------------------------------------------------------------- the program
 
 
+def operator_environment() -> dict[str, str]:
+    """This process's environment as an operator's shell would have it: without the gRPC core
+    verbosity that importing another program's package here sets (the connector picks its own)."""
+    return {key: value for key, value in os.environ.items() if key != "GRPC_VERBOSITY"}
+
+
 class Program:
     """The connector as a subprocess, its stderr (the log) in a file."""
 
@@ -152,7 +158,7 @@ class Program:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "implementation.connector", *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**operator_environment(), "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
 
     def records(self) -> list[dict[str, Any]]:
