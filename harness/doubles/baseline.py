@@ -265,9 +265,12 @@ class BaselineProcess:
             raise RuntimeError("baseline process not started")
         return self._process.pid
 
+    def command(self) -> list[str]:
+        """The program, without the listening address and loop options every double takes."""
+        return [sys.executable, "-m", "harness.doubles.baseline"]
+
     def start(self, timeout: float = 15.0) -> BaselineProcess:
-        command = [sys.executable, "-m", "harness.doubles.baseline", "--host", self.host, "--port", "0"]
-        command += ["--loop", self.loop_kind]
+        command = [*self.command(), "--host", self.host, "--port", "0", "--loop", self.loop_kind]
         log = open(self.log_path or os.devnull, "ab")
         try:
             self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=_repo_root())

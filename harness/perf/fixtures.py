@@ -7,6 +7,8 @@
   the lock (hours of it would stall every benchmark).
 * ``baseline_program``: the bare baseline (harness.doubles.baseline) as a separate program, one per session
   (per xdist worker), stateless between tests.
+* ``relay_baseline``: the bare relay (harness.doubles.relay) as a separate program reading its own
+  mock exchange (so feeding one target never costs the other), one per test.
 * ``connector``: the SUT's exchange_connector, started by the harness launcher with the harness
   mock exchange as its upstream; stopped (SIGTERM, clean exit checked) by the launcher's teardown.
 """
@@ -19,12 +21,15 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.doubles.baseline import BaselineProcess
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.doubles.relay import RelayProcess
 from harness.options import perf_mode
 from harness.perf.results import RESULTS_FILE, PerfRecorder
 from harness.selection import scenario_ids
@@ -80,6 +85,33 @@ def baseline_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Basel
     log = tmp_path_factory.mktemp("baseline") / "baseline.log"
     with BaselineProcess(loop=os.environ.get("BENCH_BASELINE_LOOP", "auto"), log_path=log) as program:
         yield program
+
+
+@dataclass
+class RelayBaseline:
+    """The relay program and the mock exchange it reads."""
+
+    mock: MockExchangeServer
+    program: RelayProcess
+
+    @property
+    def address(self) -> str:
+        return self.program.address
+
+    @property
+    def pid(self) -> int:
+        return self.program.pid
+
+
+@pytest.fixture
+def relay_baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayBaseline]:
+    """The bare relay baseline, upstream = a mock exchange of its own."""
+    log = tmp_path_factory.mktemp("relay") / "relay.log"
+    with MockExchangeServer() as mock:
+        with RelayProcess(
+            mock.address, loop=os.environ.get("BENCH_BASELINE_LOOP", "auto"), log_path=log
+        ) as program:
+            yield RelayBaseline(mock, program)
 
 
 @pytest.fixture

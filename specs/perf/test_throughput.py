@@ -1,4 +1,4 @@
-"""§6.1 stream throughput (one subscriber) and fan-out to 15 subscribers, each with the bare baseline.
+"""§6.1 stream throughput (one subscriber) and fan-out to 15 subscribers, each with two baselines.
 
 Method (harness/perf/fanout.py): subscribers are raw grpc.aio stubs in the test process, one channel
 (connection) each. Every update carries a run/sequence tag and its send time (harness/perf/loadgen.py),
@@ -8,7 +8,13 @@ end-to-end latency in an HdrHistogram.
 * Connector: a thread triggers tagged updates on the harness mock exchange (the connector's
   upstream). Priming updates go first until every subscriber got one, so the measured run starts
   only when the connector has registered them all.
-* Baseline: the bare server writes the same tagged updates itself (count and rate in metadata).
+* Baseline: the bare server writes the same tagged updates itself (count and rate in metadata):
+  one hop, the limit of grpcio alone.
+* Relay baseline (harness/doubles/relay.py): reads its own mock exchange, fed exactly like the
+  connector's, and writes each message on to its subscribers with no validation and no hub: two
+  hops, the fair limit for the connector's design. Every figure gets a ratio to both
+  (`*_ratio` to the bare baseline, `*_relay_ratio` to the relay); aims, reported and not
+  asserted: >= 0.9x the relay's throughput, <= 1.2x its p99.
 * One-subscriber throughput: the baseline writes in a tight loop; the connector is fed as fast as
   the path sustains with at most 256 updates in flight (so its bounded subscriber queue is never
   the thing measured). Rate = updates received / (first send stamp .. last receipt).
@@ -23,6 +29,7 @@ are recorded too: a side near 100 % of a core bounds the figure, not the server.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +38,7 @@ import pytest
 from harness.doubles.baseline import BaselineProcess, StreamPlan
 from harness.options import perf_mode
 from harness.perf.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource
+from harness.perf.fixtures import RelayBaseline
 from harness.perf.procwatch import ProcessStats, ProcessWatch
 from harness.perf.results import PerfRecorder
 from harness.perf.stream_bench import measure_stream
@@ -81,23 +89,39 @@ def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: Proce
 @pytest.mark.asyncio
 @pytest.mark.timeout(300)
 async def test_one_subscriber_receives_over_1000_updates_per_second(
-    connector: Any, mock_exchange: Any, baseline_program: BaselineProcess, perf: PerfRecorder, run_mode: str
+    connector: Any,
+    mock_exchange: Any,
+    baseline_program: BaselineProcess,
+    relay_baseline: RelayBaseline,
+    perf: PerfRecorder,
+    run_mode: str,
 ) -> None:
     plan = StreamPlan(count=STREAM_UPDATES[run_mode], run=1)
     bare, bare_server = await _measured(
         baseline_program.address, BaselineSource(), plan, baseline_program.pid
     )
+    relay, relay_server = await _measured(
+        relay_baseline.address, MockExchangeSource(relay_baseline.mock), plan, relay_baseline.pid,
+        windowed=True, timeout=120,
+    )  # fmt: skip
     sut, sut_server = await _measured(
         connector.address, MockExchangeSource(mock_exchange), plan, connector.pid, windowed=True, timeout=120
     )
     rate = perf.record("stream_msgs_per_s", sut.deliveries_per_s, "msg/s")
     perf.record("baseline_stream_msgs_per_s", bare.deliveries_per_s, "msg/s")
+    perf.record("relay_stream_msgs_per_s", relay.deliveries_per_s, "msg/s")
     perf.record_ratio("stream_throughput_ratio", sut.deliveries_per_s, bare.deliveries_per_s)
+    perf.record_ratio("stream_throughput_relay_ratio", sut.deliveries_per_s, relay.deliveries_per_s)
     _record_costs(perf, "stream", sut, sut_server)
     _record_costs(perf, "baseline_stream", bare, bare_server)
+    _record_costs(perf, "relay_stream", relay, relay_server)
+    perf.detail("load_average", _load())
     perf.detail("updates", plan.count)
 
     assert bare.lost == 0, f"baseline lost updates (the measurement itself is broken): {bare.problems[:3]}"
+    assert relay.lost == 0, (
+        f"relay baseline lost updates (the measurement itself is broken): {relay.problems[:3]}"
+    )
     assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
         f"6.1.2.a: expected all {plan.count} updates once and in order, got {sut.lost} lost, "
         f"{sut.reordered} reordered, {sut.duplicates} duplicated: {sut.problems[:3]}"
@@ -115,6 +139,7 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
     connector: Any,
     mock_exchange: Any,
     baseline_program: BaselineProcess,
+    relay_baseline: RelayBaseline,
     perf: PerfRecorder,
     fanout: FanoutPoint,
 ) -> None:
@@ -122,6 +147,9 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
     options: dict[str, Any] = {"subscribers": SUBSCRIBERS, "timeout": 120}
     bare, bare_server = await _measured(
         baseline_program.address, BaselineSource(), plan, baseline_program.pid, **options
+    )
+    relay, relay_server = await _measured(
+        relay_baseline.address, MockExchangeSource(relay_baseline.mock), plan, relay_baseline.pid, **options
     )
     sut, sut_server = await _measured(
         connector.address, MockExchangeSource(mock_exchange), plan, connector.pid, **options
@@ -131,21 +159,33 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
         perf.record(name, value, _unit(name))
     for name, value in bare.figures(f"baseline_{prefix}").items():
         perf.record(name, value, _unit(name))
-    perf.record_ratio(f"{prefix}_deliveries_ratio", sut.deliveries_per_s, bare.deliveries_per_s)
-    if sut.latency.count and bare.latency.count:
-        perf.record_ratio(f"{prefix}_p99_ratio", sut.latency.p_ms(99), bare.latency.p_ms(99))
+    for name, value in relay.figures(f"relay_{prefix}").items():
+        perf.record(name, value, _unit(name))
+    for other, suffix in ((bare, ""), (relay, "_relay")):
+        perf.record_ratio(f"{prefix}_deliveries{suffix}_ratio", sut.deliveries_per_s, other.deliveries_per_s)
+        if sut.latency.count and other.latency.count:
+            perf.record_ratio(f"{prefix}_p99{suffix}_ratio", sut.latency.p_ms(99), other.latency.p_ms(99))
     _record_costs(perf, prefix, sut, sut_server)
     _record_costs(perf, f"baseline_{prefix}", bare, bare_server)
+    _record_costs(perf, f"relay_{prefix}", relay, relay_server)
+    perf.detail("load_average", _load())
     perf.detail(f"{prefix}_statuses", sut.statuses)
     if sut.pacing is not None:
         perf.detail(f"{prefix}_generator_max_lag_ms", round(sut.pacing.max_lag_s * 1000, 3))
 
     assert bare.lost == 0, f"baseline lost updates (the measurement itself is broken): {bare.problems[:3]}"
+    assert relay.lost == 0, (
+        f"relay baseline lost updates (the measurement itself is broken): {relay.problems[:3]}"
+    )
     assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
         f"6.1.2.x1: expected each of {plan.count} updates at {fanout.rate}/s delivered once and in order to "
         f"each of {SUBSCRIBERS} subscribers, got {sut.lost} lost, {sut.reordered} reordered, "
         f"{sut.duplicates} duplicated (streams: {sut.statuses}): {sut.problems[:3]}"
     )
+
+
+def _load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 def _unit(name: str) -> str:
