@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -269,7 +269,7 @@ class BaselineProcess:
         """The program, without the listening address and loop options every double takes."""
         return [sys.executable, "-m", "harness.doubles.baseline"]
 
-    def start(self, timeout: float = 15.0) -> BaselineProcess:
+    def start(self, timeout: float = 15.0) -> Self:
         command = [*self.command(), "--host", self.host, "--port", "0", "--loop", self.loop_kind]
         log = open(self.log_path or os.devnull, "ab")
         try:
@@ -308,7 +308,7 @@ class BaselineProcess:
             process.stdout.close()
         return code
 
-    def __enter__(self) -> BaselineProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
