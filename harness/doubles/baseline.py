@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, TypeVar
 
 import grpc
 
@@ -247,6 +247,9 @@ class BaselineServer:
         self.stop()
 
 
+_Process = TypeVar("_Process", bound="BaselineProcess")
+
+
 class BaselineProcess:
     """The baseline as a separate program, so it is measured over loopback exactly like the connector."""
 
@@ -269,7 +272,7 @@ class BaselineProcess:
         """The program, without the listening address and loop options every double takes."""
         return [sys.executable, "-m", "harness.doubles.baseline"]
 
-    def start(self, timeout: float = 15.0) -> Self:
+    def start(self: _Process, timeout: float = 15.0) -> _Process:
         command = [*self.command(), "--host", self.host, "--port", "0", "--loop", self.loop_kind]
         log = open(self.log_path or os.devnull, "ab")
         try:
@@ -308,7 +311,7 @@ class BaselineProcess:
             process.stdout.close()
         return code
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Process) -> _Process:
         return self.start()
 
     def __exit__(
