@@ -504,6 +504,14 @@ def burst_cancelled() -> None:
     server.SERVER_OPTIONS = tuple(o for o in server.SERVER_OPTIONS if "max_pending_requests" not in o[0])
 
 
+@fault("no-data-age-header")
+def no_data_age_header() -> None:
+    """GetAccount and GetPositions answers carry no x-opensqt-data-age-ms: nobody can tell their age."""
+    from implementation.exchange import server
+
+    server.DATA_AGE_KEY = "x-opensqt-unrelated"
+
+
 # ------------------------------------------------------------------------------------ the program
 
 
