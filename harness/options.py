@@ -56,6 +56,15 @@ def add_options(parser: pytest.Parser) -> None:
         help="duration of the §6.3 load test, which runs with -m perf (default: 300 s)",
     )
     group.addoption(
+        "--compare",
+        metavar="PREVIOUS.json",
+        type=existing_file("--compare"),
+        default=None,
+        help="list scenarios whose status changed and figures that moved beyond their tolerance since an "
+        "earlier conformance-report.json (also <report-dir>/comparison.{json,md}); exit status 1 when a "
+        "scenario that passed there does not pass now",
+    )
+    group.addoption(
         "--soak-duration",
         metavar="DURATION",
         default=os.environ.get("SOAK_DURATION", "24h"),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from harness import catalogue as catalogue_module
-from harness.report import coverage
+from harness.report import compare, coverage
 from harness.report.json_report import write_json
 from harness.report.markdown import summary_lines
 from harness.report.results import Metric, RunResults, TestOutcome
@@ -28,6 +28,7 @@ class Recorder:
         self.config = config
         self.results = results
         self._last_save = 0.0
+        self._comparison: list[str] = []
 
     @property
     def _is_worker(self) -> bool:
@@ -71,7 +72,24 @@ class Recorder:
         if self._is_worker or self.config.getoption("collectonly") or not self.results.outcomes:
             return
         self._record_coverage()
+        previous = self._previous_report()  # read first: it may be the report about to be rewritten
         write_reports(self.results, catalogue_module.load(), self._report_dir)
+        if previous is not None:
+            current = json.loads((self._report_dir / "conformance-report.json").read_text(encoding="utf-8"))
+            comparison = compare.compare(previous, current, str(self.config.getoption("compare")))
+            compare.write(comparison, self._report_dir)
+            self._comparison = compare.lines(comparison)
+            if comparison.regressions and session.exitstatus == 0:
+                session.exitstatus = 1  # a scenario regression fails the run (see --compare)
+
+    def _previous_report(self) -> dict[str, Any] | None:
+        path = self.config.getoption("compare")
+        if path is None:
+            return None
+        try:
+            return compare.load(Path(path))
+        except ValueError as error:
+            raise pytest.UsageError(f"--compare: {error}") from None
 
     def _record_coverage(self) -> None:
         # a selection's coverage says nothing about the spec's criterion: only a run that judges
@@ -88,6 +106,10 @@ class Recorder:
         terminalreporter.section("conformance: per-scenario summary")
         for line in summary_lines(self.results, catalogue_module.load()):
             terminalreporter.write_line(line)
+        if self._comparison:
+            terminalreporter.section("conformance: changes since the compared report")
+            for line in self._comparison:
+                terminalreporter.write_line(line)
 
 
 def classify(report: pytest.TestReport) -> tuple[str, str] | None:
