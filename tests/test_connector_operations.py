@@ -14,6 +14,7 @@ import pytest
 from harness.doubles.mock_exchange import MockExchangeServer
 from implementation.connector.metrics import MetricsServer
 from implementation.connector.metrics_http import MAX_CONNECTIONS
+from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.freshness import Freshness, FreshnessPolicy
 from implementation.exchange.hub import Hub
 from implementation.exchange.mock import MockExchange
@@ -139,3 +140,26 @@ async def test_concurrent_calls_for_one_key_share_one_call() -> None:
     release.set()
     answers = await asyncio.gather(*callers[1:])
     assert answers == [7] * 9 and (shared.started, shared.joined) == (1, 9)
+
+
+@pytest.mark.asyncio
+async def test_the_upstream_channel_carries_the_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grpc adapter's one channel pings a silent connection (rule C31): guards the override of
+    the client library's channel construction."""
+    seen: list[dict[str, object]] = []
+    real = grpc.aio.insecure_channel
+
+    def capture(target: str, options: object = None, **kwargs: object) -> grpc.aio.Channel:
+        seen.append(dict(options or []))  # type: ignore[call-overload]
+        return real(target, options=options, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", capture)
+    exchange = GrpcExchange("127.0.0.1:1", keepalive=7.0, keepalive_timeout=3.0, connect_timeout=0.1)
+    with pytest.raises(ExchangeUnavailable):  # nothing listens there: only the channel's options matter
+        await exchange.connect()
+    await exchange.close()
+    assert (
+        seen
+        and seen[0].get("grpc.keepalive_time_ms") == 7000
+        and seen[0].get("grpc.keepalive_timeout_ms") == 3000
+    )
