@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -109,6 +109,7 @@ class RemoteExchange:
         token: str | None = None,
         reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
         logger: logging.Logger | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.address = check_address(address)
         if connect_timeout <= 0:
@@ -140,6 +141,7 @@ class RemoteExchange:
         self._stub: pb_grpc.ExchangeServiceAsyncStub | None = None
         self._handles: set[StreamHandle[Any]] = set()
         self._closed = False
+        self._channel_options = list(channel_options)  # e.g. keepalive; added to the reconnect options
 
     @property
     def tls(self) -> bool:
@@ -305,6 +307,7 @@ class RemoteExchange:
                     max(1, int(self.reconnect_policy.initial_backoff * 1000)),
                 ),
                 ("grpc.max_reconnect_backoff_ms", max(1, int(self.reconnect_policy.max_backoff * 1000))),
+                *self._channel_options,
             ]
             if self._credentials is not None:
                 self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)

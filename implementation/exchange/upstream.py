@@ -17,14 +17,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from implementation.exchange.base import AccountCallback, PositionCallback
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.freshness import UPSTREAM_KEEPALIVE_S, UPSTREAM_KEEPALIVE_TIMEOUT_S
 from implementation.exchange.remote import RemoteExchange
 from opensqt.exchange.v1 import exchange_pb2 as pb
-from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 
 def keepalive_options(keepalive: float, timeout: float) -> list[tuple[str, Any]]:
@@ -35,31 +32,6 @@ def keepalive_options(keepalive: float, timeout: float) -> list[tuple[str, Any]]
         ("grpc.http2.max_pings_without_data", 0),  # a quiet market sends no data: keep pinging anyway
         ("grpc.keepalive_permit_without_calls", 0),  # the hub always holds its two streams
     ]
-
-
-class _KeptAlive(RemoteExchange):
-    """A RemoteExchange whose one channel carries the keepalive options."""
-
-    def __init__(self, address: str, *, options: list[tuple[str, Any]], **settings: Any) -> None:
-        super().__init__(address, **settings)
-        self._extra_options = options
-
-    def _open_channel(self) -> grpc.aio.Channel:
-        if self._channel is None and not self._closed:
-            options = [
-                (
-                    "grpc.initial_reconnect_backoff_ms",
-                    max(1, int(self.reconnect_policy.initial_backoff * 1000)),
-                ),
-                ("grpc.max_reconnect_backoff_ms", max(1, int(self.reconnect_policy.max_backoff * 1000))),
-                *self._extra_options,
-            ]
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=options)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.address, options=options)
-            self._stub = pb_grpc.ExchangeServiceStub(self._channel)
-        return super()._open_channel()
 
 
 class GrpcExchange:
@@ -79,9 +51,9 @@ class GrpcExchange:
         keepalive: float = UPSTREAM_KEEPALIVE_S,
         keepalive_timeout: float = UPSTREAM_KEEPALIVE_TIMEOUT_S,
     ) -> None:
-        self._remote = _KeptAlive(
+        self._remote = RemoteExchange(
             address,
-            options=keepalive_options(keepalive, keepalive_timeout),
+            channel_options=keepalive_options(keepalive, keepalive_timeout),
             connect_timeout=connect_timeout,
             call_timeout=call_timeout,
             tls_ca=tls_ca,
