@@ -272,6 +272,12 @@ class ProgramLauncher:
             "root": str(self.manifest.path.parent),
             **(values or {}),
         }
+        if "token" in filled and "token_file" not in filled:
+            # the token in a file of the program's own, so it never shows in `ps` (rule H6)
+            token_path = folder / "token"
+            token_path.write_text(str(filled["token"]), encoding="utf-8")
+            token_path.chmod(0o600)
+            filled["token_file"] = str(token_path)
         for key in PORT_VALUES:
             if key in filled and not is_free(int(filled[key])):
                 raise ProgramNotReady(name, f"{name}: {_port_in_use(int(filled[key]), key)}")

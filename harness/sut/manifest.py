@@ -37,6 +37,7 @@ PLACEHOLDERS = frozenset(
         "tls_key",  # server private key (PEM)
         "tls_ca",  # CA that signed the server certificate (PEM), for clients
         "token",  # bearer token, when the test enables token auth
+        "token_file",  # a file (mode 0600) holding that token, so it stays out of `ps`
         "workdir",  # a private scratch folder for this program
         "root",  # the folder holding the manifest
     }
