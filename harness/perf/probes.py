@@ -246,6 +246,9 @@ class LeakProbe:
         return self.baseline
 
 
+PERCENTILE_LADDER = (0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99)
+
+
 class LatencyRecorder:
     """Latencies in an HdrHistogram of microseconds (1 µs .. 60 s, 3 significant digits); thread-safe.
 
@@ -318,6 +321,12 @@ class LatencyRecorder:
         with self._lock:
             self._histogram.decode_and_add(encoded)
             self.overflows += overflows
+
+    def percentile_points(self) -> list[list[float]]:
+        """[percentile, ms] along an HDR ladder (0 to 99.99 and the maximum), for a percentile plot."""
+        if not self.count:
+            return []
+        return [[q, self.p_ms(q)] for q in PERCENTILE_LADDER] + [[100.0, self.max_us / 1000]]
 
     def summary_ms(self) -> dict[str, float]:
         """count, p50, p90, p99, p99.9 and max, in milliseconds, for reports."""

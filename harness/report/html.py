@@ -1,16 +1,18 @@
-"""The conformance report as one self-contained HTML page: the §10 table, every scenario, and
-plots of the measured latencies and throughputs (PNG, inlined)."""
+"""The conformance report as one self-contained HTML page: the §10 table, a status grid of every
+scenario by spec section, charts that compare (harness.report.charts: PNG, inlined), the measured
+figures, and every scenario's row."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-from collections import defaultdict
+from pathlib import Path
 
 from harness.catalogue import Catalogue
+from harness.report.charts import charts
+from harness.report.grid import STYLE as GRID_STYLE
+from harness.report.grid import render_grid
 from harness.report.json_report import render_json
-from harness.report.results import Metric, RunResults
+from harness.report.results import RunResults
 
 _COLOURS = {
     "passed": "#1a7f37",
@@ -26,54 +28,18 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328;max-width:1100px}
 table{border-collapse:collapse;width:100%;margin:1rem 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;font-size:14px}
 th{background:#f6f8fa}.s{color:#fff;border-radius:4px;padding:1px 6px;font-size:12px}
-img{max-width:100%;border:1px solid #d0d7de;margin:.5rem 0}
+img{max-width:100%;border:1px solid #d0d7de;margin:.5rem 0}figure{margin:1rem 0}figcaption{font-size:13px;color:#57606a}
 """
 
 
-def _plot(title: str, metrics: list[Metric], unit: str) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a test dependency
-        return None
-    names = [m.name for m in metrics]
-    values = [m.value for m in metrics]
-    figure, axes = plt.subplots(figsize=(9, 0.4 * len(names) + 1.2))
-    axes.barh(names, values, color="#0969da")
-    axes.set_xlabel(unit)
-    axes.set_title(title)
-    for index, value in enumerate(values):
-        axes.text(value, index, f" {value:.3g}", va="center", fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _plots(results: RunResults) -> list[str]:
-    latest: dict[str, Metric] = {m.name: m for m in results.metrics}
-    by_unit: dict[str, list[Metric]] = defaultdict(list)
-    for metric in latest.values():
-        by_unit[metric.unit or "value"].append(metric)
-    out = []
-    titles = {"ms": "Latency", "msg/s": "Throughput", "MB": "Memory", "s": "Durations"}
-    for unit, metrics in sorted(by_unit.items()):
-        image = _plot(f"{titles.get(unit, 'Measured')} ({unit})", sorted(metrics, key=lambda m: m.name), unit)
-        if image:
-            out.append(f'<img alt="{html.escape(unit)} figures" src="data:image/png;base64,{image}">')
-    return out
-
-
-def render_html(results: RunResults, catalogue: Catalogue) -> str:
+def render_html(results: RunResults, catalogue: Catalogue, directory: Path | None = None) -> str:
+    """The page; `directory` (the report folder) holds the details behind the charts."""
     data = render_json(results, catalogue)
     env = data["environment"]
     esc = html.escape
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>Conformance: {esc(results.sut_name)}</title>",
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{_STYLE}{GRID_STYLE}</style></head><body>",
         f"<h1>Conformance report: {esc(results.sut_name)}</h1>",
         f"<p>{esc(str(catalogue.spec.get('title', '')))} v{esc(str(catalogue.spec.get('version', '')))} · "
         f"Python {esc(env['python'])}, grpcio {esc(env['grpcio'])}, {env['cpus']} CPUs · "
@@ -87,8 +53,14 @@ def render_html(results: RunResults, catalogue: Catalogue) -> str:
             f"<tr><td>{esc(row['title'])}</td><td>{esc(row['target'])}</td><td>{esc(row['measured'])}</td>"
             f"<td><span class='s' style='background:{colour}'>{esc(verdict)}</span></td></tr>"
         )
-    parts.append("</table><h2>Measured figures</h2>")
-    parts.extend(_plots(results) or ["<p>No figures were measured in this run.</p>"])
+    parts.append("</table><h2>Status by spec section</h2>")
+    parts.append(render_grid([row for row in data["scenarios"] if row["subject"] == "sut"]))
+    drawn = charts(results, directory) if directory is not None else []
+    if drawn:
+        parts.append("<h2>Compared</h2>")
+        parts.extend(drawn)
+    parts.append("<h2>Measured figures</h2>")
+    parts.append(_figures_table(results))
     for subject, heading in (
         ("sut", "Scenarios"),
         ("suite", "The suite's own checks (§4.3; not counted for the SUT)"),
@@ -111,3 +83,16 @@ def render_html(results: RunResults, catalogue: Catalogue) -> str:
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _figures_table(results: RunResults) -> str:
+    latest = {m.name: m for m in results.metrics}
+    if not latest:
+        return "<p>No figures were measured in this run.</p>"
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td><code>{esc(m.name)}</code></td><td>{m.value:.4g} {esc(m.unit)}</td>"
+        f"<td>{esc(', '.join(m.scenario_ids))}</td></tr>"
+        for m in sorted(latest.values(), key=lambda m: m.name)
+    )
+    return f"<table><tr><th>Figure</th><th>Value</th><th>Scenarios</th></tr>{rows}</table>"

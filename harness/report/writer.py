@@ -15,4 +15,6 @@ def write_reports(results: RunResults, catalogue: Catalogue, directory: Path) ->
     directory.mkdir(parents=True, exist_ok=True)
     write_json(results, directory / "conformance-report.json", catalogue)
     (directory / "conformance-report.md").write_text(render_markdown(results, catalogue), encoding="utf-8")
-    (directory / "conformance-report.html").write_text(render_html(results, catalogue), encoding="utf-8")
+    (directory / "conformance-report.html").write_text(
+        render_html(results, catalogue, directory), encoding="utf-8"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from typing import Any
 
 import pytest
@@ -53,6 +54,19 @@ async def _stream(mock: Any, clients: list[SimulatedClient], first: int, seconds
     return last
 
 
+async def _sample(pid: int, into: list[dict[str, float]], interval: float = 1.0) -> None:
+    """The connector's and the test process's resources every `interval` s, until cancelled."""
+    started = time.monotonic()
+    while True:
+        server, client = ResourceSnapshot.take(pid), ResourceSnapshot.take()
+        into.append(
+            {"t_s": round(time.monotonic() - started, 2), "server_rss_mb": round(server.rss_mb, 3),
+             "server_threads": server.threads, "server_fds": server.fds,
+             "client_rss_mb": round(client.rss_mb, 3), "client_tasks": client.tasks}
+        )  # fmt: skip
+        await asyncio.sleep(interval)
+
+
 @pytest.mark.scenario("6.2.1.a", "6.2.1.b")
 @pytest.mark.asyncio
 @pytest.mark.timeout(300)
@@ -60,6 +74,7 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
     connector: Any, mock_exchange: Any, perf: PerfRecorder, run_mode: str, verdicts: Verdicts
 ) -> None:
     clients = make_clients(connector.address, 2, 0, run=1)
+    series: list[dict[str, float]] = []
     try:
         await start_all(clients)
         await prime(mock_exchange, clients)
@@ -67,7 +82,13 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
         gc.collect()
         server_before = ResourceSnapshot.take(connector.pid)
         client_before = ResourceSnapshot.take()
-        last = await _stream(mock_exchange, clients, warmed + 1, DURATION_S[run_mode])
+        sampling = asyncio.create_task(_sample(connector.pid, series))
+        try:
+            last = await _stream(mock_exchange, clients, warmed + 1, DURATION_S[run_mode])
+        finally:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+        perf.detail("series", series)  # the report's resources-over-time chart
         gc.collect()
         server_after = ResourceSnapshot.take(connector.pid)
         client_after = ResourceSnapshot.take()

@@ -1,0 +1,43 @@
+"""Screenshot a conformance report's HTML page in headless Chromium (the system's /usr/bin/chromium).
+
+python tools/report_screenshot.py reports/conformance-report.html --output docs/report.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", type=Path, help="the conformance-report.html to open")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--width", type=int, default=1200)
+    args = parser.parse_args(argv)
+    if not args.report.is_file():
+        parser.error(f"no such file: {args.report}")
+    if not CHROMIUM.is_file():
+        parser.error(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": args.width, "height": 900})
+            page.goto(args.report.resolve().as_uri())
+            page.wait_for_load_state("load")
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(args.output), full_page=True)
+        finally:
+            browser.close()
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
