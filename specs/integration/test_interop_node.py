@@ -63,6 +63,10 @@ def node_runtime() -> NodeRuntime:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("environment: the Node.js interop client needs node and npm on PATH")
+    if not (INTEROP_DIR / "package-lock.json").is_file():
+        pytest.skip(
+            f"environment: the Node.js interop client ({INTEROP_DIR}) is only in a checkout of the suite"
+        )
     _install_dependencies(npm)
     return NodeRuntime(node, INTEROP_DIR / "client.js")
 
