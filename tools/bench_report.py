@@ -10,6 +10,7 @@ every figure in the page comes from the results file, with where and how it was 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -58,6 +59,20 @@ AIMS: list[tuple[str, str, str, str, str, Any]] = [
     ("15-subscriber fan-out at 100/s, p99", "fanout_100_p99_ms", "baseline_fanout_100_p99_ms",
      "fanout_100_p99_ratio", "<= 1.2x, zero loss", lambda r: r <= 1.2),
 ]  # fmt: skip
+
+# the same against the relay baseline (two hops, no logic): the fair limit of the connector's design
+RELAY_AIMS: list[tuple[str, str, str, str, str, Any]] = [
+    ("1-subscriber stream, msg/s", "stream_msgs_per_s", "relay_stream_msgs_per_s", "stream_throughput_relay_ratio",
+     ">= 0.9x", lambda r: r >= 0.9),
+    *[(f"15-subscriber fan-out at {rate:,}/s, deliveries/s", f"fanout_{rate}_deliveries_per_s",
+       f"relay_fanout_{rate}_deliveries_per_s", f"fanout_{rate}_deliveries_relay_ratio", ">= 0.9x",
+       lambda r: r >= 0.9) for rate in FANOUT_RATES],
+    *[(f"15-subscriber fan-out at {rate:,}/s, p99", f"fanout_{rate}_p99_ms", f"relay_fanout_{rate}_p99_ms",
+       f"fanout_{rate}_p99_relay_ratio", "<= 1.2x", lambda r: r <= 1.2) for rate in FANOUT_RATES],
+]  # fmt: skip
+SCALING_BUSY = (1, 10, 100, 1_000)
+SCALING_IDLE = 5_000
+SOAK_RUNS = ROOT / "docs" / "soak-runs"
 
 
 def value(figures: dict[str, Any], name: str) -> float | None:
@@ -151,6 +166,106 @@ def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
     return True
 
 
+def load_of(figures: dict[str, Any], name: str) -> str:
+    """The 1-minute load average when figure `name` was measured."""
+    loads = figures.get(name, {}).get("environment", {}).get("load_average") or []
+    return f"{loads[0]:.1f}" if loads else "-"
+
+
+def scaling_section(figures: dict[str, Any], docs: Path) -> list[str]:
+    """The scaling curve (6.1.2.x2): a table per target and a plot."""
+    if value(figures, "scaling_connector_10_deliveries_per_s") is None:
+        return []
+    out = [
+        "",
+        "## Scaling with subscribers (6.1.2.x2, reported, not asserted)",
+        "",
+        "Each subscriber receives 10 updates/s for 10 s; the idle point is 5,000 open, registered streams with",
+        "no updates. CPU per delivery is all of the server's CPU while the point ran (subscribing included)",
+        "over its deliveries; RSS per subscriber is its peak RSS during the point less its RSS before, over the",
+        "subscribers. Aim: CPU per delivery flat from 10 to 1,000 subscribers. Measured in one run, "
+        f"1-minute load average {load_of(figures, 'scaling_connector_1000_deliveries_per_s')} at 1,000.",
+        "",
+        "| Subscribers | Target | Deliveries/s | p99 | CPU µs/delivery | RSS KB/subscriber |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in (*SCALING_BUSY, SCALING_IDLE):
+        for target in ("connector", "relay"):
+            prefix = f"scaling_{target}_{'idle_' if n == SCALING_IDLE else ''}{n}"
+            rss = value(figures, f"{prefix}_rss_kb_per_subscriber")
+            if rss is None:
+                continue
+            out.append(
+                f"| {n:,}{' idle' if n == SCALING_IDLE else ''} | {target} | "
+                f"{show(value(figures, f'{prefix}_deliveries_per_s'))} | {show(value(figures, f'{prefix}_p99_ms'), 'ms')} | "
+                f"{show(value(figures, f'{prefix}_cpu_us_per_delivery'), 'µs')} | {show(rss, 'KB')} |"
+            )
+    if plot_scaling(figures, docs / "bench-scaling.png"):
+        out += ["", "![Scaling](bench-scaling.png)"]
+    return out
+
+
+def plot_scaling(figures: dict[str, Any], output: Path) -> bool:
+    panels = (("deliveries_per_s", "Deliveries/s", "deliveries/s"), ("p99_ms", "Delivery p99", "ms"),
+              ("cpu_us_per_delivery", "Server CPU per delivery", "µs"),
+              ("rss_kb_per_subscriber", "Server RSS per subscriber (busy)", "KB"))  # fmt: skip
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for axis, (key, title, unit) in zip(axes.flat, panels, strict=True):
+        for target, colour in (("connector", "tab:orange"), ("relay", "tab:green")):
+            points = [(n, value(figures, f"scaling_{target}_{n}_{key}")) for n in SCALING_BUSY]
+            shown = [(n, v) for n, v in points if v is not None]
+            if shown:
+                axis.plot(
+                    [n for n, _ in shown], [v for _, v in shown], marker="o", color=colour, label=target
+                )
+        axis.set_xscale("log")
+        axis.set_xlabel("subscribers (10 updates/s each)")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def soak_runs_section(docs: Path) -> list[str]:
+    """Every long soak run kept under docs/soak-runs/<name>/ (figures.json, snapshots.jsonl)."""
+    runs = sorted(path for path in SOAK_RUNS.glob("*/") if (path / "snapshots.jsonl").is_file())
+    if not runs:
+        return []
+    from plot_soak import plot, read_snapshots  # tools/ is this script's folder
+
+    out = ["", "## Long soak runs", ""]
+    for run in runs:
+        meta = (
+            json.loads((run / "figures.json").read_text(encoding="utf-8"))
+            if (run / "figures.json").is_file()
+            else {}
+        )
+        snapshots = read_snapshots(run / "snapshots.jsonl")
+        title = str(meta.get("title", run.name))
+        out += [f"### {title}", ""]
+        if meta.get("note"):
+            out += [str(meta["note"]), ""]
+        figures = meta.get("figures", {})
+        if figures:
+            out += ["| Figure | Value |", "|---|---|"]
+            out += [f"| `{name}` | {show(float(entry['value']), entry.get('unit', ''))} |"
+                    for name, entry in sorted(figures.items())]  # fmt: skip
+            out.append("")
+        if meta.get("verdicts"):
+            out += ["| Scenario | Verdict |", "|---|---|"]
+            out += [f"| {sid} | {verdict} |" for sid, verdict in sorted(meta["verdicts"].items())]
+            out.append("")
+        if snapshots:
+            image = docs / f"soak-{run.name}.png"
+            plot(snapshots, image, title)
+            out += [f"![{title}](soak-{run.name}.png)", ""]
+    return out
+
+
 NOTES_START, NOTES_END = "<!-- notes: kept when the page is written again -->", "<!-- /notes -->"
 
 
@@ -211,25 +326,54 @@ def render(figures: dict[str, Any], docs: Path, soak_plot: Path | None, notes: l
         )
     out += [
         "",
+        "## Against the bare relay (reported, not asserted)",
+        "",
+        "The relay is `harness/doubles/relay.py`: it reads its own mock exchange, fed exactly like the connector's,",
+        "and writes each message on to its subscribers with no validation and no hub. Two hops, like the",
+        "connector: the fair limit for its design. Measured in the same run and test as the connector.",
+        "",
+        "| What | Connector | Relay baseline | Ratio | Aim | Meets aim | Load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for what, sut, relay, ratio_name, aim, check in RELAY_AIMS:
+        ratio = value(figures, ratio_name)
+        if ratio is None:
+            continue
+        meets = "yes" if check(ratio) else "no"
+        out.append(
+            f"| {what} | {show(value(figures, sut), unit_of(figures, sut))} | "
+            f"{show(value(figures, relay), unit_of(figures, relay))} | {show(ratio, 'x')} | {aim} | {meets} | "
+            f"{load_of(figures, ratio_name)} |"
+        )
+    out += [
+        "",
         "## Fan-out to 15 subscribers",
         "",
-        "| Offered | Connector deliveries/s | p50 | p99 | lost | Baseline deliveries/s | p50 | p99 |"
-        " Server CPU/msg (connector, baseline) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Offered | Connector deliveries/s | p50 | p99 | lost | Bare deliveries/s | p50 | p99 | Relay deliveries/s |"
+        " p50 | p99 | Server CPU/msg (connector, bare, relay) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in FANOUT_RATES:
         p = f"fanout_{rate}"
         b = f"baseline_fanout_{rate}"
+        r = f"relay_fanout_{rate}"
         if value(figures, f"{p}_deliveries_per_s") is None:
             continue
         out.append(
             f"| {rate:,}/s | {show(value(figures, f'{p}_deliveries_per_s'))} | {show(value(figures, f'{p}_p50_ms'), 'ms')} | "
             f"{show(value(figures, f'{p}_p99_ms'), 'ms')} | {show(value(figures, f'{p}_lost'))} | "
             f"{show(value(figures, f'{b}_deliveries_per_s'))} | {show(value(figures, f'{b}_p50_ms'), 'ms')} | "
-            f"{show(value(figures, f'{b}_p99_ms'), 'ms')} | {show(value(figures, f'{p}_server_cpu_us_per_msg'), 'µs')}, "
-            f"{show(value(figures, f'{b}_server_cpu_us_per_msg'), 'µs')} |"
+            f"{show(value(figures, f'{b}_p99_ms'), 'ms')} | {show(value(figures, f'{r}_deliveries_per_s'))} | "
+            f"{show(value(figures, f'{r}_p50_ms'), 'ms')} | {show(value(figures, f'{r}_p99_ms'), 'ms')} | "
+            f"{show(value(figures, f'{p}_server_cpu_us_per_msg'), 'µs')}, "
+            f"{show(value(figures, f'{b}_server_cpu_us_per_msg'), 'µs')}, "
+            f"{show(value(figures, f'{r}_server_cpu_us_per_msg'), 'µs')} |"
         )
-    extra = sorted(n for n in figures if n.startswith(("memory_", "load_", "soak_", "stream_")))
+    out += scaling_section(figures, docs)
+    out += soak_runs_section(docs)
+    extra = sorted(
+        n for n in figures if n.startswith(("memory_", "load_", "soak_", "stream_", "relay_stream"))
+    )
     out += ["", "## Every other figure", "", "| Figure | Value | Scenario | Mode |", "|---|---|---|---|"]
     for name in extra:
         entry = figures[name]
