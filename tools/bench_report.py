@@ -405,7 +405,15 @@ METHODS = [
     "(`harness/perf/streamworker.py`), one connection each. The connector is fed by a thread triggering the mock "
     "exchange (at most 256 updates in flight for throughput; paced at 100, 1,000 and 10,000/s for fan-out, "
     "the last a burst of 1,000), after priming updates proved every subscriber registered. The baseline "
-    "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator.",
+    "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator. The "
+    "relay baseline (`harness/doubles/relay.py`) reads a mock exchange of its own, fed by the same thread code "
+    "as the connector's, and writes each message on to its subscribers from unbounded queues: no validation, "
+    "no hub, no state. Bare, relay and connector are measured one after the other inside one test.",
+    "- **Scaling (6.1.2.x2, -m perf).** `harness/perf/scaling.py`: 1, 10, 100 and 1,000 subscribers in a "
+    "worker process, 10 updates/s each for 10 s (the relay first, then the connector, at each point); then "
+    "5,000 idle streams, 10 per channel, in the test process, each proven registered by a priming update. "
+    "Server CPU from psutil (user + system) over the whole point; RSS per subscriber = (peak during the point "
+    "- before) / subscribers.",
     "- **Memory (6.2).** Two RemoteExchange clients, 500 account updates/s, warm-up first; psutil RSS, threads "
     "and fds of the connector, RSS, threads, tasks and fds of the test process, before and after.",
     "- **Load (6.3).** Quick form in the default run: 20 s, p99 reported as `load_quick_p99_ms`, not judged; full form under -m perf. 10 market_maker-like and 5 live_server-like clients, each its own "
@@ -417,7 +425,13 @@ METHODS = [
     "plain CPU work for 5 s on the idle machine (`machine_cpu_work_p99_ms`, `machine_cpu_work_max_ms`): the "
     "floor under any tail latency measured there.",
     "- **Soak (7.1).** `harness/perf/soak.py`: updates every 5 s / 1 s, random restarts of simulated clients and "
-    "of the real market_maker and live_server programs, snapshots to `reports/soak-snapshots.jsonl`.",
+    "of the real market_maker and live_server programs, snapshots to `reports/soak-snapshots.jsonl`. "
+    "Accelerated (`SOAK_SPEEDUP=N`): updates, the simulated clients' polls and restarts N times as often, "
+    "snapshots still once a minute of wall time; a run of D carries D x N of events, and the criteria are "
+    "judged over those events. Long runs are kept with `tools/keep_soak_run.py` under `docs/soak-runs/`.",
+    "- **Comparing runs.** `--compare OLD.json` lists scenarios whose status changed and figures beyond their "
+    "tolerance (`harness/report/compare.py`: e.g. latencies +-50 % or 0.2 ms, throughputs +-30 %, ratios "
+    "+-25 %, error counts any change).",
 ]
 
 
