@@ -65,6 +65,8 @@ def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
             out.append(
                 f"| {row['id']} | {row['level']} | {row['title']} | {_MARK[row['status']]} | {reason} |"
             )
+    out += _status_by_section(data["scenarios"])
+    out += _ratios(results)
     if results.metrics:
         out += ["", "## Measured figures", "", "| Metric | Value | Scenario | Test |", "|---|---|---|---|"]
         for metric in results.metrics:
@@ -72,3 +74,41 @@ def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
                 f"| {metric.name} | {metric.value:.4g} {metric.unit} | {', '.join(metric.scenario_ids)} | {metric.nodeid} |"
             )
     return "\n".join(out) + "\n"
+
+
+def _status_by_section(scenarios: list[dict[str, object]]) -> list[str]:
+    """The HTML status grid's counts: per spec section, how many scenarios ended how."""
+    counted: dict[str, dict[str, int]] = {}
+    for row in scenarios:
+        if row["subject"] == "sut":
+            section = counted.setdefault(str(row["section"]), {})
+            section[str(row["status"])] = section.get(str(row["status"]), 0) + 1
+    out = [
+        "",
+        "## Status by spec section",
+        "",
+        "| Section | Passed | Failed | Known failure | N/A | Not run |",
+    ]
+    out.append("|---|---|---|---|---|---|")
+    for name in sorted(counted, key=lambda s: tuple(int(p) if p.isdigit() else 0 for p in s.split("."))):
+        c = counted[name]
+        out.append(
+            f"| §{name} | {c.get('passed', 0)} | {c.get('failed', 0) + c.get('error', 0)} | "
+            f"{c.get('known-failure', 0)} | {c.get('not-applicable', 0)} | "
+            f"{c.get('not-run', 0) + c.get('pending', 0) + c.get('skipped', 0)} |"
+        )
+    return out
+
+
+def _ratios(results: RunResults) -> list[str]:
+    """Each figure measured as a ratio to a baseline in this run (`*_ratio`): bare grpcio or the relay."""
+    latest = {
+        m.name: m for m in results.metrics if m.name.endswith("_ratio") and not m.name.startswith("soak_")
+    }
+    if not latest:
+        return []
+    out = ["", "## Against the baselines (same run)", "", "| Ratio | Value | Baseline |", "|---|---|---|"]
+    for name in sorted(latest):
+        baseline = "relay" if "_relay_" in name else "bare grpcio"
+        out.append(f"| {name} | {latest[name].value:.3g} x | {baseline} |")
+    return out
