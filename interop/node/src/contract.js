@@ -2,8 +2,8 @@
 // The contract, loaded at run time from the repository's proto/ folder (never copied here), and
 // the standard health service. The server's definitions are adjusted in two ways: requests that
 // do not parse become a marked value the handlers refuse with INVALID_ARGUMENT (grpc-js would
-// answer INTERNAL), and stream responses may be bytes already encoded, so one encoding of an
-// update serves every subscriber.
+// answer INTERNAL), and responses may be bytes already encoded, so one encoding of an update
+// serves every subscriber and every GetAccount.
 
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -72,7 +72,7 @@ function serverDefinition() {
     adjusted[name] = {
       ...method,
       requestDeserialize: guardedDeserialize(method),
-      responseSerialize: method.responseStream ? (value) => (Buffer.isBuffer(value) ? value : encode(value)) : encode,
+      responseSerialize: (value) => (Buffer.isBuffer(value) ? value : encode(value)),
     };
   }
   return adjusted;
@@ -92,6 +92,10 @@ function upstreamClientConstructor() {
   return grpc.makeGenericClientConstructor(adjusted, 'ExchangeService');
 }
 
+function accountEncoder() {
+  return contract[SERVICE_NAME].GetAccount.responseSerialize;
+}
+
 function healthDefinition() {
   return health['grpc.health.v1.Health'];
 }
@@ -106,6 +110,7 @@ module.exports = {
   serverDefinition,
   healthDefinition,
   upstreamClientConstructor,
+  accountEncoder,
   healthClientConstructor,
   isMalformed: (request) => Boolean(request && request[MALFORMED] !== undefined),
   malformedReason: (request) => request[MALFORMED],

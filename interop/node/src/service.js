@@ -67,7 +67,7 @@ function makeService({ upstream, hub, auth, tracker, stopping, fault }) {
     if (!upstream.account) {
       return answer({ code: grpc.status.UNAVAILABLE, details: 'no account from the upstream exchange yet' });
     }
-    return answer(null, upstream.account, ageMetadata(upstream.dataAgeMs()));
+    return answer(null, upstream.accountRaw, ageMetadata(upstream.dataAgeMs()));
   }
 
   function getPositions(call, answer) {

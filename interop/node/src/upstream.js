@@ -21,7 +21,9 @@ const WATCH_EVERY_MS = 250;
 class Upstream extends EventEmitter {
   constructor(address, hub, tracker, { token = '' } = {}) {
     super();
-    const Client = require('./contract').upstreamClientConstructor();
+    const { upstreamClientConstructor, accountEncoder } = require('./contract');
+    const Client = upstreamClientConstructor();
+    this.encodeAccount = accountEncoder();
     this.client = new Client(address, grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
       'grpc.initial_reconnect_backoff_ms': BACKOFF_FIRST_MS,
@@ -34,6 +36,7 @@ class Upstream extends EventEmitter {
     this.generation = 0;
     this.state = 'connecting'; // connecting | up | down | stopped
     this.account = null;
+    this.accountRaw = null;
     this.accountProblem = null; // why the view cannot be vouched for (C12)
     this.lastSignOfLife = 0;
     this.minOffsetMs = null; // the most punctual read of this connection: read time - stamp
@@ -166,8 +169,10 @@ class Upstream extends EventEmitter {
     this.lastSignOfLife = Date.now();
   }
 
-  setAccount(account, readAt) {
+  // The view: the decoded account and its encoding (served as it is by GetAccount).
+  setAccount(account, readAt, raw) {
     this.account = account;
+    this.accountRaw = raw || this.encodeAccount(account);
     this.accountReadAt = readAt;
     this.accountProblem = null;
   }
@@ -183,7 +188,7 @@ class Upstream extends EventEmitter {
       return;
     }
     this.measureLag(message, now);
-    this.setAccount(message, now);
+    this.setAccount(message, now, raw);
     this.hub.publish('account', raw, '', now);
   }
 
