@@ -28,10 +28,12 @@ from specs.faulty.connector import FAULTS as CONNECTOR_FAULTS
 from specs.faulty.driver import FAULTS as DRIVER_FAULTS
 from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
 from specs.faulty.manifests import MODULES, faulty_program, write_manifest
+from specs.faulty.node import FAULTS as NODE_FAULTS
+from specs.faulty.node import node_missing
 from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
 
 FAULTS = load_faults()
-IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS}
+IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE_FAULTS}
 CONTROL, TIMED_CONTROL = "control", "control-timed"
 RUN_TIMEOUT_S = 300.0
 PARALLEL_RUNS = 2
@@ -141,11 +143,12 @@ def test_fault_catalogue_matches_the_faulty_connector() -> None:
         f"expected faults.yaml to list exactly the faults specs/faulty/connector.py and live_server.py "
         f"implement, got catalogue {sorted(FAULTS)} and programs {sorted(IMPLEMENTED)}"
     )
-    names = [*CONNECTOR_FAULTS, *LIVE_SERVER_FAULTS, *DRIVER_FAULTS]
+    names = [*CONNECTOR_FAULTS, *LIVE_SERVER_FAULTS, *DRIVER_FAULTS, *NODE_FAULTS]
     assert len(names) == len(set(names)), "expected each fault name used once"
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
+# the Node connector's faults have a manifest of their own: tests/test_node_connector.py
+@pytest.mark.parametrize("fault", [name for name in FAULTS if name not in NODE_FAULTS])
 def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) -> None:
     manifest = load_manifest(write_manifest(fault, tmp_path))
     reference = load_manifest(DEFAULT_MANIFEST)
@@ -172,6 +175,8 @@ def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) 
 @pytest.mark.parametrize("run", [fault_param(fault) for fault in FAULTS.values()])
 def test_suite_fails_the_faulty_connector(run: str, matrix: Matrix) -> None:
     fault = FAULTS[run]
+    if run in NODE_FAULTS and (missing := node_missing()):
+        pytest.skip(missing)
     result = matrix.result(run)
     caught = result.caught() if result.report_path.is_file() else {}
     print(f"catch table: {run}: caught by {', '.join(caught) or 'nothing'} ({result.describe()})")
