@@ -81,11 +81,35 @@ class Subscriber {
   }
 }
 
+// Overload (C38): while the upstream read trails the exchange by more than this, the laggiest
+// quarter of the subscribers with updates waiting is shed every SHED_EVERY_MS, and new
+// subscriptions are refused, so the read keeps in step instead of every subscriber drifting.
+const OVERLOAD_LAG_MS = 500;
+const SHED_EVERY_MS = 250;
+
 class Hub {
-  constructor() {
+  constructor(upstreamLagMs = () => 0) {
     this.subscribers = { account: new Set(), positions: new Set() };
+    this.upstreamLagMs = upstreamLagMs;
+    this.overloaded = false;
     this.timer = setInterval(() => this.checkLag(), CHECK_EVERY_MS);
     this.timer.unref();
+    this.shedTimer = setInterval(() => this.shed(), SHED_EVERY_MS);
+    this.shedTimer.unref();
+  }
+
+  shed() {
+    const lag = this.upstreamLagMs();
+    this.overloaded = lag > OVERLOAD_LAG_MS;
+    if (!this.overloaded) return;
+    const now = Date.now();
+    const all = [...this.subscribers.account, ...this.subscribers.positions];
+    const behind = all.filter((s) => s.queue.length + s.pending.length > 0);
+    behind.sort((a, b) => b.oldestWaitMs(now) - a.oldestWaitMs(now));
+    const count = Math.min(behind.length, Math.ceil(all.length / 4));
+    for (const subscriber of behind.slice(0, count)) {
+      subscriber.drop(`the connector is overloaded: its upstream read trails by ${lag} ms (shed at ${OVERLOAD_LAG_MS} ms)`);
+    }
   }
 
   add(topic, call, symbol) {
@@ -144,6 +168,7 @@ class Hub {
 
   close() {
     clearInterval(this.timer);
+    clearInterval(this.shedTimer);
   }
 }
 

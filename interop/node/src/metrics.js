@@ -42,6 +42,12 @@ const metrics = {
     'exchange_connector_asyncio_tasks',
     "the connector's concurrent tasks: calls and streams in progress, upstream calls and timers it owns",
   ),
+  refused: make(
+    client.Counter,
+    'exchange_connector_calls_refused_total',
+    'new calls refused: overloaded (too many in flight, or shedding) or shutting_down',
+    ['reason'],
+  ),
   upstreamGetPositions: make(
     client.Counter,
     'exchange_connector_upstream_get_positions_calls_total',
@@ -60,6 +66,7 @@ for (const topic of ['account', 'positions']) {
   metrics.invalid.inc({ topic }, 0);
 }
 for (const reason of ['missing', 'invalid']) metrics.authRejected.inc({ reason }, 0);
+for (const reason of ['overloaded', 'shutting_down']) metrics.refused.inc({ reason }, 0);
 
 // Start the /metrics endpoint; resolves with the server once it listens.
 function serveMetrics(host, port, beforeScrape) {

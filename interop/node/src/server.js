@@ -22,8 +22,9 @@ async function serve(options) {
   log.setLevel(options.logLevel);
   let stopping = false;
   const tracker = new Tracker();
-  const hub = new Hub();
-  const upstream = new Upstream(options.upstream, hub, tracker, { token: options.upstreamToken });
+  let upstream = null;
+  const hub = new Hub(() => (upstream ? upstream.recentLagMs() : 0));
+  upstream = new Upstream(options.upstream, hub, tracker, { token: options.upstreamToken });
   const health = new Health(() => !stopping && upstream.serving());
   const refresh = () => {
     health.changed();

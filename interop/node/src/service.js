@@ -3,7 +3,7 @@
 // GetPositions passed through with calls in flight shared per symbol (C5, C37), and the two
 // subscriptions served from the hub (C4, C5, C7). Every method refuses a malformed request
 // (C35), a missing or wrong token (C16), a bad symbol (C6), and answers UNAVAILABLE while the
-// upstream is down or the connector is stopping (C9, C10).
+// upstream is down or the connector is stopping (C9, C10), and past MAX_CALLS in flight (C39).
 
 const grpc = require('@grpc/grpc-js');
 const log = require('./log');
@@ -15,6 +15,7 @@ const { describe } = require('./upstream');
 const DATA_AGE_KEY = 'x-opensqt-data-age-ms';
 const GET_POSITIONS_DEADLINE_MS = 5000;
 const SHUTTING_DOWN = 'the connector is shutting down';
+const MAX_CALLS = 10000; // calls and streams in flight past which new calls are refused (C39)
 
 function makeService({ upstream, hub, auth, tracker, stopping, fault }) {
   const sharedPositions = new Map(); // symbol -> the upstream call in flight
@@ -35,7 +36,14 @@ function makeService({ upstream, hub, auth, tracker, stopping, fault }) {
         details: `symbol ${JSON.stringify(symbol.slice(0, 20))} is not a valid instrument name (1-32 characters of A-Z0-9, or empty for every symbol)`,
       };
     }
-    if (stopping()) return { code: grpc.status.UNAVAILABLE, details: SHUTTING_DOWN };
+    if (stopping()) {
+      metrics.refused.inc({ reason: 'shutting_down' });
+      return { code: grpc.status.UNAVAILABLE, details: SHUTTING_DOWN };
+    }
+    if (tracker.live >= MAX_CALLS) {
+      metrics.refused.inc({ reason: 'overloaded' });
+      return { code: grpc.status.RESOURCE_EXHAUSTED, details: `the connector is overloaded: ${tracker.live} calls in flight (limit ${MAX_CALLS})` };
+    }
     return null;
   }
 
@@ -97,12 +105,20 @@ function makeService({ upstream, hub, auth, tracker, stopping, fault }) {
     return undefined;
   }
 
+  // A new subscription's refusal while the upstream is down or the hub is shedding (C9, C38).
+  function unready() {
+    if (upstream.state !== 'up') return { code: grpc.status.UNAVAILABLE, details: upstream.lossReason };
+    if (hub.overloaded) {
+      metrics.refused.inc({ reason: 'overloaded' });
+      return { code: grpc.status.UNAVAILABLE, details: 'the connector is overloaded and shedding subscribers; retry shortly' };
+    }
+    return null;
+  }
+
   function subscribe(topic, method) {
     return (call) => {
       const symbol = topic === 'positions' && !isMalformed(call.request) ? call.request.symbol : undefined;
-      const refusal =
-        admit(method, call, symbol) ||
-        (upstream.state === 'up' ? null : { code: grpc.status.UNAVAILABLE, details: upstream.lossReason });
+      const refusal = admit(method, call, symbol) || unready();
       if (refusal) {
         call.emit('error', refusal);
         return;

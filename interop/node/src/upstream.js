@@ -76,6 +76,11 @@ class Upstream extends EventEmitter {
     return null;
   }
 
+  // The upstream lag of the latest account update, while updates are flowing (0 otherwise).
+  recentLagMs(now = Date.now()) {
+    return this.state === 'up' && now - (this.lastAccountAt || 0) < 1000 ? this.lagMs : 0;
+  }
+
   serving() {
     return this.staleness() === null;
   }
@@ -188,6 +193,7 @@ class Upstream extends EventEmitter {
       return;
     }
     this.measureLag(message, now);
+    this.lastAccountAt = now;
     this.setAccount(message, now, raw);
     this.hub.publish('account', raw, '', now);
   }
