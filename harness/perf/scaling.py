@@ -31,6 +31,7 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 IDLE_STREAMS_PER_CHANNEL = 10
+START_TIMEOUT_S = 180.0  # a thousand connections opened at once on a busy two-core host
 MB = 1024 * 1024
 
 
@@ -63,7 +64,14 @@ async def busy_point(
     rss_before = _rss_mb(pid)
     started = time.monotonic()
     with ProcessWatch(pid, interval=0.25) as watch:
-        run = await measure_stream(address, source, plan, subscribers=subscribers, timeout=seconds + 120)
+        run = await measure_stream(
+            address,
+            source,
+            plan,
+            subscribers=subscribers,
+            timeout=seconds + 120,
+            start_timeout=START_TIMEOUT_S,
+        )
         stats = watch.stop()
     cpu_s = stats.cpu_avg_pct * stats.elapsed_s / 100
     return PointResult(

@@ -22,17 +22,27 @@ async def measure_stream(
     windowed: bool = False,
     timeout: float = 60.0,
     isolated: bool = True,
+    start_timeout: float = 30.0,
 ) -> StreamRun:
     """Open `subscribers` streams to `address`, run `plan` from `source`, gather what arrived.
 
     windowed=True sends as fast as the path sustains (at most WINDOW updates in flight, meant for one
     subscriber); otherwise at the plan's rate. isolated=True reads in a separate process; False in
     this one (quicker to start, for small runs). Nothing is left running on return. The subscribers
-    form one fan-out group (for the baseline: one generator feeding them all).
+    form one fan-out group (for the baseline: one generator feeding them all). `start_timeout`
+    bounds the wait for every subscriber to be registered.
     """
     plan = dataclasses.replace(plan, group=subscribers)
     if isolated:
-        return await measure_isolated(address, source, plan, subscribers, windowed=windowed, timeout=timeout)
+        return await measure_isolated(
+            address,
+            source,
+            plan,
+            subscribers,
+            windowed=windowed,
+            timeout=timeout,
+            start_timeout=start_timeout,
+        )
     window = threading.Semaphore(WINDOW) if windowed else None
     primed = [0]
 
@@ -46,7 +56,7 @@ async def measure_stream(
                 on_primed=count_primed, timeout=timeout)
     )  # fmt: skip
     try:
-        await source.prepare(lambda: primed[0], subscribers, min(timeout, 15.0))
+        await source.prepare(lambda: primed[0], subscribers, min(timeout, start_timeout))
         pacing = await source.generate(plan, window, stop)
         reports = await reading
     finally:

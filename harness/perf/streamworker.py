@@ -58,6 +58,7 @@ async def measure_isolated(
     *,
     windowed: bool,
     timeout: float,
+    start_timeout: float = START_TIMEOUT_S,
 ) -> StreamRun:
     """stream_bench.measure_stream with the subscribers in a worker process; the worker is always reaped."""
     window = _CONTEXT.Semaphore(WINDOW) if windowed else None
@@ -76,10 +77,10 @@ async def measure_isolated(
         worker.start()
         started = True
         sending.close()  # the worker holds the only sending end now: EOF when it dies
-        await source.prepare(lambda: int(primed.value), subscribers, min(timeout, START_TIMEOUT_S))
+        await source.prepare(lambda: int(primed.value), subscribers, min(timeout, start_timeout))
         source_started = time.process_time()
         pacing = await source.generate(plan, window, stop)
-        outcome = await asyncio.to_thread(_receive, receiving, timeout + START_TIMEOUT_S)
+        outcome = await asyncio.to_thread(_receive, receiving, timeout + start_timeout)
         source_cpu = time.process_time() - source_started
     finally:
         stop.set()
