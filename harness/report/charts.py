@@ -48,6 +48,24 @@ def _pyplot() -> Any:
     return plt
 
 
+def _plain(axis: Any, *, x: bool = True) -> None:
+    """Log axes labelled 0.5, 2, 1000 rather than 5x10^-1."""
+    from matplotlib.ticker import FuncFormatter
+
+    for side in (axis.xaxis, axis.yaxis) if x else (axis.yaxis,):
+        if side.get_scale() == "log":
+            side.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            side.set_minor_formatter(FuncFormatter(_two_and_five))
+
+
+def _two_and_five(value: float, _: object) -> str:
+    """Minor log ticks: label 2x and 5x a power of ten only."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if round(lead, 6) in (2.0, 5.0) else ""
+
+
 def _image(figure: Any, alt: str) -> str:
     plt = _pyplot()
     buffer = io.BytesIO()
@@ -88,6 +106,7 @@ def latency_chart(details: Mapping[str, dict[str, Any]]) -> str | None:
     axis.set_yscale("log")
     axis.set_xlabel("percentile")
     axis.set_ylabel("ms (log)")
+    _plain(axis, x=False)
     axis.set_title(f"GetAccount latency by percentile ({entry.get('calls', '?')} calls each)")
     axis.grid(True, alpha=0.3)
     axis.legend()
@@ -123,6 +142,7 @@ def fanout_chart(results: RunResults) -> str | None:
     ):
         axis.set_xscale("log")
         axis.set_yscale("log")
+        _plain(axis)
         axis.set_xlabel("offered updates/s")
         axis.set_ylabel(unit)
         axis.set_title(title)
@@ -155,6 +175,7 @@ def scaling_chart(details: Mapping[str, dict[str, Any]]) -> str | None:
                     [n for n, _ in points], [v for _, v in points], marker="o", label=label, color=colour
                 )
         axis.set_xscale("log")
+        _plain(axis)
         axis.set_xlabel("subscribers")
         axis.set_ylabel(unit)
         axis.set_title(title)
