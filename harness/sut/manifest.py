@@ -54,7 +54,6 @@ CAPABILITIES = frozenset(
         "http_hardening",  # live_server's limits against hostile clients (rules L20-L24)
         "reflection",  # gRPC server reflection on the connector
         "health_command",  # a health subcommand usable by container health checks
-        "reference_library",  # the Python reference library itself (white-box tests)
         "client_library",  # a client library behind [programs.client_driver] (docs/client-driver.md)
     }
 )
@@ -213,7 +212,9 @@ def _compose(raw: Any, root: Path) -> Compose | None:
         raise ManifestError("compose.services maps program names to service names (strings)")
     unknown = set(given) - set(PROGRAMS)
     if unknown:
-        raise ManifestError(f"compose.services: unknown program {sorted(unknown)[0]!r} (known: {', '.join(PROGRAMS)})")
+        raise ManifestError(
+            f"compose.services: unknown program {sorted(unknown)[0]!r} (known: {', '.join(PROGRAMS)})"
+        )
     services.update({str(k): str(v) for k, v in given.items()})
     return Compose(file, services, str(raw["http_port_env"]))
 

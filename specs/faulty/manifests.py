@@ -6,9 +6,8 @@ implementation.connector` (the serve flags stay as they are); for a live_server 
 (specs/faulty/live_server.py), `python -m specs.faulty.live_server --fault NAME` in place of
 `python -m implementation.live_server`; for a client-driver fault (specs/faulty/driver.py),
 `python -m specs.faulty.driver --fault NAME` in place of `python -m implementation.client_driver`.
-It does not claim `reference_library`: the white-box forms would test the unchanged library, so
-only the programs are put to the test. The manifests are
-written at test time, so they always follow the reference's.
+It claims what the reference claims. The manifests are written at test time, so they always
+follow the reference's.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ MODULES = {
     "live_server": ("implementation.live_server", "specs.faulty.live_server"),
     "client_driver": ("implementation.client_driver", "specs.faulty.driver"),
 }
-WHITE_BOX = "reference_library"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -78,7 +76,6 @@ def faulty_manifest(fault: str, reference: Path = DEFAULT_MANIFEST) -> dict[str,
     connector["env"] = env
     data["name"] = f"faulty-{fault}"
     data["description"] = f"The reference implementation with the {name} fault {fault!r} (specs/faulty)"
-    data["capabilities"] = [c for c in data.get("capabilities", []) if c != WHITE_BOX]
     data.pop("known_failures", None)
     return data
 
