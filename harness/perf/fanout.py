@@ -220,7 +220,7 @@ class MockExchangeSource:
             self.mock.trigger_account_update(tagged_account(PRIMING_RUN, self._priming_seq))
             # each priming update goes to every subscriber already registered: with many, prime
             # less often, or the priming itself is the load that keeps the rest from subscribing
-            await asyncio.sleep(min(0.5, 0.02 * max(1.0, subscribers / 50)))
+            await asyncio.sleep(min(2.0, 0.02 * max(1.0, subscribers / 50)))
 
     async def generate(
         self, plan: StreamPlan, window: Window | None, stop: threading.Event
