@@ -1,5 +1,5 @@
 """A second client stack through the client-driver protocol: the §3.1 and §4.1 scenarios against the
-Node.js grpc-js client of tools/interop (`client.js --driver`), described by
+Node.js grpc-js client of interop/node/client (`client.js --driver`), described by
 docs/examples/node-client-driver.toml with its known failures.
 
 The suite runs as a subprocess against that manifest; the run must pass, with exactly the listed

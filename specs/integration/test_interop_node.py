@@ -1,7 +1,7 @@
 """Interop: a client on Node's grpc-js, a gRPC stack that shares no code with Python's grpcio,
 receives the connector's data unchanged.
 
-tools/interop/client.js runs as a subprocess against the SUT's exchange_connector (fed by the
+interop/node/client/client.js runs as a subprocess against the SUT's exchange_connector (fed by the
 mock exchange) and prints every message it receives as a JSON line; the test triggers updates in
 the mock exchange and compares what the client printed with what was sent, field by field.
 """
@@ -32,7 +32,7 @@ from harness.sut.launch import ProgramLauncher, RunningProgram
 from harness.tls import TlsMaterial
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
-INTEROP_DIR = Path(__file__).resolve().parents[2] / "tools" / "interop"
+INTEROP_DIR = Path(__file__).resolve().parents[2] / "interop" / "node" / "client"
 INSTALL_STAMP = INTEROP_DIR / "node_modules" / ".installed-package-lock.sha256"
 NPM_CI = ("ci", "--no-audit", "--no-fund", "--ignore-scripts")
 NPM_TIMEOUT_S = 100.0
@@ -59,7 +59,7 @@ class NodeRuntime:
 
 @pytest.fixture(scope="session")
 def node_runtime() -> NodeRuntime:
-    """node, with tools/interop's pinned npm dependencies installed (once per lock file)."""
+    """node, with interop/node/client's pinned npm dependencies installed (once per lock file)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("environment: the Node.js interop client needs node and npm on PATH")
@@ -75,7 +75,7 @@ def _install_dependencies(npm: str) -> None:
     wanted = hashlib.sha256((INTEROP_DIR / "package-lock.json").read_bytes()).hexdigest()
     lock_name = "exchange-interop-npm-" + hashlib.sha256(str(INTEROP_DIR).encode()).hexdigest()[:12] + ".lock"
     with (Path(tempfile.gettempdir()) / lock_name).open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel workers share tools/interop: one installs, the rest wait
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel workers share one folder: one installs, the rest wait
         if INSTALL_STAMP.is_file() and INSTALL_STAMP.read_text().strip() == wanted:
             return
         started = time.monotonic()

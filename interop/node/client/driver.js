@@ -286,7 +286,7 @@ function statusName(code) {
 
 function runDriver(services, versions) {
   const driver = new Driver(services);
-  emit('ready', null, { protocol: 1, library: 'tools/interop grpc-js client', language: `node ${process.version}`, grpc_js: versions.grpcJs });
+  emit('ready', null, { protocol: 1, library: 'interop/node/client grpc-js client', language: `node ${process.version}`, grpc_js: versions.grpcJs });
   const lines = readline.createInterface({ input: process.stdin, terminal: false });
   lines.on('line', (line) => {
     if (!line.trim()) return;

@@ -71,7 +71,7 @@ function parseArgs(argv) {
     cert: '',
     key: '',
     serverName: '',
-    protoDir: path.resolve(__dirname, '..', '..', 'proto'),
+    protoDir: path.resolve(__dirname, '..', '..', '..', 'proto'),
   };
   const flags = {
     '--address': ['address', String],
@@ -285,9 +285,9 @@ function grpcJsVersion() {
   return JSON.parse(fs.readFileSync(file)).version;
 }
 
-// --driver: commands on stdin, events on stdout, until end of input (tools/interop/driver.js)
+// --driver: commands on stdin, events on stdout, until end of input (driver.js)
 function driverMode(argv) {
-  let protoDir = path.resolve(__dirname, '..', '..', 'proto');
+  let protoDir = path.resolve(__dirname, '..', '..', '..', 'proto');
   if (argv[0] === '--proto-dir' && argv[1]) protoDir = argv[1];
   else if (argv.length) throw new UsageError(`--driver takes only --proto-dir DIR, got ${argv.join(' ')}`);
   require('./driver').runDriver(loadServices(protoDir), { grpcJs: grpcJsVersion() });
