@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
@@ -18,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path, help="the conformance-report.html to open")
     parser.add_argument("--output", "-o", type=Path, required=True, help="PNG to write")
     parser.add_argument("--width", type=int, default=1200)
+    parser.add_argument(
+        "--until",
+        default="Measured figures",
+        help="stop at this heading (default: the figures table and below)",
+    )
     args = parser.parse_args(argv)
     if not args.report.is_file():
         parser.error(f"no such file: {args.report}")
@@ -32,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
             page.goto(args.report.resolve().as_uri())
             page.wait_for_load_state("load")
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.output), full_page=True)
+            heading = page.locator(f"h2:text-is('{args.until}')")
+            bottom = heading.bounding_box() if heading.count() else None
+            clip: Any = {"x": 0, "y": 0, "width": args.width, "height": bottom["y"]} if bottom else None
+            page.screenshot(path=str(args.output), full_page=True, clip=clip)
         finally:
             browser.close()
     print(args.output)
