@@ -241,6 +241,36 @@ def plot_scaling(figures: dict[str, Any], output: Path) -> bool:
     return True
 
 
+def snapshot_summary(snapshots: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The soak's criteria as its snapshots show them (the same definitions as specs/soak/test_soak.py)."""
+    first, last = snapshots[0], snapshots[-1]
+    speedup = float(last.get("speedup", 1.0))
+    keys = ("server_threads", "client_threads", "client_tasks")
+    drift = max(abs(int(s[k]) - int(first[k])) for s in snapshots for k in keys)
+    p99 = [s["latency_p99_ms"] for s in snapshots if s.get("latency_p99_ms")]
+    rate = 100.0 * last["errors"] / last["operations"] if last["operations"] else 0.0
+    rows = [
+        ("wall time", f"{last['t_s'] / 3600:.2f} h ({len(snapshots)} snapshots, last at {last.get('at', '?')})"),
+        ("speed-up, equivalent time", f"x{speedup:g}, {last['t_s'] * speedup / 3600:.1f} h of events"),
+        ("updates sent (account, position)", f"{last['accounts_sent']:,}, {last['positions_sent']:,}"),
+        ("operations, errors, error rate", f"{last['operations']:,}, {last['errors']}, {rate:.4f} % (target < 0.01 %)"),
+        ("connector RSS first, last, growth",
+         f"{first['server_rss_mb']:.1f}, {last['server_rss_mb']:.1f}, {last['server_rss_mb'] - first['server_rss_mb']:+.2f} MB "
+         "(target < 50 MB)"),
+        ("thread and task drift", f"{drift} (target <= 10)"),
+        ("client and program restarts", f"{last['restarts']}"),
+        ("connector down in a snapshot", f"{sum(1 for s in snapshots if s.get('connector_running') is False)}"),
+    ]  # fmt: skip
+    if len(p99) >= 2:
+        rows.append(
+            (
+                "p99 first, last interval",
+                f"{p99[0]:.2f}, {p99[-1]:.2f} ms ({p99[-1] / p99[0]:.2f}x; target <= 1.5x)",
+            )
+        )
+    return rows
+
+
 def soak_runs_section(docs: Path) -> list[str]:
     """Every long soak run kept under docs/soak-runs/<name>/ (figures.json, snapshots.jsonl)."""
     runs = sorted(path for path in SOAK_RUNS.glob("*/") if (path / "snapshots.jsonl").is_file())
@@ -260,6 +290,10 @@ def soak_runs_section(docs: Path) -> list[str]:
         out += [f"### {title}", ""]
         if meta.get("note"):
             out += [str(meta["note"]), ""]
+        if snapshots:
+            out += ["| From the snapshots | Value |", "|---|---|"]
+            out += [f"| {what} | {text} |" for what, text in snapshot_summary(snapshots)]
+            out.append("")
         figures = meta.get("figures", {})
         if figures:
             out += ["| Figure | Value |", "|---|---|"]
