@@ -1,6 +1,6 @@
 """A second client stack through the client-driver protocol: the §3.1 and §4.1 scenarios against the
 Node.js grpc-js client of interop/node/client (`client.js --driver`), described by
-docs/examples/node-client-driver.toml with its known failures.
+docs/examples/node-client-driver.toml (its known failures, if it lists any, reported as such).
 
 The suite runs as a subprocess against that manifest; the run must pass, with exactly the listed
 known failures reported as such and every other client scenario passed.

@@ -1,20 +1,22 @@
 // The client-driver protocol (docs/client-driver.md) over a small grpc-js client of the
 // ExchangeService: `node client.js --driver`. Commands arrive as JSON lines on stdin, events leave
 // as JSON lines on stdout, the log goes to stderr. The client is deliberately small: it validates
-// addresses and contract decimals, honours deadlines and cancellation, but a broken stream stays
-// broken (no reconnection), which its manifest lists as known failures.
+// addresses and contract decimals, honours deadlines and cancellation, and resubscribes a broken
+// stream by itself with the connect command's backoff hints (stream.js).
 'use strict';
 
 const readline = require('readline');
 const fs = require('fs');
 const grpc = require('@grpc/grpc-js');
+const { ResubscribingStream, statusName } = require('./stream');
 
 const STARTED = process.hrtime.bigint();
-const DECIMAL = /^-?[0-9]+(\.[0-9]+)?$/;
 const ACCOUNT_MONEY = ['total_balance', 'available_balance', 'equity', 'unrealized_pnl', 'margin_used', 'margin_level', 'leverage'];
 const POSITION_MONEY = ['size', 'entry_price', 'mark_price', 'leverage', 'unrealized_pnl', 'liquidation'];
 const HOST_LABEL = /^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$/;
 const DIAGNOSE_MS = 250; // after a connect timeout, how long a probe call may take to say why
+// Reconnect backoff when the connect command gives no hints.
+const DEFAULT_BACKOFF = { initialMs: 100, maxMs: 5000 };
 
 function nowMs() {
   return Math.round(Number(process.hrtime.bigint() - STARTED) / 1000) / 1000;
@@ -48,13 +50,6 @@ function protoJson(message) {
     out[name] = typeof value === 'object' ? timestampJson(value) : value;
   }
   return out;
-}
-
-function contractProblem(message, fields) {
-  for (const field of fields) {
-    if (!DECIMAL.test(String(message[field] || ''))) return `${field} ${JSON.stringify(message[field])} is not a decimal string`;
-  }
-  return null;
 }
 
 // ---------------------------------------------------------------------------------------- addresses
@@ -91,7 +86,7 @@ class Driver {
     this.client = null;
     this.options = null;
     this.calls = new Map(); // id -> ClientUnaryCall in flight
-    this.streams = new Map(); // id -> { call, cancelled }
+    this.streams = new Map(); // id -> ResubscribingStream
     this.finished = new Set();
   }
 
@@ -156,11 +151,17 @@ class Driver {
       this.error(id, 'bad_command', `cannot read the TLS files: ${err.message}`, started);
       return;
     }
-    const client = new this.services.Exchange(address, credentials, {});
+    const backoff = backoffPolicy(command.reconnect);
+    // The channel redials as quickly as the streams resubscribe, so a restarted server is found soon.
+    const client = new this.services.Exchange(address, credentials, {
+      'grpc.initial_reconnect_backoff_ms': Math.round(backoff.initialMs),
+      'grpc.max_reconnect_backoff_ms': Math.round(backoff.maxMs),
+    });
     this.client = client;
     this.options = {
       token: command.token || '',
       callTimeoutMs: command.call_timeout_ms || null,
+      backoff,
     };
     const connectMs = Number(command.connect_timeout_ms || 5000);
     client.waitForReady(new Date(Date.now() + connectMs), (err) => {
@@ -214,46 +215,36 @@ class Driver {
   }
 
   subscribe(id, method, request, field, money) {
-    const call = this.client[method](request, this.metadata());
-    const stream = { call, cancelled: false };
+    const client = this.client;
+    const stream = new ResubscribingStream({
+      name: method,
+      open: (waitForReady) => {
+        const metadata = this.metadata();
+        if (waitForReady) metadata.setOptions({ waitForReady: true });
+        return client[method](request, metadata);
+      },
+      money,
+      policy: this.options.backoff,
+      log,
+      onSubscribed: () => emit('subscribed', id, {}),
+      onUpdate: (message) => emit('update', id, { [field]: protoJson(message) }),
+      onBreak: (fields) => emit('stream_error', id, fields),
+      onReconnected: () => emit('reconnected', id, {}),
+    });
     this.streams.set(id, stream);
-    call.on('metadata', () => {
-      if (!stream.cancelled) emit('subscribed', id, {});
-    });
-    call.on('data', (message) => {
-      if (stream.cancelled) return;
-      const problem = contractProblem(message, money);
-      if (problem) {
-        log(`${method}: skipped a message that breaks the contract: ${problem}`);
-        return;
-      }
-      emit('update', id, { [field]: protoJson(message) });
-    });
-    call.on('error', (err) => {
-      if (stream.cancelled) return;
-      const code = statusName(err.code);
-      const details = err.details || '';
-      log(`${method} stream broke: ${code}: ${details} (this client does not resubscribe)`);
-      emit('stream_error', id, { code, details, message: `${method} stream broke: ${code}: ${details}` });
-    });
-    call.on('end', () => {
-      if (stream.cancelled) return;
-      log(`${method} stream ended by the server`);
-    });
   }
 
   cancel(id, command, started) {
     const target = command.target;
     if (this.streams.has(target)) {
-      const stream = this.streams.get(target);
-      stream.cancelled = true; // from here on nothing of it reaches the owner
-      stream.call.cancel();
+      this.streams.get(target).stop(); // from here on nothing of it reaches the owner
       this.streams.delete(target);
       this.finished.add(target);
     } else if (this.calls.has(target)) {
       const call = this.calls.get(target);
       call.cancelledByUs = true;
       call.cancel(); // its callback runs first and reports the call cancelled
+      setImmediate(() => call.cancel()); // reaches a call grpc-js made after the cancel (stream.js)
     } else if (!this.finished.has(target)) {
       this.error(id, 'bad_command', `no call or stream has the id ${JSON.stringify(target)}`, started);
       return;
@@ -262,14 +253,12 @@ class Driver {
   }
 
   closeAll() {
-    for (const stream of this.streams.values()) {
-      stream.cancelled = true;
-      stream.call.cancel();
-    }
+    for (const stream of this.streams.values()) stream.stop();
     this.streams.clear();
     for (const call of this.calls.values()) {
       call.cancelledByUs = true;
       call.cancel();
+      setImmediate(() => call.cancel());
     }
     if (this.client) this.client.close();
     this.client = null;
@@ -280,8 +269,12 @@ class Driver {
   }
 }
 
-function statusName(code) {
-  return Object.entries(grpc.status).find(([, value]) => value === code)?.[0] || String(code);
+// The connect command's reconnect hints (milliseconds), or the defaults; max is never below initial.
+function backoffPolicy(hints) {
+  const positive = (value, fallback) => (typeof value === 'number' && value > 0 ? value : fallback);
+  const initialMs = positive(hints && hints.initial_backoff_ms, DEFAULT_BACKOFF.initialMs);
+  const maxMs = Math.max(initialMs, positive(hints && hints.max_backoff_ms, DEFAULT_BACKOFF.maxMs));
+  return { initialMs, maxMs };
 }
 
 function runDriver(services, versions) {
