@@ -401,6 +401,33 @@ def float_decimals() -> None:
     ExchangeService.GetPositions = positions  # type: ignore[method-assign]
 
 
+def exponent_rendered(message: Any) -> Any:
+    """A copy with every decimal string in exponent notation: "10000.10" -> "1.000010e+04"."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    for field in copy.DESCRIPTOR.fields:
+        value = getattr(copy, field.name)
+        if field.name in NOT_DECIMAL_FIELDS or not isinstance(value, str):
+            continue
+        try:
+            setattr(copy, field.name, f"{float(value):e}")
+        except ValueError:
+            continue
+    return copy
+
+
+@fault("exponent-decimals")
+def exponent_decimals() -> None:
+    """Stream messages carry their money in exponent notation (unary answers stay right): a client
+    library that checks the contract's decimals refuses every update."""
+    next_message = Subscription.next
+
+    async def next_exponent(self: Subscription) -> Any:
+        return exponent_rendered(await next_message(self))
+
+    Subscription.next = next_exponent  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------ freshness and back-pressure
 
 
