@@ -4,8 +4,8 @@
 
 Six panels over the run's time: RSS (connector, test process), thread and task counts, open fds,
 connector CPU, cumulative error rate, and update latency p50/p99 per interval. Restarts are marked
-on every panel: thin grey lines for simulated clients, orange for the SUT's programs, red for a
-snapshot that found the connector down. An accelerated run's top axis gives the equivalent hours.
+on every panel: grey ticks along the bottom for simulated clients, orange ticks along the top for
+the SUT's programs, a red line for a snapshot that found the connector down. An accelerated run's top axis gives the equivalent hours.
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def plot(snapshots: list[dict[str, Any]], output: Path, title: str = "Soak run")
     marks = restart_marks(snapshots)
     for axis in axes.flat:
         for minute, colour in marks:
-            axis.axvline(minute, color=colour, linewidth=0.6 if colour == CLIENT_MARK else 1.0, alpha=0.5)
+            # short ticks, so hundreds of restarts do not hide the data: clients along the bottom,
+            # programs along the top, a connector found down across the whole panel
+            low, high = {CLIENT_MARK: (0.0, 0.05), PROGRAM_MARK: (0.95, 1.0)}.get(colour, (0.0, 1.0))
+            axis.axvline(minute, ymin=low, ymax=high, color=colour, linewidth=0.8, alpha=0.7)
     for axis in axes[-1]:
         axis.set_xlabel("minutes (wall)")
     speedup = float(snapshots[-1].get("speedup", 1.0)) if snapshots else 1.0

@@ -200,8 +200,8 @@ def _over_time(title: str, rows: list[Mapping[str, Any]], panels: Iterable[tuple
             points = [(m, row[key]) for m, row in zip(minutes, rows, strict=True) if row.get(key) is not None]
             if points:
                 axis.plot([m for m, _ in points], [v for _, v in points], marker=".", label=label)
-        for mark in marks:
-            axis.axvline(mark, color="#cf222e", linewidth=0.6, alpha=0.4)
+        for mark in marks:  # short ticks along the bottom: hundreds of restarts must not hide the data
+            axis.axvline(mark, ymin=0.0, ymax=0.05, color="#cf222e", linewidth=0.8, alpha=0.7)
         axis.set_title(name, fontsize="medium")
         axis.set_xlabel("minutes")
         axis.set_ylabel(unit)
