@@ -154,12 +154,19 @@ class Cells:
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cells]:
+def cells(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cells]:
     under_xdist = "PYTEST_XDIST_WORKER" in os.environ
     runs = Cells(tmp_path_factory.mktemp("interop-cells"), 1 if under_xdist else PARALLEL_RUNS)
     try:
-        if not under_xdist:  # every runnable cell at once, two at a time
-            for connector, driver in CELLS:
+        if not under_xdist:  # every selected, runnable cell at once, two at a time
+            chosen = [
+                (str(item.callspec.params["connector"]), str(item.callspec.params["driver"]))
+                for item in request.session.items
+                if isinstance(item, pytest.Function)
+                and item.module is request.module
+                and hasattr(item, "callspec")
+            ]
+            for connector, driver in dict.fromkeys(chosen):
                 if node_missing(connector, driver) is None:
                     runs.submit(connector, driver)
         yield runs
