@@ -153,6 +153,7 @@ class SoakRun:
         self.programs: dict[str, Any] = {}
         self.program_exits: list[str] = []
         self.restart_events: list[dict[str, Any]] = []  # since the last snapshot
+        self.restarting: set[str] = set()  # programs the soak is restarting right now
         self._start_program = start_program
         self._started = 0.0
         self._last_cpu = (0.0, 0.0)
@@ -263,10 +264,14 @@ class SoakRun:
 
     async def _restart_program(self, name: str) -> None:
         assert self._start_program is not None
-        code = await asyncio.to_thread(self.programs[name].stop)
-        if code != 0:
-            self.program_exits.append(f"{name} exited with code {code} when restarted")
-        self.programs[name] = await asyncio.to_thread(self._start_program, name)
+        self.restarting.add(name)  # down on purpose: a snapshot meanwhile must not count it as down
+        try:
+            code = await asyncio.to_thread(self.programs[name].stop)
+            if code != 0:
+                self.program_exits.append(f"{name} exited with code {code} when restarted")
+            self.programs[name] = await asyncio.to_thread(self._start_program, name)
+        finally:
+            self.restarting.discard(name)
 
     # ------------------------------------------------------------------------------ snapshots
 
@@ -316,7 +321,10 @@ class SoakRun:
             "accounts_sent": self.accounts_sent,
             "positions_sent": self.positions_sent,
             "connector_running": self.connector.running,
-            "programs_running": {name: p.running for name, p in self.programs.items()},
+            "programs_running": {
+                name: p.running or name in self.restarting for name, p in self.programs.items()
+            },
+            "programs_restarting": sorted(self.restarting),
         }
         self.snapshots.append(record)
         with self.path.open("a", encoding="utf-8") as file:
