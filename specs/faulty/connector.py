@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -347,7 +347,7 @@ def late_stream_headers() -> None:
             return getattr(self._context, name)
 
     async def late(self: ExchangeService, topic: str, symbol: str, context: Any, *rest: Any) -> None:
-        await stream(self, topic, symbol, NoEarlyHeaders(context), *rest)
+        await stream(self, topic, symbol, cast(Any, NoEarlyHeaders(context)), *rest)
 
     ExchangeService._stream = late  # type: ignore[method-assign]
 
