@@ -29,9 +29,8 @@ from harness.doubles.mock_handlers import (
     StreamEnd,
     check_topic,
     copy_message,
-    spec_account,
-    spec_positions,
 )
+from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

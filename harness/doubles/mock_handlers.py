@@ -17,39 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 TOPICS = ("account", "positions")
 SYMBOL = re.compile(r"^[A-Z0-9]{1,32}$")
 Context = grpc.aio.ServicerContext[Any, Any]
-
-# fmt: off
-_SPEC_ACCOUNT = {
-    "total_balance": "10000.00", "available_balance": "5000.00", "equity": "9500.00", "unrealized_pnl": "-500.00",
-    "margin_used": "5000.00", "margin_level": "190.00", "leverage": "10.0",
-}
-_SPEC_POSITIONS = (
-    {"symbol": "BTCUSDT", "side": "LONG", "size": "0.5", "entry_price": "40000.00", "mark_price": "41000.00",
-     "leverage": "10", "unrealized_pnl": "500.00", "liquidation": "36000.00", "margin_type": "ISOLATED"},
-    {"symbol": "ETHUSDT", "side": "SHORT", "size": "10.0", "entry_price": "3000.00", "mark_price": "2900.00",
-     "leverage": "5", "unrealized_pnl": "1000.00", "liquidation": "3500.00", "margin_type": "CROSS"},
-)
-# fmt: on
-
-
-def spec_account() -> pb.Account:
-    """The account of the spec's §8.1, stamped now."""
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return pb.Account(**_SPEC_ACCOUNT, updated_at=stamp)
-
-
-def spec_positions() -> list[pb.Position]:
-    """The two positions of the spec's §8.2."""
-    return [pb.Position(**fields) for fields in _SPEC_POSITIONS]
 
 
 def copy_message(message: Any) -> Any:
