@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.browser import CHROMIUM, open_page
 from tests.report_samples import write_sample_run
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 # each image drawn on a canvas: its size, and how many distinct colours a sample of its pixels has
 MEASURE_IMAGES = """() => Array.from(document.images).map(img => {
   const canvas = document.createElement('canvas');
@@ -45,18 +37,8 @@ def chromium() -> Path:
 
 @pytest.fixture
 def page(chromium: Path) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=60_000
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            yield context.new_page()
-            context.close()
-        finally:
-            browser.close()
+    with open_page(1280, 900) as opened:
+        yield opened
 
 
 @pytest.mark.timeout(120)

@@ -17,21 +17,13 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import Page, Request, expect, sync_playwright
+from playwright.sync_api import Page, Request, expect
 
+from harness.browser import CHROMIUM, open_page
 from harness.doubles.mock_exchange import spec_account, spec_positions
 from specs.e2e.conftest import Stack, account_update, position_update
 
 LIVE_DASHBOARD = "5.1.1.x1"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ROOT = Path(__file__).resolve().parents[2]
 DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"
 PAGE_WAIT_MS = 20_000  # a browser start and a WebSocket connect on a busy two-core host
@@ -48,16 +40,8 @@ def chromium() -> Path:
 
 @pytest.fixture
 def page(chromium: Path) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=60_000
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 720})
-            yield context.new_page()
-            context.close()
-        finally:
-            browser.close()
+    with open_page(1280, 720) as opened:
+        yield opened
 
 
 @pytest.mark.scenario(LIVE_DASHBOARD)
