@@ -9,21 +9,13 @@ from pathlib import Path
 
 from harness.catalogue import Catalogue
 from harness.report.charts import charts
+from harness.report.grid import COLOURS, render_grid
 from harness.report.grid import STYLE as GRID_STYLE
-from harness.report.grid import render_grid
 from harness.report.json_report import render_json
 from harness.report.results import RunResults
 
-_COLOURS = {
-    "passed": "#1a7f37",
-    "failed": "#cf222e",
-    "error": "#cf222e",
-    "known-failure": "#9a6700",
-    "not-applicable": "#6e7781",
-    "skipped": "#6e7781",
-    "pending": "#8250df",
-    "not-run": "#afb8c1",
-}
+# the grid's colours; a "not run" badge carries white text, so its grey is darker than the grid's cell
+_COLOURS = {**COLOURS, "not-run": "#afb8c1"}
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328;max-width:1100px}
 table{border-collapse:collapse;width:100%;margin:1rem 0}th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;font-size:14px}
