@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import grpc
 
 from harness.perf.loadgen import Schedule, tagged_account, tagged_position
-from harness.perf.loops import LOOPS, new_event_loop
+from harness.perf.loops import LOOPS, new_event_loop, serve_program
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -334,24 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop when installed)"
     )
     args = parser.parse_args(argv)
-    loop = new_event_loop(args.loop)
-
-    async def run() -> None:
-        stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-
-        def ready(port: int) -> None:
-            event = {"event": "ready", "port": port, "pid": os.getpid(), "loop": type(loop).__module__}
-            print(json.dumps(event), flush=True)
-
-        await serve(args.host, args.port, ready, stopping)
-
-    try:
-        loop.run_until_complete(run())
-    finally:
-        loop.close()
-    return 0
+    return serve_program(args.loop, lambda ready, stopping: serve(args.host, args.port, ready, stopping))
 
 
 __all__ = ["BaselineProcess", "BaselineServer", "StreamPlan"]

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +25,7 @@ from typing import Any
 import grpc
 
 from harness.doubles.baseline import BaselineProcess
-from harness.perf.loops import LOOPS, new_event_loop
+from harness.perf.loops import LOOPS, serve_program
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -152,23 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--loop", choices=LOOPS, default="auto", help="event loop (default: uvloop when installed)"
     )
     args = parser.parse_args(argv)
-    loop = new_event_loop(args.loop)
-
-    async def run() -> None:
-        stopping = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-
-        def ready(port: int) -> None:
-            print(json.dumps({"event": "ready", "port": port, "pid": os.getpid()}), flush=True)
-
-        await serve(args.host, args.port, args.upstream, ready, stopping)
-
-    try:
-        loop.run_until_complete(run())
-    finally:
-        loop.close()
-    return 0
+    return serve_program(
+        args.loop, lambda ready, stopping: serve(args.host, args.port, args.upstream, ready, stopping)
+    )
 
 
 __all__ = ["RelayProcess"]

@@ -4,7 +4,10 @@ under test are likely to use), else asyncio; one choice for every SUT, so figure
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -35,3 +38,28 @@ def run(coroutine: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def serve_program(
+    choice: str, serve: Callable[[Callable[[int], None], asyncio.Event], Awaitable[None]]
+) -> int:
+    """Run a baseline's server as a program: `serve(ready, stopping)` on a loop of the chosen kind,
+    a JSON `ready` line (port, pid, loop) on stdout once it listens, until SIGTERM or SIGINT."""
+    loop = new_event_loop(choice)
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+
+        def ready(port: int) -> None:
+            event = {"event": "ready", "port": port, "pid": os.getpid(), "loop": type(loop).__module__}
+            print(json.dumps(event), flush=True)
+
+        await serve(ready, stopping)
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0
