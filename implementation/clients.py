@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -29,7 +28,6 @@ from implementation.state import LiveState, StateChange, message_fields
 
 ConfigT = TypeVar("ConfigT", bound=ClientSettings)
 T = TypeVar("T")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A restarted connector is found within ~2 s (gRPC's own channel backoff follows this cap too).
 CLIENT_RECONNECT = ReconnectPolicy(initial_backoff=0.1, max_backoff=2.0)
 
@@ -177,15 +175,6 @@ class UpdateLog:
             return
         self._last_line[event], self._unlogged[event] = now, 0
         log_event(self._log, event, source="stream", updates=str(count), **message_fields(message))
-
-
-def stop_event() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT (a second signal changes nothing: the stop is under way)."""
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, event.set)
-    return event
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

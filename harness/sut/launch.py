@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,20 @@ class RunningProgram:
         code = self._process.wait()
         _RUNNING.discard(self)
         return code
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The program and everything it started stopped (SIGSTOP) for the block, then continued.
+
+        What peers send meanwhile waits in its sockets and is read at once on resume: a burst that
+        arrives together whatever the host's speed, as after a stall of the program's machine.
+        """
+        os.killpg(self._process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGCONT)
 
     def _kill_group(self) -> None:
         # the program leads its own session and group: the group id is its pid

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -29,9 +28,9 @@ from implementation.exchange.sim import SimExchange
 from implementation.exchange.tls import TlsConfigError
 from implementation.exchange.upstream import GrpcExchange
 from implementation.logs import configure_logging, log_event
+from implementation.stop_signals import ignore_stop_signals, stop_event
 
 _log = logging.getLogger(PROGRAM)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def build_exchange(settings: ServeSettings) -> Exchange:
@@ -57,9 +56,7 @@ def build_exchange(settings: ServeSettings) -> Exchange:
 async def serve(settings: ServeSettings) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; the exit code."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for number in STOP_SIGNALS:  # kept through the shutdown: a second signal does not cut it short
-        loop.add_signal_handler(number, stop.set)
+    stop = stop_event()  # kept through the shutdown: a second signal does not cut it short
     server = ExchangeServer(
         build_exchange(settings),
         token=settings.token,
@@ -104,10 +101,7 @@ async def serve(settings: ServeSettings) -> int:
         await server.stop(None if code == 0 else 0)
         if metrics is not None:
             await metrics.stop()
-        for number in STOP_SIGNALS:
-            loop.remove_signal_handler(number)
-            # on the way out: a stop signal from here on (the interpreter's teardown) must not kill us
-            signal.signal(number, signal.SIG_IGN)
+        ignore_stop_signals()  # on the way out: the interpreter's teardown must not be cut short
     return code
 
 

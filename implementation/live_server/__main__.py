@@ -29,7 +29,6 @@ from implementation.clients import (
     load_or_exit,
     run,
     setup_logging,
-    stop_event,
 )
 from implementation.config import LIVE_SERVER_ENV_PREFIX, ConfigError, LiveServerConfig
 from implementation.follower import StateFollower
@@ -39,6 +38,7 @@ from implementation.live_server.app import create_app
 from implementation.live_server.feed import Broadcaster, connect_state
 from implementation.logs import log_event
 from implementation.state import LiveState
+from implementation.stop_signals import ignore_stop_signals, stop_event
 
 PROGRAM = "live_server"
 HTTP_SHUTDOWN_S = 3
@@ -175,6 +175,7 @@ async def serve(config: LiveServerConfig) -> int:
             await asyncio.wait_for(http, HTTP_SHUTDOWN_S + 2)
         await follower.stop()
         sock.close()
+        ignore_stop_signals()
     log_event(_log, "shutdown_complete", updates=str(state.updates), resyncs=str(follower.resyncs))
     return code
 

@@ -23,13 +23,13 @@ from implementation.clients import (
     load_or_exit,
     run,
     setup_logging,
-    stop_event,
 )
 from implementation.config import MARKET_MAKER_ENV_PREFIX, ConfigError, MarketMakerConfig
 from implementation.follower import StateFollower
 from implementation.logs import log_event
 from implementation.market_maker import heartbeat
 from implementation.state import LiveState
+from implementation.stop_signals import ignore_stop_signals, stop_event
 
 PROGRAM = "market_maker"
 _log = logging.getLogger("market_maker")
@@ -110,6 +110,7 @@ async def serve(config: MarketMakerConfig, *, health_file: Path | None = None) -
         await follower.stop()
         if health_file is not None:
             heartbeat.remove(health_file)
+        ignore_stop_signals()
     log_event(_log, "shutdown_complete", updates=str(state.updates), resyncs=str(follower.resyncs))
     return code
 

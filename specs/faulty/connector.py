@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import grpc
 
+from implementation import stop_signals
 from implementation.connector import __main__ as connector_main
 from implementation.exchange.errors import InvalidRequest
 from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub
@@ -220,13 +221,13 @@ def never_serving() -> None:
 def ignore_sigterm() -> None:
     """SIGTERM does nothing (SIGINT still stops the program)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    connector_main.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
+    stop_signals.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
 
 
 @fault("abrupt-shutdown")
 def abrupt_shutdown() -> None:
     """SIGTERM ends the process at once with exit code 0: no NOT_SERVING, no status on open streams."""
-    connector_main.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
+    stop_signals.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
     serve = connector_main.serve
 
     async def serve_until_killed(settings: Any) -> int:
@@ -304,7 +305,7 @@ def shutdown_cancels_streams() -> None:
 @fault("second-sigterm-exits-1")
 def second_sigterm_exits_1() -> None:
     """The first SIGTERM starts the graceful shutdown; a second one during it exits at once with code 1."""
-    connector_main.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
+    stop_signals.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
     serve = connector_main.serve
     seen = itertools.count()
 

@@ -57,12 +57,12 @@ async def relay(port: int, client_reader: asyncio.StreamReader, client_writer: a
 async def main_async(listen: str, child: subprocess.Popen[bytes], port: int) -> int:
     host, _, listen_port = listen.rpartition(":")
     server = await asyncio.start_server(lambda r, w: relay(port, r, w), host, int(listen_port))
-    loop = asyncio.get_running_loop()
+    # The process's own handlers, not the loop's: the loop resets its handlers to the default (which
+    # kills) when they are removed or it closes, and a late signal would end the relay with -15.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, child.send_signal, signum)
+        signal.signal(signum, lambda number, _frame: child.send_signal(number))
     code = await asyncio.to_thread(child.wait)
     for signum in (signal.SIGTERM, signal.SIGINT):  # a late signal must not end the relay with another code
-        loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
     server.close()
     return code
