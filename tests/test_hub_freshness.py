@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from implementation.exchange.freshness import FreshnessPolicy
-from implementation.exchange.hub import ACCOUNT, Hub, SubscriptionEnded
+from implementation.exchange.hub import ACCOUNT, OVERLOAD_COOLDOWN_FACTOR, Hub, SubscriptionEnded
 from implementation.exchange.mock import MockExchange
 from implementation.exchange.remote_stream import ReconnectPolicy
 from opensqt.exchange.testdata import spec_account
@@ -110,6 +110,27 @@ async def test_overload_sheds_the_laggiest_quarter_and_refuses_new_subscribers(h
         with pytest.raises(SubscriptionEnded, match="overloaded"):
             async with hub.subscribe(ACCOUNT):
                 pass
+    finally:
+        for sub in subs:
+            await sub.__aexit__(None, None, None)
+
+
+@pytest.mark.asyncio
+async def test_after_a_shed_new_subscribers_wait_out_a_cool_down(hub: Hub) -> None:
+    subs = [hub.subscribe(ACCOUNT) for _ in range(4)]
+    for sub in subs:
+        await sub.__aenter__()
+    try:
+        hub.freshness.upstream_lag = POLICY.subscriber_max_lag
+        assert hub.shed() == 1
+        hub.freshness.upstream_lag = 0.0  # caught up at once: the clients just shed come straight back
+        with pytest.raises(SubscriptionEnded, match="admits new ones again in") as refused:
+            async with hub.subscribe(ACCOUNT):
+                pass
+        assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+        await asyncio.sleep(OVERLOAD_COOLDOWN_FACTOR * POLICY.subscriber_max_lag + 0.05)
+        async with hub.subscribe(ACCOUNT):
+            assert hub.subscriber_count(ACCOUNT) == 4  # three kept, and the new one
     finally:
         for sub in subs:
             await sub.__aexit__(None, None, None)

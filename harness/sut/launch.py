@@ -262,13 +262,15 @@ class ProgramLauncher:
         wait_ready: bool = True,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        check_ports: bool = True,
     ) -> RunningProgram:
         """Start program `name` with the placeholder `values` and wait until it is ready.
 
         A `config` value names a config file the test wrote itself; otherwise the manifest's config
         template is rendered to {workdir}/config.yaml. The program runs in {workdir}, a fresh folder;
         a relative command path is taken from the manifest's folder. Raises ProgramNotReady with a
-        one-line reason (the program is then killed).
+        one-line reason (the program is then killed). A port value already in use is refused before
+        anything starts, unless `check_ports` is False (a test of what the program does then).
         """
         program = self.manifest.program(name)
         for wanted, capability in ((tls, "tls"), (token, "token_auth")):
@@ -292,7 +294,7 @@ class ProgramLauncher:
             token_path.write_text(str(filled["token"]), encoding="utf-8")
             token_path.chmod(0o600)
             filled["token_file"] = str(token_path)
-        for key in PORT_VALUES:
+        for key in PORT_VALUES if check_ports else ():
             if key in filled and not is_free(int(filled[key])):
                 raise ProgramNotReady(name, f"{name}: {_port_in_use(int(filled[key]), key)}")
         if program.config is not None and "config" not in filled:

@@ -13,7 +13,8 @@
   with RESOURCE_EXHAUSTED (logged, counted). The fan-out never waits for anyone. A slow reader and
   an overloaded connector look the same here, as growing lag, so overload sheds the laggiest
   subscribers first (each as it passes the bound) and the upstream read, with fewer to serve,
-  catches up; while the upstream lag is past the bound, new subscribers are refused (UNAVAILABLE).
+  catches up; while the upstream lag is past the bound, and for two bounds after a shed, new
+  subscribers are refused (UNAVAILABLE).
 - A watchdog runs beside the upstream streams: after `probe_after` seconds without an update it
   asks the exchange (GetAccount, the liveness read); when nothing at all was heard for `max_age`
   seconds the upstream counts as hung and is dropped like a failed one (below). While the
@@ -56,6 +57,7 @@ DEFAULT_QUEUE_SIZE = 1024
 # The upstream counts as recovered (backoff starts from the beginning again) after this long up.
 STABLE_AFTER_S = 5.0
 SHUTTING_DOWN = "shutting down"
+OVERLOAD_COOLDOWN_FACTOR = 2.0  # after a shed, new subscribers wait this many lag bounds
 
 ServingCallback = Callable[[bool], Awaitable[None]]
 _log = logging.getLogger("implementation.exchange.hub")
@@ -110,6 +112,10 @@ class Hub:
         self.probes = 0  # liveness reads sent to a quiet upstream
         self.hung_upstreams = 0  # upstream connections the watchdog gave up on
         self.shed_rounds = 0  # times overload shed the laggiest subscribers
+        # After a shed, new subscribers wait out a cool-down even once the lag is back under the
+        # bound: the clients just shed resubscribe at once, and admitting them straight away would
+        # bring the overload back (an oscillation whose peaks are the stale data shedding prevents).
+        self._overloaded_until = 0.0
         self._hung: str | None = None  # why, until the upstream answers again
 
     # ------------------------------------------------------------------ observation
@@ -216,6 +222,12 @@ class Hub:
                 grpc.StatusCode.UNAVAILABLE,
                 f"connector overloaded: it reads the upstream {lag:.2f} s behind the exchange; retry shortly",
             )
+        if (wait := self._overloaded_until - time.monotonic()) > 0:
+            raise SubscriptionEnded(
+                grpc.StatusCode.UNAVAILABLE,
+                f"connector overloaded: it shed subscribers to catch up and admits new ones again in "
+                f"{wait:.2f} s; retry then",
+            )
         subscribers = self._subscribers[sub.topic]
         subscribers[sub] = None
         log_event(
@@ -272,7 +284,9 @@ class Hub:
         laggiest = everyone[: (len(everyone) + 3) // 4]
         for sub in laggiest:
             self._drop(sub, now)
-        self.shed_rounds += 1 if laggiest else 0
+        if laggiest:
+            self.shed_rounds += 1
+            self._overloaded_until = now + OVERLOAD_COOLDOWN_FACTOR * self._max_lag
         return len(laggiest)
 
     def drop_lagging(self) -> int:

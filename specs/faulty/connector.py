@@ -322,6 +322,18 @@ def second_sigterm_exits_1() -> None:
     connector_main.serve = serve_impatiently
 
 
+@fault("share-busy-port")
+def share_busy_port() -> None:
+    """grpc's default SO_REUSEPORT: on a port another SO_REUSEPORT server holds, the bind succeeds and
+    the two share its connections."""
+    from implementation.exchange import server
+
+    server.SERVER_OPTIONS = (
+        *(o for o in server.SERVER_OPTIONS if o[0] != "grpc.so_reuseport"),
+        ("grpc.so_reuseport", 1),
+    )
+
+
 # ------------------------------------------------------------------------------------ unary calls and values
 
 

@@ -1,6 +1,7 @@
 """§3.2 the server's lifecycle, for the SUT's exchange_connector program: start binds the port
 (3.2.1.a), an exit releases it (3.2.1.b), a shutdown with clients tells them (3.2.1.c), and more
-SIGTERMs during a shutdown are harmless (3.2.1.d). Rules C60-C63 of docs/sut-manifest.md.
+SIGTERMs during a shutdown are harmless (3.2.1.d), and a port in use is an error that names it
+(3.2.1.x2). Rules C60-C64 of docs/sut-manifest.md.
 
 Unit level in the catalogue, as in the spec (§3.2 is one of its unit tests): one component, the
 connector, runs as a subprocess started by the harness launcher, fed by the mock exchange; the test
@@ -10,11 +11,12 @@ is its client over loopback gRPC and probes its port with plain sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -32,6 +34,7 @@ STREAM_END_WAIT_S = 5.0
 RELEASE_WAIT_S = 2.0
 SIGNAL_EVERY_S = 0.002
 SIGNALS_FOR_S = 0.5
+BUSY_PORT_EXIT_WAIT_S = 15.0
 
 pytestmark = [pytest.mark.unit, pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -265,3 +268,51 @@ async def test_more_sigterms_during_shutdown_are_harmless(
     assert code == 0, (
         f"[3.2.1.d] (rule C63): expected exit code 0 after {sent} SIGTERMs {SIGNAL_EVERY_S * 1000:g} ms apart, got {code}; {connector.tail()}"
     )
+
+
+# ---------------------------------------------------------------------------------------------- 3.2.1.x2
+
+
+@contextlib.contextmanager
+def holding(port: int, *, reuse_port: bool) -> Iterator[socket.socket]:
+    """A listener on 127.0.0.1:port for the block; with SO_REUSEPORT, as grpc's servers bind by default."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        if reuse_port:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        yield holder
+
+
+@pytest.mark.scenario("3.2.1.x2")
+async def test_start_on_a_port_in_use_fails_and_names_the_port(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> None:
+    for reuse_port, holder in (
+        (False, "a listener"),
+        (True, "a listener with SO_REUSEPORT (grpc's default)"),
+    ):
+        port = free_port()
+        values = {"upstream": mock_exchange.address, "grpc_port": port, "metrics_port": free_port()}
+        with holding(port, reuse_port=reuse_port):
+            connector = await launcher.start_async(
+                "exchange_connector", values, wait_ready=False, check_ports=False
+            )
+            try:
+                code = await asyncio.to_thread(connector.wait, BUSY_PORT_EXIT_WAIT_S)
+            except TimeoutError:
+                connector.kill()
+                pytest.fail(
+                    f"[3.2.1.x2] (rule C64): expected the connector to exit with a non-zero code within "
+                    f"{BUSY_PORT_EXIT_WAIT_S:g} s when 127.0.0.1:{port} is held by {holder}, it kept running "
+                    f"(sharing or waiting for the port); {connector.tail()}"
+                )
+        assert code > 0, (
+            f"[3.2.1.x2] (rule C64): expected a non-zero exit code when 127.0.0.1:{port} is held by {holder}, "
+            f"got {code}; {connector.tail()}"
+        )
+        said = "\n".join(connector.log_lines() + connector.output_lines())
+        assert str(port) in said, (
+            f"[3.2.1.x2] (rule C64): expected the connector's log to name the port {port} it could not "
+            f"listen on (held by {holder}), it does not; {connector.tail()}"
+        )
