@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+from harness.browser import CHROMIUM, open_page
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,21 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such file: {args.report}")
     if not CHROMIUM.is_file():
         parser.error(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, timeout=60_000)
-        try:
-            page = browser.new_page(viewport={"width": args.width, "height": 900})
-            page.goto(args.report.resolve().as_uri())
-            page.wait_for_load_state("load")
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            heading = page.locator(f"h2:text-is('{args.until}')")
-            bottom = heading.bounding_box() if heading.count() else None
-            clip: Any = {"x": 0, "y": 0, "width": args.width, "height": bottom["y"]} if bottom else None
-            page.screenshot(path=str(args.output), full_page=True, clip=clip)
-        finally:
-            browser.close()
+    with open_page(args.width, 900) as page:
+        page.goto(args.report.resolve().as_uri())
+        page.wait_for_load_state("load")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        heading = page.locator(f"h2:text-is('{args.until}')")
+        bottom = heading.bounding_box() if heading.count() else None
+        clip: Any = {"x": 0, "y": 0, "width": args.width, "height": bottom["y"]} if bottom else None
+        page.screenshot(path=str(args.output), full_page=True, clip=clip)
     print(args.output)
     return 0
 
