@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import grpc
@@ -33,6 +33,7 @@ from implementation.exchange.upstream import GrpcExchange
 from implementation.exchange.validation import check_symbol
 from implementation.logs import log_event
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from specs.faulty.registry import FaultRegistry
 
 DROP_EVERY = 4  # drop-one-in-n: the 4th, 8th, ... account update is lost
 REORDER_FLUSH_S = 0.2  # reorder: a held update with no successor goes out after this long
@@ -56,16 +57,8 @@ PORT_HOLDER = (
 NOT_DECIMAL_FIELDS = frozenset({"symbol", "side", "margin_type"})
 HUB_LOG = logging.getLogger("implementation.exchange.hub")  # where the reference logs its subscribers
 
-Fault = Callable[[], None]
-FAULTS: dict[str, Fault] = {}
-
-
-def fault(name: str) -> Callable[[Fault], Fault]:
-    def register(apply: Fault) -> Fault:
-        FAULTS[name] = apply
-        return apply
-
-    return register
+fault = FaultRegistry("specs.faulty.connector", "[serve] FLAGS...")
+FAULTS = fault.faults
 
 
 # ------------------------------------------------------------------------------------ the fan-out
@@ -556,16 +549,9 @@ def no_data_age_header() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2 or args[0] != "--fault" or args[1] not in FAULTS:
-        known = ", ".join(sorted(FAULTS))
-        print(
-            f"usage: python -m specs.faulty.connector --fault NAME [serve] FLAGS...; NAME: {known}",
-            file=sys.stderr,
-        )
+    rest = fault.apply_from(sys.argv[1:] if argv is None else argv)
+    if rest is None:
         return 2
-    FAULTS[args[1]]()
-    rest = args[2:]
     if rest[:1] != ["serve"]:
         rest = ["serve", *rest]
     return connector_main.main(rest)

@@ -13,27 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from implementation.client_driver import __main__ as driver_main
 from implementation.exchange import remote
 from implementation.exchange.remote import RemoteExchange
 from implementation.exchange.remote_stream import StreamHandle
+from specs.faulty.registry import FaultRegistry
 
 LATE_CANCEL_S = 0.3  # callback-after-cancel: the stream goes on this long after cancel() returned
 REORDER_FLUSH_S = 0.2  # reorder-updates: a held update with no successor goes out after this long
 
-Fault = Callable[[], None]
-FAULTS: dict[str, Fault] = {}
-
-
-def fault(name: str) -> Callable[[Fault], Fault]:
-    def register(apply: Fault) -> Fault:
-        FAULTS[name] = apply
-        return apply
-
-    return register
+fault = FaultRegistry("specs.faulty.driver", "", takes_arguments=False)
+FAULTS = fault.faults
 
 
 @fault("no-reconnection")
@@ -126,12 +119,8 @@ def empty_address_accepted() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] != "--fault" or args[1] not in FAULTS:
-        known = ", ".join(sorted(FAULTS))
-        print(f"usage: python -m specs.faulty.driver --fault NAME; NAME: {known}", file=sys.stderr)
+    if fault.apply_from(sys.argv[1:] if argv is None else argv) is None:
         return 2
-    FAULTS[args[1]]()
     return driver_main.main()
 
 

@@ -10,7 +10,7 @@ made in this process before the reference's main() runs; faults.yaml says which 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from starlette.responses import JSONResponse
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -18,17 +18,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from implementation.live_server import __main__ as live_server_main
 from implementation.live_server import access, app, guard
 from implementation.state import LiveState
+from specs.faulty.registry import FaultRegistry
 
-Fault = Callable[[], None]
-FAULTS: dict[str, Fault] = {}
-
-
-def fault(name: str) -> Callable[[Fault], Fault]:
-    def register(apply: Fault) -> Fault:
-        FAULTS[name] = apply
-        return apply
-
-    return register
+fault = FaultRegistry("specs.faulty.live_server", "FLAGS...")
+FAULTS = fault.faults
 
 
 @fault("no-header-timeout")
@@ -79,15 +72,10 @@ def stale_api() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 2 or args[0] != "--fault" or args[1] not in FAULTS:
-        known = ", ".join(sorted(FAULTS))
-        print(
-            f"usage: python -m specs.faulty.live_server --fault NAME FLAGS...; NAME: {known}", file=sys.stderr
-        )
+    rest = fault.apply_from(sys.argv[1:] if argv is None else argv)
+    if rest is None:
         return 2
-    FAULTS[args[1]]()
-    return live_server_main.main(args[2:])
+    return live_server_main.main(rest)
 
 
 __all__ = ["FAULTS", "main"]
