@@ -148,7 +148,8 @@ function loadServices(protoDir) {
   }
   // google/protobuf/timestamp.proto comes with protobufjs, so only the contract's root is needed.
   const exchange = protoLoader.loadSync(EXCHANGE_PROTO, { ...LOADER_OPTIONS, includeDirs: [protoDir] });
-  const health = protoLoader.loadSync(path.join(__dirname, 'health.proto'), LOADER_OPTIONS);
+  // gRPC's standard health service, the one copy the Node connector serves too
+  const health = protoLoader.loadSync(path.join(__dirname, '..', 'health.proto'), LOADER_OPTIONS);
   return {
     Exchange: grpc.loadPackageDefinition(exchange).opensqt.exchange.v1.ExchangeService,
     Health: grpc.loadPackageDefinition(health).grpc.health.v1.Health,
