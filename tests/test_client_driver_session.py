@@ -102,3 +102,26 @@ def test_waiting_for_an_event_that_never_comes_names_the_rule(tmp_path: Path) ->
             session.outcome(session.send("subscribe_account"), 0.3, "D30")
     finally:
         session.close()
+
+
+def test_an_unsupported_command_fails_the_scenario_saying_so(tmp_path: Path) -> None:
+    answer = (
+        "import json, sys\n"
+        "print(json.dumps({'event': 'ready', 't_ms': 0}), flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    command = json.loads(line)\n"
+        "    print(json.dumps({'event': 'error', 'id': command['id'], 't_ms': 1, 'kind': 'unsupported',\n"
+        "                      'message': 'per-call deadlines are not supported'}), flush=True)\n"
+    )
+    session = DriverSession([sys.executable, "-c", answer], tmp_path, {}, scenario="3.1.2.d")
+    try:
+        session.wait_for(lambda e: True, 5.0, "ready", "D1")
+        outcome = session.outcome(session.send("get_account", deadline_ms=100), 5.0, "D20")
+        with pytest.raises(
+            DriverFailure,
+            match=r"\[3.1.2.d\] \(rule D5\): the client library cannot do what the scenario needs "
+            r"\(to call GetAccount; rule D21\): the driver answered `unsupported`: per-call deadlines",
+        ):
+            session.expect(outcome, "result", "D21", "to call GetAccount")
+    finally:
+        session.close()

@@ -215,7 +215,14 @@ class DriverSession:
         )  # fmt: skip
 
     def expect(self, event: Event, kind: str, rule: str, doing: str) -> Event:
-        """`event` if it is a `kind` event; DriverFailure naming `rule` otherwise."""
+        """`event` if it is a `kind` event; DriverFailure naming `rule` otherwise (rule D5 when the
+        driver says its library cannot do it at all)."""
+        if event["event"] == "error" and event.get("kind") == "unsupported" and kind != "error":
+            said = str(event.get("message") or event.get("details") or "")[:300]
+            raise DriverFailure(
+                f"{self._tag('D5')}the client library cannot do what the scenario needs ({doing}; rule {rule}): "
+                f"the driver answered `unsupported`: {said}; {self.describe()}"
+            )
         if event["event"] != kind:
             raise DriverFailure(
                 f"{self._tag(rule)}expected {kind!r} {doing}, got {json.dumps(event)[:400]}; {self.describe()}"
