@@ -106,9 +106,13 @@ async def streams_flowing(
     while not all(received for received, _ in streams):
         for _, reader in streams:
             if reader.done():
-                pytest.fail(f"[{scenario}]: expected every stream to stay open, one ended: {reader.result()}")
+                pytest.fail(
+                    f"[{scenario}] (rule C4): expected every stream to stay open, one ended: {reader.result()}"
+                )
         if time.monotonic() > deadline:
-            pytest.fail(f"[{scenario}]: expected an update on every stream within {FIRST_UPDATE_WAIT_S} s")
+            pytest.fail(
+                f"[{scenario}] (rule C4): expected an update on every stream within {FIRST_UPDATE_WAIT_S} s"
+            )
         n += 1
         mock.trigger_account_update(account(n))
         position = pb.Position(symbol="BTCUSDT", side="LONG", size=f"0.{n}", entry_price="1.00")
