@@ -15,6 +15,7 @@ from implementation.exchange.freshness import FreshnessPolicy
 from implementation.exchange.hub import ACCOUNT, OVERLOAD_COOLDOWN_FACTOR, Hub, SubscriptionEnded
 from implementation.exchange.mock import MockExchange
 from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.stall import STALL_AFTER_S
 from opensqt.exchange.testdata import spec_account
 
 pytestmark = pytest.mark.timeout(20)
@@ -134,3 +135,17 @@ async def test_after_a_shed_new_subscribers_wait_out_a_cool_down(hub: Hub) -> No
     finally:
         for sub in subs:
             await sub.__aexit__(None, None, None)
+
+
+@pytest.mark.asyncio
+async def test_a_stall_of_the_connectors_own_loop_drops_nobody(hub: Hub, mock: MockExchange) -> None:
+    async with hub.subscribe(ACCOUNT) as reader:
+        mock.trigger_account_update(spec_account())
+        await asyncio.sleep(0)
+        assert reader.queued == 1
+        time.sleep(POLICY.subscriber_max_lag + STALL_AFTER_S + 0.2)  # noqa: ASYNC251 - the loop itself stalls
+        mock.trigger_account_update(spec_account(total_balance="1.00"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(POLICY.tick * 2)  # the watchdog runs too
+        assert [(await reader.next()).total_balance for _ in range(2)] == ["10000.00", "1.00"]
+    assert hub.stats[ACCOUNT].dropped == 0 and hub.loop_stalls.stalls == 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from implementation.exchange.base import Exchange
 from implementation.exchange.errors import InvalidData
 from implementation.exchange.freshness import Freshness, FreshnessPolicy
 from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.stall import LoopStalls
 from implementation.exchange.subscription import Subscription, SubscriptionEnded
 from implementation.exchange.validation import validate_account, validate_position
 from implementation.logs import log_event
@@ -116,6 +118,7 @@ class Hub:
         # bound: the clients just shed resubscribe at once, and admitting them straight away would
         # bring the overload back (an oscillation whose peaks are the stale data shedding prevents).
         self._overloaded_until = 0.0
+        self.loop_stalls = LoopStalls(grace=self._max_lag)
         self._hung: str | None = None  # why, until the upstream answers again
 
     # ------------------------------------------------------------------ observation
@@ -290,8 +293,11 @@ class Hub:
         return len(laggiest)
 
     def drop_lagging(self) -> int:
-        """Drop every subscriber whose oldest undelivered update waited past the bound; how many."""
+        """Drop every subscriber whose oldest undelivered update waited past the bound; how many.
+        None while the connector's own loop stall explains the wait."""
         now = time.monotonic()
+        if self.loop_stalls.excused(now):
+            return 0
         bound = self._max_lag
         late = [sub for topic in TOPICS for sub in self._subscribers[topic] if sub.lag(now) > bound]
         for sub in late:
@@ -321,7 +327,7 @@ class Hub:
         freshness.account_read(account)
         now = freshness.last_heard
         stamp = now - freshness.upstream_lag
-        bound = self._max_lag
+        bound = math.inf if self.loop_stalls.excused(now) else self._max_lag
         late = [
             sub
             for sub in self._subscribers[ACCOUNT]
@@ -344,7 +350,7 @@ class Hub:
         freshness.heard()
         now = freshness.last_heard
         stamp = now - freshness.upstream_lag
-        bound = self._max_lag
+        bound = math.inf if self.loop_stalls.excused(now) else self._max_lag
         late = [
             sub
             for sub in self._subscribers[POSITIONS]
@@ -411,6 +417,7 @@ class Hub:
                 self.exchange.run_position_stream(self.publish_position), name="upstream-positions"
             ),
             "watchdog": loop.create_task(self._watch(), name="upstream-watchdog"),
+            "heartbeat": loop.create_task(self.loop_stalls.run(), name="loop-heartbeat"),
         }
         try:
             for topic in TOPICS:
@@ -464,7 +471,10 @@ class Hub:
                     else:
                         log_event(_log, "view_fresh", upstream_lag_s=round(freshness.upstream_lag, 3))
                     await self._tell_health()
-                if freshness.upstream_lag > self._max_lag / 2:
+                # behind after a stall of our own loop is a backlog to read, not an overload yet
+                if freshness.upstream_lag > self._max_lag / 2 and not self.loop_stalls.excused(
+                    time.monotonic()
+                ):
                     self.shed()
                 self.drop_lagging()
         finally:

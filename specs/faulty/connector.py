@@ -529,6 +529,14 @@ def no_overload_shedding() -> None:
     Freshness.account_read = lambda self, account: self.heard()  # type: ignore[method-assign]
 
 
+@fault("stall-drops-readers")
+def stall_drops_readers() -> None:
+    """No heartbeat on the loop: a stall of the connector's own is taken for its readers' lag."""
+    from implementation.exchange.stall import LoopStalls
+
+    LoopStalls.excused = lambda self, now: False  # type: ignore[method-assign]
+
+
 @fault("burst-cancelled")
 def burst_cancelled() -> None:
     """grpc's default queue of calls waiting for the event loop: past 1,000, a burst is CANCELLED."""

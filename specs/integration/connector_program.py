@@ -8,10 +8,11 @@ read through gRPC (health, the contract, initial metadata) and its Prometheus en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import httpx
@@ -28,6 +29,7 @@ from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 DATA_AGE_KEY = "x-opensqt-data-age-ms"  # rule C32
 METRIC_PREFIX = "exchange_connector_"
 SERVING = health_pb2.HealthCheckResponse.SERVING
+DRAIN_STALL_S = 3.0  # a reading client's updates still in flight once the exchange stops
 
 
 @dataclass
@@ -153,12 +155,55 @@ async def program_connector_fixture(
         await target.close()
 
 
+@pytest_asyncio.fixture(name="direct_connector")
+async def direct_connector_fixture(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any
+) -> AsyncIterator[Connector]:
+    """The SUT's connector program, straight on the mock exchange (no freezable relay between them:
+    one hop fewer in the harness's own process), its account stream open. Accounts are stamped as
+    the exchange writes them, so an age is the connector's and the transport's, not the harness's
+    hand-off from the triggering loop."""
+    values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
+    program = await launcher.start_async("exchange_connector", values)
+    target = Connector(program, mock_exchange, values["metrics_port"])
+    try:
+        await mock_exchange.wait_for_subscriptions_async("account", 1, timeout=10.0)
+        mock_exchange.stamp_on_send()
+        yield target
+    finally:
+        await target.close()
+
+
+async def read_all(
+    call: Any, into: list[pb.Account], progressed: asyncio.Event | None = None
+) -> grpc.StatusCode:
+    try:
+        while (message := await call.read()) is not grpc.aio.EOF:
+            into.append(cast(pb.Account, message))
+            if progressed is not None:
+                progressed.set()
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def drained(got: list[pb.Account], sent: list[pb.Account], progressed: asyncio.Event) -> None:
+    """Until `got` holds as many updates as were sent, or DRAIN_STALL_S pass with none arriving."""
+    with contextlib.suppress(TimeoutError):
+        while len(got) < len(sent):
+            progressed.clear()
+            await asyncio.wait_for(progressed.wait(), DRAIN_STALL_S)
+
+
 __all__ = [
     "DATA_AGE_KEY",
     "Connector",
     "data_age_ms",
+    "direct_connector_fixture",
+    "drained",
     "freezable_mock_fixture",
     "get_account",
     "program_connector_fixture",
+    "read_all",
     "stamped_account",
 ]

@@ -10,9 +10,8 @@ cannot see it; the rule bounds the lag the connector itself holds for a subscrib
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from typing import Any, cast
+from typing import cast
 
 import grpc
 import pytest
@@ -21,8 +20,10 @@ from harness.fixtures import MetricRecorder
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.integration.connector_program import (  # noqa: F401 - fixtures
     Connector,
+    drained,
     freezable_mock_fixture,
     program_connector_fixture,
+    read_all,
     stamped_account,
 )
 
@@ -32,7 +33,6 @@ SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 SUBSCRIBER_MAX_LAG_S = 1.0  # rule C34
 LAG_SLACK_S = 0.5  # the suite sees the drop through /metrics, polled
 DROP_WITHIN_S = 12.0
-DRAIN_STALL_S = 3.0  # the reading client's updates still in flight once the exchange stops
 
 
 def _stamp(account: pb.Account) -> float:
@@ -49,27 +49,6 @@ async def _trigger(connector: Connector, sent: list[pb.Account], stop: asyncio.E
             connector.mock.trigger_account_update(update)
             sent.append(update)
         await asyncio.sleep(0.01)
-
-
-async def _read_all(
-    call: Any, into: list[pb.Account], progressed: asyncio.Event | None = None
-) -> grpc.StatusCode:
-    try:
-        while (message := await call.read()) is not grpc.aio.EOF:
-            into.append(cast(pb.Account, message))
-            if progressed is not None:
-                progressed.set()
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
-
-
-async def _drained(got: list[pb.Account], sent: list[pb.Account], progressed: asyncio.Event) -> None:
-    """Until `got` holds as many updates as were sent, or DRAIN_STALL_S pass with none arriving."""
-    with contextlib.suppress(TimeoutError):
-        while len(got) < len(sent):
-            progressed.clear()
-            await asyncio.wait_for(progressed.wait(), DRAIN_STALL_S)
 
 
 @pytest.mark.scenario("4.2.1.x23")
@@ -93,7 +72,7 @@ async def test_slowly_reading_client_is_dropped_within_the_lag_bound(
     stop = asyncio.Event()
     trigger = asyncio.create_task(_trigger(connector, sent, stop))
     fast_progressed = asyncio.Event()
-    fast_reader = asyncio.create_task(_read_all(fast, fast_got, fast_progressed))
+    fast_reader = asyncio.create_task(read_all(fast, fast_got, fast_progressed))
     dropped_at: float | None = None
     newest_at_drop: pb.Account | None = None
     slow_code: grpc.StatusCode | None = None
@@ -116,12 +95,12 @@ async def test_slowly_reading_client_is_dropped_within_the_lag_bound(
             f"(the client had read {len(slow_got)} of {len(sent)} updates)"
         )
         reading_lag = _stamp(newest_at_drop) - _stamp(slow_got[-1])  # type: ignore[arg-type]
-        slow_code = await asyncio.wait_for(_read_all(slow, slow_got), 20.0)  # what its transport holds
+        slow_code = await asyncio.wait_for(read_all(slow, slow_got), 20.0)  # what its transport holds
     finally:
         stop.set()
         await trigger
         if not fast_reader.done():  # on a busy host its last updates may still be on their way
-            await _drained(fast_got, sent, fast_progressed)
+            await drained(fast_got, sent, fast_progressed)
         fast_ended = fast_reader.result().name if fast_reader.done() else "still open"
         fast.cancel()
         await asyncio.gather(fast_reader, return_exceptions=True)

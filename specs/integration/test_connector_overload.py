@@ -16,43 +16,20 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
-from harness.doubles.mock_exchange import MockExchangeServer
 from harness.fixtures import MetricRecorder
-from harness.sut.launch import ProgramLauncher
 from opensqt.exchange.v1 import exchange_pb2 as pb
-from specs.integration.connector_program import Connector, stamped_account
+from specs.integration.connector_program import Connector, direct_connector_fixture, stamped_account  # noqa: F401 - fixtures
 
 RATE = 1000
 MAX_DELIVERED_AGE_S = 2.0  # rule C38
 MAX_ANSWERED_AGE_S = 2.0  # rule C38
 PROBES = 5
 MIN_SERVED_SHARE = 2.0  # updates received, in subscribers' worth of the whole run: the flow goes on
-
-
-@pytest_asyncio.fixture(name="overloaded_connector")
-async def overloaded_connector_fixture(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any
-) -> AsyncIterator[Connector]:
-    """The SUT's connector program, straight on the mock exchange (no freezable relay between them:
-    one hop fewer in the harness's own process), its account stream open. Accounts are stamped as
-    the exchange writes them, so an age is the connector's and the transport's, not the harness's
-    hand-off from the triggering loop."""
-    values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
-    program = await launcher.start_async("exchange_connector", values)
-    target = Connector(program, mock_exchange, values["metrics_port"])
-    try:
-        await mock_exchange.wait_for_subscriptions_async("account", 1, timeout=10.0)
-        mock_exchange.stamp_on_send()
-        yield target
-    finally:
-        await target.close()
 
 
 def _age(account: pb.Account) -> float:
@@ -135,10 +112,8 @@ async def _overload(
 @pytest.mark.requires("metrics")
 @pytest.mark.timeout(90)
 @pytest.mark.asyncio
-async def test_overload_sheds_rather_than_rots(
-    overloaded_connector: Connector, metrics: MetricRecorder
-) -> None:
-    await _overload(overloaded_connector, metrics, "4.2.1.x27", subscribers=60, seconds=8.0)
+async def test_overload_sheds_rather_than_rots(direct_connector: Connector, metrics: MetricRecorder) -> None:
+    await _overload(direct_connector, metrics, "4.2.1.x27", subscribers=60, seconds=8.0)
 
 
 @pytest.mark.perf_long
@@ -148,6 +123,6 @@ async def test_overload_sheds_rather_than_rots(
 @pytest.mark.timeout(240)
 @pytest.mark.asyncio
 async def test_overload_of_200_subscribers_at_1000_per_second(
-    overloaded_connector: Connector, metrics: MetricRecorder
+    direct_connector: Connector, metrics: MetricRecorder
 ) -> None:
-    await _overload(overloaded_connector, metrics, "4.2.1.x28", subscribers=200, seconds=60.0)
+    await _overload(direct_connector, metrics, "4.2.1.x28", subscribers=200, seconds=60.0)

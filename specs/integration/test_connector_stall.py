@@ -1,0 +1,87 @@
+"""§4.2 extension: a stall of the connector itself drops no reader (rule C40).
+
+Two plain grpcio clients read the account stream as fast as they can while the exchange sends 200
+updates a second. Midway the connector's process group is stopped for 1.5 s (SIGSTOP, then
+SIGCONT): what a long GC pause, a starved host or a VM's stolen time does. Every update queued
+before the stall then looks older than the 1 s lag bound of rule C34, though no reader was slow.
+Pass: both readers receive every update, in order, and nobody is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from harness.fixtures import MetricRecorder
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from specs.integration.connector_program import (  # noqa: F401 - fixtures
+    Connector,
+    direct_connector_fixture,
+    drained,
+    read_all,
+    stamped_account,
+)
+
+RATE = 200  # updates a second
+READERS = 2
+PAUSE_S = 1.5  # past the 1 s lag bound of rule C34
+BEFORE_S, AFTER_S = 1.0, 2.0
+
+
+async def _trigger(connector: Connector, sent: list[pb.Account], stop: asyncio.Event) -> None:
+    started = time.monotonic()
+    while not stop.is_set():
+        while len(sent) < int((time.monotonic() - started) * RATE):
+            update = stamped_account(len(sent))
+            connector.mock.trigger_account_update(update)
+            sent.append(update)
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.scenario("4.2.1.x30")
+@pytest.mark.integration
+@pytest.mark.requires("metrics")
+@pytest.mark.timeout(60)
+@pytest.mark.asyncio
+async def test_a_stall_of_the_connector_drops_no_reader(
+    direct_connector: Connector, metrics: MetricRecorder
+) -> None:
+    connector = direct_connector
+    calls = [
+        connector.stub(connector.channel()).SubscribeAccount(pb.SubscribeAccountRequest())
+        for _ in range(READERS)
+    ]
+    for call in calls:
+        await call.initial_metadata()
+    got: list[list[pb.Account]] = [[] for _ in calls]
+    progressed = [asyncio.Event() for _ in calls]
+    readers = [asyncio.create_task(read_all(call, got[i], progressed[i])) for i, call in enumerate(calls)]
+    sent: list[pb.Account] = []
+    stop = asyncio.Event()
+    trigger = asyncio.create_task(_trigger(connector, sent, stop))
+    try:
+        await asyncio.sleep(BEFORE_S)
+        with connector.program.paused():
+            await asyncio.sleep(PAUSE_S)
+        await asyncio.sleep(AFTER_S)
+    finally:
+        stop.set()
+        await trigger
+        for i, reader in enumerate(readers):
+            if not reader.done():
+                await drained(got[i], sent, progressed[i])
+        ended = [reader.result().name if reader.done() else "still open" for reader in readers]
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    dropped = await connector.metric("subscribers_dropped_total", {"topic": "account"}) or 0
+    metrics.record("stall_readers_dropped", dropped, "subscribers")
+    expected = [m.total_balance for m in sent]
+    received = [len(g) for g in got]
+    assert all([m.total_balance for m in g] == expected for g in got) and not dropped, (
+        f"[4.2.1.x30] (rule C40): expected each of {READERS} reading clients to receive all {len(sent)} updates "
+        f"in order across a {PAUSE_S:g} s stall of the connector's process (SIGSTOP, then SIGCONT), with none "
+        f"dropped; got {received} (streams: {ended}), exchange_connector_subscribers_dropped_total {dropped:g}"
+    )
