@@ -471,10 +471,9 @@ class Hub:
                     else:
                         log_event(_log, "view_fresh", upstream_lag_s=round(freshness.upstream_lag, 3))
                     await self._tell_health()
-                # behind after a stall of our own loop is a backlog to read, not an overload yet
-                if freshness.upstream_lag > self._max_lag / 2 and not self.loop_stalls.excused(
-                    time.monotonic()
-                ):
+                # behind just after a stall of our own loop is a backlog to read, not an overload
+                stalled = self.loop_stalls.stalled(time.monotonic())
+                if freshness.upstream_lag > self._max_lag / 2 and not stalled:
                     self.shed()
                 self.drop_lagging()
         finally:
