@@ -294,7 +294,7 @@ class Hub:
 
     def drop_lagging(self) -> int:
         """Drop every subscriber whose oldest undelivered update waited past the bound; how many.
-        None while the connector's own loop stall explains the wait."""
+        Nobody while a stall of the connector's own loop explains the wait."""
         now = time.monotonic()
         if self.loop_stalls.excused(now):
             return 0
@@ -472,8 +472,8 @@ class Hub:
                         log_event(_log, "view_fresh", upstream_lag_s=round(freshness.upstream_lag, 3))
                     await self._tell_health()
                 # behind just after a stall of our own loop is a backlog to read, not an overload
-                stalled = self.loop_stalls.stalled(time.monotonic())
-                if freshness.upstream_lag > self._max_lag / 2 and not stalled:
+                settling = self.loop_stalls.settling(time.monotonic())
+                if freshness.upstream_lag > self._max_lag / 2 and not settling:
                     self.shed()
                 self.drop_lagging()
         finally:

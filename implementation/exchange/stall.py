@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from implementation.logs import log_event
@@ -22,6 +23,7 @@ from implementation.logs import log_event
 BEAT_S = 0.1
 STALL_AFTER_S = 0.5  # a heartbeat this late ...
 BUSY_SHARE = 0.2  # ... while the loop's thread ran for less than this share of it: a stall
+SETTLE_S = 0.5  # after a stall, time to read the backlog it left before being behind means overload
 _log = logging.getLogger("implementation.exchange.hub")
 
 
@@ -29,12 +31,12 @@ class LoopStalls:
     """A heartbeat on the running loop, and the questions "is the loop stalled?" and "is lag my
     own fault right now?"."""
 
-    __slots__ = ("_beat", "_beat_cpu", "_grace", "_running", "_until", "stalls")
+    __slots__ = ("_beat", "_beat_cpu", "_grace", "_running", "_seen", "_until", "stalls")
 
     def __init__(self, grace: float) -> None:
         self._grace = grace
         self._beat, self._beat_cpu = time.monotonic(), time.thread_time()
-        self._until = 0.0
+        self._until = self._seen = -math.inf
         self._running = False
         self.stalls = 0  # stalls seen since start
 
@@ -60,8 +62,12 @@ class LoopStalls:
         if now >= self._until:
             self.stalls += 1
             log_event(_log, "loop_stalled", level=logging.WARNING, stood_still_s=round(still, 3))
-        self._until = now + self._grace
+        self._seen, self._until = now, now + self._grace
         return True
+
+    def settling(self, now: float) -> bool:
+        """True during a stall and for SETTLE_S after it: a backlog left by the stall is being read."""
+        return self.stalled(now) or now - self._seen < SETTLE_S
 
     def excused(self, now: float) -> bool:
         """True during a stall and for `grace` seconds after it: lag then is not a subscriber's."""
