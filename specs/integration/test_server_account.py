@@ -155,9 +155,9 @@ async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscriptio
 # ---------------------------------------------------------------------------------------------- c, x6
 
 
-async def vanish_raw(address: str) -> None:
-    """Open SubscribeAccount by hand on a bare TCP connection and return with it open: the caller
-    then resets the connection (no RST_STREAM, no GOAWAY: the client just disappears)."""
+async def vanish_raw(address: str, opened: list[asyncio.StreamWriter]) -> None:
+    """Open SubscribeAccount by hand on a bare TCP connection and leave it open in `opened`: the
+    caller then resets the connection (no RST_STREAM, no GOAWAY: the client just disappears)."""
     host, port = address.rsplit(":", 1)
 
     def literal(name: str, value: str) -> bytes:  # HPACK literal header field, never indexed
@@ -180,24 +180,21 @@ async def vanish_raw(address: str) -> None:
             struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
         )
 
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
         + frame(4, 0, 0, b"")  # SETTINGS
         + frame(1, 0x4, 1, headers)  # HEADERS, END_HEADERS
         + frame(0, 0x1, 1, b"\x00\x00\x00\x00\x00")  # DATA: an empty request message, END_STREAM
     )
+    opened.append(writer)
     await writer.drain()
-    _RAW.append((reader, writer))
 
 
-_RAW: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-
-def reset_raw() -> None:
+def reset_raw(opened: list[asyncio.StreamWriter]) -> None:
     """Reset every hand-made connection (SO_LINGER 0: an RST, as when a host drops off)."""
-    while _RAW:
-        _, writer = _RAW.pop()
+    while opened:
+        writer = opened.pop()
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
@@ -209,12 +206,15 @@ async def churn(connector: ConnectorUnderTest, rounds: int, clients: int, scenar
     for number in range(rounds):
         channels = [connector.channel() for _ in range(clients // 2)]
         calls = [subscribe(connector, channel) for channel in channels]
-        for _ in range(clients - len(channels)):
-            await vanish_raw(connector.address)
-        await connector.wait_subscribers("account", 1 + clients, f"{scenario} round {number}")
-        reset_raw()
-        for channel in channels:
-            await channel.close()
+        opened: list[asyncio.StreamWriter] = []
+        try:  # this test's connections end with it, whatever happens: none is left to the next
+            for _ in range(clients - len(channels)):
+                await vanish_raw(connector.address, opened)
+            await connector.wait_subscribers("account", 1 + clients, f"{scenario} round {number}")
+        finally:
+            reset_raw(opened)
+            for channel in channels:
+                await channel.close()
         del calls
         await connector.wait_subscribers("account", 1, f"{scenario} round {number}: vanished clients removed")
         connector.mock.trigger_account_update(account(number))
