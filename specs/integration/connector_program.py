@@ -195,6 +195,19 @@ async def drained(got: list[pb.Account], sent: list[pb.Account], progressed: asy
             await asyncio.wait_for(progressed.wait(), DRAIN_STALL_S)
 
 
+async def trigger_updates(
+    connector: Connector, rate: int, sent: list[pb.Account], stop: asyncio.Event
+) -> None:
+    """`rate` stamped account updates a second, in small batches, into `sent`, until `stop`."""
+    started = time.monotonic()
+    while not stop.is_set():
+        while len(sent) < int((time.monotonic() - started) * rate):
+            update = stamped_account(len(sent))
+            connector.mock.trigger_account_update(update)
+            sent.append(update)
+        await asyncio.sleep(0.01)
+
+
 __all__ = [
     "DATA_AGE_KEY",
     "Connector",
@@ -206,4 +219,5 @@ __all__ = [
     "program_connector_fixture",
     "read_all",
     "stamped_account",
+    "trigger_updates",
 ]

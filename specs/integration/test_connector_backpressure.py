@@ -24,7 +24,7 @@ from specs.integration.connector_program import (  # noqa: F401 - fixtures
     freezable_mock_fixture,
     program_connector_fixture,
     read_all,
-    stamped_account,
+    trigger_updates,
 )
 
 RATE = 500  # updates a second
@@ -37,18 +37,6 @@ DROP_WITHIN_S = 12.0
 
 def _stamp(account: pb.Account) -> float:
     return account.updated_at.seconds + account.updated_at.nanos * 1e-9
-
-
-async def _trigger(connector: Connector, sent: list[pb.Account], stop: asyncio.Event) -> None:
-    """RATE stamped updates a second, in small batches, until `stop`."""
-    started = time.monotonic()
-    while not stop.is_set():
-        due = int((time.monotonic() - started) * RATE)
-        while len(sent) < due:
-            update = stamped_account(len(sent))
-            connector.mock.trigger_account_update(update)
-            sent.append(update)
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.scenario("4.2.1.x23")
@@ -70,7 +58,7 @@ async def test_slowly_reading_client_is_dropped_within_the_lag_bound(
     fast_got: list[pb.Account] = []
     slow_got: list[pb.Account] = []
     stop = asyncio.Event()
-    trigger = asyncio.create_task(_trigger(connector, sent, stop))
+    trigger = asyncio.create_task(trigger_updates(connector, RATE, sent, stop))
     fast_progressed = asyncio.Event()
     fast_reader = asyncio.create_task(read_all(fast, fast_got, fast_progressed))
     dropped_at: float | None = None

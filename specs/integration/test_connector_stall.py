@@ -10,7 +10,6 @@ Pass: both readers receive every update, in order, and nobody is dropped.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -21,23 +20,13 @@ from specs.integration.connector_program import (  # noqa: F401 - fixtures
     direct_connector_fixture,
     drained,
     read_all,
-    stamped_account,
+    trigger_updates,
 )
 
 RATE = 200  # updates a second
 READERS = 2
 PAUSE_S = 1.5  # past the 1 s lag bound of rule C34
 BEFORE_S, AFTER_S = 1.0, 2.0
-
-
-async def _trigger(connector: Connector, sent: list[pb.Account], stop: asyncio.Event) -> None:
-    started = time.monotonic()
-    while not stop.is_set():
-        while len(sent) < int((time.monotonic() - started) * RATE):
-            update = stamped_account(len(sent))
-            connector.mock.trigger_account_update(update)
-            sent.append(update)
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.scenario("4.2.1.x30")
@@ -60,7 +49,7 @@ async def test_a_stall_of_the_connector_drops_no_reader(
     readers = [asyncio.create_task(read_all(call, got[i], progressed[i])) for i, call in enumerate(calls)]
     sent: list[pb.Account] = []
     stop = asyncio.Event()
-    trigger = asyncio.create_task(_trigger(connector, sent, stop))
+    trigger = asyncio.create_task(trigger_updates(connector, RATE, sent, stop))
     try:
         await asyncio.sleep(BEFORE_S)
         with connector.program.paused():
