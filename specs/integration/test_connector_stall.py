@@ -2,7 +2,7 @@
 
 Two plain grpcio clients read the account stream as fast as they can while the exchange sends 200
 updates a second. Midway the connector's process group is stopped for 1.5 s (SIGSTOP, then
-SIGCONT): what a long GC pause, a starved host or a VM's stolen time does. Every update queued
+SIGCONT): what a virtual machine whose CPU is taken away, or a host that runs something else, does. Every update queued
 before the stall then looks older than the 1 s lag bound of rule C34, though no reader was slow.
 Pass: both readers receive every update, in order, and nobody is dropped.
 """
