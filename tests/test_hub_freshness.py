@@ -4,8 +4,10 @@ upstream, a hung upstream given up, slow subscribers dropped by lag, overload sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from implementation.exchange.mock import MockExchange
 from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.stall import STALL_AFTER_S
 from opensqt.exchange.testdata import spec_account
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 pytestmark = pytest.mark.timeout(20)
 FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
@@ -102,26 +105,21 @@ async def test_a_subscriber_left_waiting_past_the_lag_bound_is_dropped(hub: Hub,
 
 @pytest.mark.asyncio
 async def test_overload_sheds_the_laggiest_quarter_and_refuses_new_subscribers(hub: Hub) -> None:
-    subs = [hub.subscribe(ACCOUNT) for _ in range(8)]
-    for sub in subs:
-        await sub.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as subscribed:
+        for _ in range(8):
+            await subscribed.enter_async_context(hub.subscribe(ACCOUNT))
         hub.freshness.upstream_lag = POLICY.subscriber_max_lag  # the read trails by more than half the bound
         assert hub.shed() == 2 and hub.subscriber_count(ACCOUNT) == 6
         with pytest.raises(SubscriptionEnded, match="overloaded"):
             async with hub.subscribe(ACCOUNT):
                 pass
-    finally:
-        for sub in subs:
-            await sub.__aexit__(None, None, None)
 
 
 @pytest.mark.asyncio
 async def test_after_a_shed_new_subscribers_wait_out_a_cool_down(hub: Hub) -> None:
-    subs = [hub.subscribe(ACCOUNT) for _ in range(4)]
-    for sub in subs:
-        await sub.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as subscribed:
+        for _ in range(4):
+            await subscribed.enter_async_context(hub.subscribe(ACCOUNT))
         hub.freshness.upstream_lag = POLICY.subscriber_max_lag
         assert hub.shed() == 1
         hub.freshness.upstream_lag = 0.0  # caught up at once: the clients just shed come straight back
@@ -132,9 +130,6 @@ async def test_after_a_shed_new_subscribers_wait_out_a_cool_down(hub: Hub) -> No
         await asyncio.sleep(OVERLOAD_COOLDOWN_FACTOR * POLICY.subscriber_max_lag + 0.05)
         async with hub.subscribe(ACCOUNT):
             assert hub.subscriber_count(ACCOUNT) == 4  # three kept, and the new one
-    finally:
-        for sub in subs:
-            await sub.__aexit__(None, None, None)
 
 
 @pytest.mark.asyncio
@@ -147,5 +142,5 @@ async def test_a_stall_of_the_connectors_own_loop_drops_nobody(hub: Hub, mock: M
         mock.trigger_account_update(spec_account(total_balance="1.00"))
         await asyncio.sleep(0)
         await asyncio.sleep(POLICY.tick * 2)  # the watchdog runs too
-        assert [(await reader.next()).total_balance for _ in range(2)] == ["10000.00", "1.00"]
+        assert [cast(pb.Account, await reader.next()).total_balance for _ in range(2)] == ["10000.00", "1.00"]
     assert hub.stats[ACCOUNT].dropped == 0 and hub.loop_stalls.stalls == 1
