@@ -16,3 +16,22 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# The Node programs' packages (interop/node and its client), exactly as their lockfiles pin them,
+# where npm is present; again only when a lockfile changed. Without npm the Node tests skip and
+# say so.
+node_packages() {
+  local folder=$1
+  local stamp="$folder/node_modules/.installed-$(sha256sum "$folder/package-lock.json" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "[bootstrap] npm ci in $folder"
+    (cd "$folder" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+    touch "$stamp"
+  fi
+}
+if command -v npm >/dev/null 2>&1; then
+  node_packages interop/node
+  node_packages interop/node/client
+else
+  echo "[bootstrap] npm not found: the Node programs' tests will skip (no node_modules)"
+fi
