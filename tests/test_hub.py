@@ -16,7 +16,7 @@ import pytest_asyncio
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub, SubscriptionEnded
 from implementation.exchange.mock import MockExchange
-from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.backoff import ReconnectPolicy
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

@@ -16,7 +16,7 @@ import pytest_asyncio
 from implementation.exchange.freshness import FreshnessPolicy
 from implementation.exchange.hub import ACCOUNT, OVERLOAD_COOLDOWN_FACTOR, Hub, SubscriptionEnded
 from implementation.exchange.mock import MockExchange
-from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.backoff import ReconnectPolicy
 from implementation.exchange.stall import STALL_AFTER_S
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from implementation.exchange.errors import ExchangeUnavailable
 from implementation.exchange.mock import MockExchange
-from implementation.exchange.remote_stream import ReconnectPolicy
+from implementation.exchange.backoff import ReconnectPolicy
 from implementation.exchange.server import SERVICE_NAME, ExchangeServer, ListenError
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc

@@ -42,10 +42,10 @@ from typing import Any
 
 import grpc
 
+from implementation.exchange.backoff import ReconnectPolicy
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import InvalidData
 from implementation.exchange.freshness import Freshness, FreshnessPolicy
-from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.stall import LoopStalls
 from implementation.exchange.subscription import Subscription, SubscriptionEnded
 from implementation.exchange.validation import validate_account, validate_position
@@ -57,7 +57,7 @@ POSITIONS = "positions"
 TOPICS = (ACCOUNT, POSITIONS)
 DEFAULT_QUEUE_SIZE = 1024
 # The upstream counts as recovered (backoff starts from the beginning again) after this long up.
-STABLE_AFTER_S = 5.0
+UPSTREAM_STABLE_AFTER_S = 5.0
 SHUTTING_DOWN = "shutting down"
 OVERLOAD_COOLDOWN_FACTOR = 2.0  # after a shed, new subscribers wait this many lag bounds
 
@@ -85,7 +85,7 @@ class Hub:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         backoff: ReconnectPolicy | None = None,
         on_serving: ServingCallback | None = None,
-        stable_after: float = STABLE_AFTER_S,
+        stable_after: float = UPSTREAM_STABLE_AFTER_S,
         freshness: FreshnessPolicy | None = None,
     ) -> None:
         if queue_size < 1:

@@ -19,9 +19,10 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
+from implementation.exchange.backoff import ReconnectPolicy
 from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
 from implementation.exchange.remote_address import check_address
-from implementation.exchange.remote_stream import ReconnectPolicy, StreamBreak, StreamHandle
+from implementation.exchange.remote_stream import StreamBreak, StreamHandle
 from implementation.exchange.validation import check_symbol, validate_account, validate_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc

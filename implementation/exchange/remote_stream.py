@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import grpc
 
+from implementation.exchange.backoff import ReconnectPolicy
 from implementation.exchange.errors import InvalidData
 
 T = TypeVar("T")
@@ -30,45 +30,12 @@ TRANSIENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK}
 )
 # A subscription that stayed up this long (or delivered a message) resets the backoff.
-STABLE_AFTER_S = 1.0
+STREAM_STABLE_AFTER_S = 1.0
 # cancel() waits this long for the task; a callback that swallows cancellation cannot hold it longer.
 CANCEL_WAIT_S = 0.9
 # Messages held for an `async for` reader before the task stops reading (gRPC flow control then
 # pushes back to the server, which drops a subscriber that stays this far behind).
 BUFFER_LIMIT = 1024
-
-
-@dataclass(frozen=True)
-class ReconnectPolicy:
-    """How a broken stream is retried: attempt n waits
-    min(max_backoff, initial_backoff * multiplier ** (n - 1)) * (1 ± jitter) seconds, and
-    returns earlier when the channel reports it is connected again."""
-
-    initial_backoff: float = 0.1
-    max_backoff: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    max_attempts: int | None = None  # consecutive failed attempts before giving up; None = never
-
-    def __post_init__(self) -> None:
-        if self.initial_backoff <= 0:
-            raise ValueError(f"initial_backoff must be > 0 s, got {self.initial_backoff}")
-        if self.max_backoff < self.initial_backoff:
-            raise ValueError(
-                f"max_backoff must be >= initial_backoff ({self.initial_backoff} s), got {self.max_backoff}"
-            )
-        if self.multiplier < 1:
-            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1 or None, got {self.max_attempts}")
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait before attempt number `attempt` (1 = the first retry)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(attempt - 1, 0))
-        spread = (rng or random).uniform(-self.jitter, self.jitter)
-        return base * (1 + spread)
 
 
 @dataclass(frozen=True)
@@ -245,7 +212,7 @@ class StreamHandle(Generic[T]):
             self._connected.clear()
             self.errors += 1
             stable = connected_at is not None and (
-                self._delivered_since_connect > 0 or loop.time() - connected_at >= STABLE_AFTER_S
+                self._delivered_since_connect > 0 or loop.time() - connected_at >= STREAM_STABLE_AFTER_S
             )
             failures = 1 if stable else failures + 1
             if broken_at is None or stable:
@@ -375,4 +342,4 @@ async def _until_ready(channel: grpc.aio.Channel) -> None:
         state = channel.get_state(try_to_connect=True)
 
 
-__all__ = ["ReconnectPolicy", "StreamBreak", "StreamHandle"]
+__all__ = ["StreamBreak", "StreamHandle"]

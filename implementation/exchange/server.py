@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from implementation.exchange.auth import BearerTokenInterceptor
+from implementation.exchange.backoff import ReconnectPolicy
 from implementation.exchange.base import Exchange
 from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
 from implementation.exchange.freshness import FreshnessPolicy
@@ -35,7 +36,6 @@ from implementation.exchange.hub import (
     Hub,
     SubscriptionEnded,
 )
-from implementation.exchange.remote_stream import ReconnectPolicy
 from implementation.exchange.requests import CallStats, add_service
 from implementation.exchange.shared_calls import SharedCalls
 from implementation.exchange.tls import TlsServerConfig
