@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
+from harness.markers import scenario_ids
 from harness.options import load_duration_s, perf_mode
 from harness.perf.durations import parse_duration
 from harness.perf.probes import LeakProbe
 from harness.ports import free_port as allocate_port
 from harness.report.results import Metric
-from harness.selection import scenario_ids
 from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, VERDICTS_KEY
 from harness.sut.launch import ProgramLauncher
 from harness.sut.manifest import Manifest

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from harness import catalogue as catalogue_module
-from harness import options, selection
+from harness import markers, options, selection
 from harness.recorder import Recorder
 from harness.report import coverage
 from harness.report.results import RunResults
@@ -31,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml reads its path
 def pytest_configure(config: pytest.Config) -> None:
-    selection.register_markers(config)
+    markers.register_markers(config)
     if getattr(config.option, "xmlpath", None) is None:
         # JUnit XML always goes with the other reports, into --report-dir
         config.option.xmlpath = str(Path(config.getoption("report_dir")) / "junit.xml")
@@ -104,7 +104,7 @@ def pytest_runtest_makereport(
         path = write_trace(
             item.config.getoption("report_dir") / "traces",
             item.nodeid,
-            selection.scenario_ids(item),
+            markers.scenario_ids(item),
             upstream,
         )
         report.sections.append(("gRPC trace", f"written to {path}"))

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from implementation.client_library.remote_exchange import ReconnectPolicy, RemoteExchange
 from implementation.config import (
     SHARED_TOKEN_ENV,
     ClientSettings,
@@ -22,7 +23,6 @@ from implementation.config import (
     TlsSettings,
     load_config,
 )
-from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
 from implementation.logs import configure_logging, log_event
 from implementation.state import LiveState, StateChange, message_fields
 

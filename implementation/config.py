@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from implementation.exchange.remote_address import check_address
+from implementation.client_library.address import check_address
 
 MARKET_MAKER_ENV_PREFIX = "MARKET_MAKER_"
 LIVE_SERVER_ENV_PREFIX = "LIVE_SERVER_"

@@ -19,8 +19,8 @@ from typing import Literal
 
 import grpc
 
-from implementation.exchange.errors import ExchangeError
-from implementation.exchange.remote import RemoteExchange, StreamHandle
+from implementation.client_library.remote_exchange import RemoteExchange, StreamHandle
+from implementation.contract.errors import ExchangeError
 from implementation.logs import log_event
 from implementation.state import LiveState
 from opensqt.exchange.v1 import exchange_pb2 as pb

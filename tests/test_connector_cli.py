@@ -290,4 +290,4 @@ def test_text_log_format(run: Any, free_port: Any) -> None:
         time.sleep(0.05)
     assert program.stop() == 0
     lines = program.log.read_text().splitlines()
-    assert any(" info    implementation.exchange.server ready port=" in line for line in lines), lines
+    assert any(" info    implementation.connector_core.server ready port=" in line for line in lines), lines

@@ -12,15 +12,15 @@ import httpx
 import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
+from implementation.adapters.grpc_upstream import GrpcExchange
+from implementation.adapters.mock import MockExchange
 from implementation.connector.metrics import MetricsServer
 from implementation.connector.metrics_http import MAX_CONNECTIONS
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.freshness import Freshness, FreshnessPolicy
-from implementation.exchange.hub import Hub
-from implementation.exchange.mock import MockExchange
-from implementation.exchange.server import ExchangeServer
-from implementation.exchange.shared_calls import SharedCalls
-from implementation.exchange.upstream import GrpcExchange
+from implementation.connector_core.freshness import Freshness, FreshnessPolicy
+from implementation.connector_core.hub import Hub
+from implementation.connector_core.server import ExchangeServer
+from implementation.connector_core.shared_calls import SharedCalls
+from implementation.contract.errors import ExchangeUnavailable
 from implementation.logs import record_fields
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
@@ -42,7 +42,7 @@ class _Records(logging.Handler):
 async def test_shutdown_counts_the_calls_it_cancelled() -> None:
     calls = 5
     handler = _Records()
-    logger = logging.getLogger("implementation.exchange.server")
+    logger = logging.getLogger("implementation.connector_core.server")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     mock = MockExchangeServer().start()
@@ -96,7 +96,7 @@ async def test_metrics_are_served_without_a_thread_per_connection() -> None:
 
 def test_upstream_lag_counts_from_the_connections_best_case(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1_800_000_000.0]
-    monkeypatch.setattr("implementation.exchange.freshness.time.time", lambda: clock[0])
+    monkeypatch.setattr("implementation.connector_core.freshness.time.time", lambda: clock[0])
     freshness = Freshness()
 
     def read(stamp: float) -> None:

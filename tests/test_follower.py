@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.ports import free_port
-from implementation.exchange.remote import ReconnectPolicy, RemoteExchange
+from implementation.client_library.remote_exchange import ReconnectPolicy, RemoteExchange
 from implementation.follower import StateFollower
 from implementation.state import LiveState
 from opensqt.exchange import testdata

@@ -13,10 +13,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub, SubscriptionEnded
-from implementation.exchange.mock import MockExchange
-from implementation.exchange.backoff import ReconnectPolicy
+from implementation.adapters.mock import MockExchange
+from implementation.connector_core.hub import ACCOUNT, POSITIONS, Hub, SubscriptionEnded
+from implementation.contract.backoff import ReconnectPolicy
+from implementation.contract.errors import ExchangeUnavailable
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

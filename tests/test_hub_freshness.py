@@ -13,11 +13,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from implementation.exchange.freshness import FreshnessPolicy
-from implementation.exchange.hub import ACCOUNT, OVERLOAD_COOLDOWN_FACTOR, Hub, SubscriptionEnded
-from implementation.exchange.mock import MockExchange
-from implementation.exchange.backoff import ReconnectPolicy
-from implementation.exchange.stall import STALL_AFTER_S
+from implementation.adapters.mock import MockExchange
+from implementation.connector_core.freshness import FreshnessPolicy
+from implementation.connector_core.hub import ACCOUNT, OVERLOAD_COOLDOWN_FACTOR, Hub, SubscriptionEnded
+from implementation.connector_core.stall import STALL_AFTER_S
+from implementation.contract.backoff import ReconnectPolicy
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

@@ -1,6 +1,7 @@
 """The layers stay apart: the harness never imports the reference implementation (it reaches every
 implementation through the manifest and documented protocols), the contract package imports
-neither, and the harness's modules import each other without circles."""
+neither, the harness's modules and packages import each other without circles, and the reference's
+connector core and client library live in rooms of their own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,29 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
 CONTRACT = ROOT / "opensqt"
 GENERATED = CONTRACT / "exchange" / "v1"
+IMPLEMENTATION = ROOT / "implementation"
+# Each room of the reference and the rooms it must not import. The connector core knows its exchange
+# only through the interface (implementation.adapters.interface), never an adapter.
+INTERFACE = "implementation.adapters.interface"
+ROOMS: dict[str, tuple[str, ...]] = {
+    "connector_core": (
+        "implementation.client_library",
+        "implementation.connector",
+        "implementation.adapters",
+    ),
+    "client_library": (
+        "implementation.connector_core",
+        "implementation.connector",
+        "implementation.adapters",
+    ),
+    "contract": (
+        "implementation.connector_core",
+        "implementation.client_library",
+        "implementation.adapters",
+        "implementation.connector",
+    ),
+    "adapters": ("implementation.connector_core", "implementation.connector"),
+}
 
 
 def imported_modules(source: str, module: str, filename: str = "<source>") -> Iterator[tuple[int, str]]:
@@ -119,6 +143,39 @@ def test_the_harness_has_no_import_circles() -> None:
     assert not found, "import circles in harness/: " + "; ".join(" <-> ".join(group) for group in found)
 
 
+def package_graph(graph: dict[str, set[str]], root: str) -> dict[str, set[str]]:
+    """The module graph with every module of a subpackage of `root` merged into that subpackage
+    (harness.perf.fanout -> harness.perf); modules directly in `root` stay nodes of their own."""
+
+    def node(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 else module
+
+    merged: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        merged.setdefault(node(name), set())
+        merged[node(name)] |= {node(t) for t in targets if node(t) != node(name) and node(t) != root}
+    return merged
+
+
+def test_the_harness_packages_have_no_import_circles() -> None:
+    found = cycles(package_graph(import_graph(HARNESS, "harness"), "harness"))
+    assert not found, "import circles between harness packages: " + "; ".join(
+        " <-> ".join(group) for group in found
+    )
+
+
+def test_the_reference_rooms_stay_apart() -> None:
+    found = []
+    for room, forbidden in ROOMS.items():
+        found += [
+            line
+            for line in forbidden_imports(IMPLEMENTATION / room, forbidden)
+            if not (room == "connector_core" and line.split(": imports ")[1].startswith(INTERFACE))
+        ]
+    assert not found, "the reference's rooms import across their walls:\n" + "\n".join(found)
+
+
 def test_the_checks_see_what_they_look_for() -> None:
     # each check, given a source that breaks its rule, reports it
     lazy = "def f():\n    from implementation.clients import run\n"
@@ -130,3 +187,7 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert ("harness.doubles.mock_exchange") in [n for _, n in imported_modules(relative, "harness.perf.x")]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+    # a circle between two packages that no two modules share is still a circle
+    planted = {"h.p.x": {"h.q.y"}, "h.q.y": set(), "h.q.z": {"h.p.w"}, "h.p.w": set(), "h.top": {"h.p.x"}}
+    assert cycles(planted) == []
+    assert cycles(package_graph(planted, "h")) == [["h.p", "h.q"]]

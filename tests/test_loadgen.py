@@ -18,26 +18,28 @@ from harness.perf.fanout import BaselineSource, MockExchangeSource
 from harness.perf.fixtures import bench_lock
 from harness.perf.loadgen import (
     PacingReport,
-    Schedule,
     SequenceTracker,
     Window,
-    account_tag,
-    format_tag,
-    latency_ns,
     measure_unary,
     merged,
-    parse_tag,
-    position_tag,
     run_paced,
     run_windowed,
-    tagged_account,
-    tagged_position,
 )
 from harness.perf.probes import LatencyRecorder
 from harness.perf.procwatch import ProcessWatch
 from harness.perf.results import PerfRecorder, latest_figures, load
 from harness.perf.stream_bench import measure_stream
-from implementation.exchange.validation import validate_account, validate_position
+from harness.tagged_updates import (
+    Schedule,
+    account_tag,
+    format_tag,
+    latency_ns,
+    parse_tag,
+    position_tag,
+    tagged_account,
+    tagged_position,
+)
+from implementation.contract.validation import validate_account, validate_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -1,4 +1,4 @@
-"""The reference's in-process MockExchange (implementation/exchange/mock.py), the `mock` adapter of
+"""The reference's in-process MockExchange (implementation/adapters/mock.py), the `mock` adapter of
 its connector: the mock alone, in the test's event loop, no network. (The catalogue's §4.3
 scenarios check the suite's own mock exchange: specs/integration/test_mock_exchange.py.)"""
 
@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.mock import MockExchange
+from implementation.adapters.mock import MockExchange
+from implementation.contract.errors import ExchangeUnavailable
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

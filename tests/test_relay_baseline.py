@@ -10,7 +10,7 @@ import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.doubles.relay import RelayProcess
-from harness.perf.loadgen import account_tag, tagged_account
+from harness.tagged_updates import account_tag, tagged_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

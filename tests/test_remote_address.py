@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from implementation.exchange.remote import RemoteExchange, check_address
+from implementation.client_library.remote_exchange import RemoteExchange, check_address
 
 
 @pytest.mark.parametrize(

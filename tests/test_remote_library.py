@@ -16,15 +16,15 @@ import pytest
 import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from implementation.exchange.base import Exchange
-from implementation.exchange.errors import ExchangeUnavailable, InvalidData, InvalidRequest
-from implementation.exchange.remote import (
+from implementation.adapters.interface import Exchange
+from implementation.client_library.remote_exchange import (
     LOGGER_NAME,
     ReconnectPolicy,
     RemoteError,
     RemoteExchange,
     RemoteUnavailable,
 )
+from implementation.contract.errors import ExchangeUnavailable, InvalidData, InvalidRequest
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc

@@ -19,13 +19,13 @@ import pytest_asyncio
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.perf.probes import LeakProbe
 from harness.tls import TlsMaterial
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.remote import (
+from implementation.client_library.remote_exchange import (
     ConnectTimeout,
     RemoteDeadlineExceeded,
     RemoteError,
     RemoteExchange,
 )
+from implementation.contract.errors import ExchangeUnavailable
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc

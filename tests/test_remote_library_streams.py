@@ -19,7 +19,12 @@ import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.perf.probes import LeakProbe
-from implementation.exchange.remote import LOGGER_NAME, ReconnectPolicy, RemoteExchange, StreamHandle
+from implementation.client_library.remote_exchange import (
+    LOGGER_NAME,
+    ReconnectPolicy,
+    RemoteExchange,
+    StreamHandle,
+)
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

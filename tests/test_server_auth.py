@@ -10,9 +10,9 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from implementation.exchange.auth import BearerTokenInterceptor
-from implementation.exchange.mock import MockExchange
-from implementation.exchange.server import SERVICE_NAME, ExchangeServer
+from implementation.adapters.mock import MockExchange
+from implementation.connector_core.auth import BearerTokenInterceptor
+from implementation.connector_core.server import SERVICE_NAME, ExchangeServer
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.sim import DEFAULT_SYMBOLS, SimExchange
-from implementation.exchange.validation import validate_account, validate_position
+from implementation.adapters.sim import DEFAULT_SYMBOLS, SimExchange
+from implementation.contract.errors import ExchangeUnavailable
+from implementation.contract.validation import validate_account, validate_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 pytestmark = pytest.mark.timeout(10)

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from implementation.exchange.errors import InvalidData, InvalidRequest
-from implementation.exchange.validation import check_symbol, is_decimal, validate_account, validate_position
+from implementation.contract.errors import InvalidData, InvalidRequest
+from implementation.contract.validation import check_symbol, is_decimal, validate_account, validate_position
 from opensqt.exchange.testdata import spec_account, spec_positions
 
 

@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from harness.perf.loadgen import Schedule, tagged_account, tagged_position
-from harness.perf.loops import LOOPS, new_event_loop, serve_program
+from harness.loops import LOOPS, new_event_loop, serve_program
+from harness.tagged_updates import Schedule, tagged_account, tagged_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from harness.doubles.baseline import BaselineProcess
-from harness.perf.loops import LOOPS, serve_program
+from harness.loops import LOOPS, serve_program
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.perf.loadgen import PRIMING_RUN, SequenceTracker, account_tag, position_tag, tagged_account
+from harness.perf.loadgen import SequenceTracker
 from harness.perf.probes import LatencyRecorder
 from harness.perf.stream_reader import ReconnectingStream
+from harness.tagged_updates import PRIMING_RUN, account_tag, position_tag, tagged_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

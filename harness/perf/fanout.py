@@ -28,17 +28,9 @@ import grpc
 
 from harness.doubles.baseline import StreamPlan
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.perf.loadgen import (
-    PRIMING_RUN,
-    PacingReport,
-    SequenceTracker,
-    Window,
-    account_tag,
-    run_paced,
-    run_windowed,
-    tagged_account,
-)
+from harness.perf.loadgen import PacingReport, SequenceTracker, Window, run_paced, run_windowed
 from harness.perf.probes import LatencyRecorder
+from harness.tagged_updates import PRIMING_RUN, account_tag, tagged_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -30,9 +30,9 @@ import pytest
 from harness.doubles.baseline import BaselineProcess
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.doubles.relay import RelayProcess
+from harness.markers import scenario_ids
 from harness.options import perf_mode
 from harness.perf.results import RESULTS_FILE, PerfRecorder
-from harness.selection import scenario_ids
 
 BENCH_LOCK = Path(tempfile.gettempdir()) / "opensqt-bench.lock"
 BENCH_LOCK_WAIT_S = 120.0

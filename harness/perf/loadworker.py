@@ -33,8 +33,8 @@ from typing import Any
 
 import grpc
 
+from harness import loops
 from harness.doubles.baseline import StreamPlan
-from harness.perf import loops
 from harness.perf.clientsim import ClientCounts, SimulatedClient, start_all, stop_all, wait_delivered
 from harness.perf.fanout import AccountSubscriber, SubscriberReport
 from harness.perf.probes import LatencyRecorder

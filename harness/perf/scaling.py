@@ -23,9 +23,9 @@ import psutil
 
 from harness.doubles.baseline import StreamPlan
 from harness.perf.fanout import UpdateSource
-from harness.perf.loadgen import PRIMING_RUN, account_tag
 from harness.perf.procwatch import ProcessWatch
 from harness.perf.stream_bench import measure_stream
+from harness.tagged_updates import PRIMING_RUN, account_tag
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 

@@ -37,8 +37,9 @@ from typing import Any
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.perf.clientsim import SimulatedClient, prime, start_all, stop_all
-from harness.perf.loadgen import merged, tagged_account, tagged_position
+from harness.perf.loadgen import merged
 from harness.perf.probes import ResourceSnapshot
+from harness.tagged_updates import tagged_account, tagged_position
 
 RUN = 1
 RESTART_ALLOWANCE_S = 10.0  # a program restart takes a few seconds; none may spill into the last interval

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.selection import scenario_ids
+from harness.markers import scenario_ids
 from harness.sut.client_driver import DriverFailure, DriverSession, start_driver
 from harness.sut.manifest import Manifest
 

@@ -27,7 +27,7 @@ async def serve(emitter: Emitter) -> None:
     emitter.emit(
         "ready",
         protocol=PROTOCOL_VERSION,
-        library="RemoteExchange (implementation.exchange.remote)",
+        library="RemoteExchange (implementation.client_library.remote_exchange)",
         language=f"python {sys.version.split()[0]}",
         grpc=grpc.__version__,
     )

@@ -14,14 +14,14 @@ from contextvars import ContextVar
 from typing import Any
 
 from implementation.client_driver.events import Emitter, now_ms, payload
-from implementation.exchange.errors import ExchangeError, InvalidData
-from implementation.exchange.remote import (
+from implementation.client_library.remote_exchange import (
     ConnectTimeout,
     ReconnectPolicy,
     RemoteError,
     RemoteExchange,
     StreamHandle,
 )
+from implementation.contract.errors import ExchangeError, InvalidData
 
 Command = dict[str, Any]
 STREAM_ID: ContextVar[str | None] = ContextVar("client_driver_stream", default=None)

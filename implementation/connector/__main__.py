@@ -17,16 +17,16 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from implementation.adapters.grpc_upstream import UPSTREAM_KEEPALIVE_TIMEOUT_S, GrpcExchange
+from implementation.adapters.interface import Exchange
+from implementation.adapters.mock import MockExchange
+from implementation.adapters.sim import SimExchange
 from implementation.connector.cli import PROGRAM, HealthSettings, ServeSettings, UsageError, parse
 from implementation.connector.health import check_health
 from implementation.connector.metrics import MetricsServer
-from implementation.exchange.base import Exchange
-from implementation.exchange.freshness import UPSTREAM_KEEPALIVE_TIMEOUT_S, FreshnessPolicy
-from implementation.exchange.mock import MockExchange
-from implementation.exchange.server import ExchangeServer, ListenError
-from implementation.exchange.sim import SimExchange
-from implementation.exchange.tls import TlsConfigError
-from implementation.exchange.upstream import GrpcExchange
+from implementation.connector_core.freshness import FreshnessPolicy
+from implementation.connector_core.server import ExchangeServer, ListenError
+from implementation.contract.tls import TlsConfigError
 from implementation.logs import configure_logging, log_event
 from implementation.stop_signals import ignore_stop_signals, stop_event
 

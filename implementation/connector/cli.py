@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from implementation.adapters.sim import DEFAULT_SYMBOLS
 from implementation.config import SHARED_TOKEN_ENV, read_token_file
-from implementation.exchange.errors import InvalidRequest
-from implementation.exchange.server import split_address
-from implementation.exchange.sim import DEFAULT_SYMBOLS
-from implementation.exchange.tls import TlsConfigError, TlsServerConfig, read_pem
-from implementation.exchange.validation import check_symbol
+from implementation.connector_core.server import split_address
+from implementation.contract.errors import InvalidRequest
+from implementation.contract.tls import TlsConfigError, TlsServerConfig, read_pem
+from implementation.contract.validation import check_symbol
 from implementation.logs import FORMATS, LEVELS
 
 PROGRAM = "exchange_connector"

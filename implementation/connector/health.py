@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from implementation.connector.cli import PROGRAM, HealthSettings
-from implementation.exchange.tls import channel_credentials
+from implementation.contract.tls import channel_credentials
 
 
 def check_health(settings: HealthSettings) -> int:

@@ -41,10 +41,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from implementation.connector.metrics_http import AsyncMetricsHttp
-from implementation.exchange.hub import TOPICS, Hub
-from implementation.exchange.requests import CallStats
-from implementation.exchange.server import split_address
-from implementation.exchange.shared_calls import SharedCalls
+from implementation.connector_core.hub import TOPICS, Hub
+from implementation.connector_core.server import split_address
+from implementation.connector_core.service_handlers import CallStats
+from implementation.connector_core.shared_calls import SharedCalls
 
 PREFIX = "exchange_connector_"
 TASK_COUNT_TIMEOUT_S = 1.0

@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from implementation.exchange.errors import InvalidRequest
-from implementation.exchange.validation import MAX_SYMBOL_LENGTH, check_symbol
+from implementation.contract.errors import InvalidRequest
+from implementation.contract.validation import MAX_SYMBOL_LENGTH, check_symbol
 from implementation.live_server.access import AccessCheck, AccessPolicy
 from implementation.live_server.feed import Broadcaster, serve_client
 from implementation.live_server.metrics import LiveServerMetrics

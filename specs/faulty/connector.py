@@ -24,13 +24,13 @@ from typing import Any, cast
 import grpc
 
 from implementation import stop_signals
+from implementation.adapters.grpc_upstream import GrpcExchange
 from implementation.connector import __main__ as connector_main
-from implementation.exchange.errors import InvalidRequest
-from implementation.exchange.hub import ACCOUNT, POSITIONS, Hub
-from implementation.exchange.server import ExchangeServer, ExchangeService
-from implementation.exchange.subscription import Subscription, SubscriptionEnded
-from implementation.exchange.upstream import GrpcExchange
-from implementation.exchange.validation import check_symbol
+from implementation.connector_core.hub import ACCOUNT, POSITIONS, Hub
+from implementation.connector_core.server import ExchangeServer, ExchangeService
+from implementation.connector_core.subscription import Subscription, SubscriptionEnded
+from implementation.contract.errors import InvalidRequest
+from implementation.contract.validation import check_symbol
 from implementation.logs import log_event
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.faulty.registry import FaultRegistry
@@ -55,7 +55,7 @@ PORT_HOLDER = (
     "time.sleep(float(sys.argv[3]))\n"
 )
 NOT_DECIMAL_FIELDS = frozenset({"symbol", "side", "margin_type"})
-HUB_LOG = logging.getLogger("implementation.exchange.hub")  # where the reference logs its subscribers
+HUB_LOG = logging.getLogger("implementation.connector_core.hub")  # where the reference logs its subscribers
 
 fault = FaultRegistry("specs.faulty.connector", "[serve] FLAGS...")
 FAULTS = fault.faults
@@ -319,7 +319,7 @@ def second_sigterm_exits_1() -> None:
 def share_busy_port() -> None:
     """grpc's default SO_REUSEPORT: on a port another SO_REUSEPORT server holds, the bind succeeds and
     the two share its connections."""
-    from implementation.exchange import server
+    from implementation.connector_core import server
 
     server.SERVER_OPTIONS = (
         *(o for o in server.SERVER_OPTIONS if o[0] != "grpc.so_reuseport"),
@@ -440,13 +440,13 @@ def exponent_decimals() -> None:
 @fault("no-keepalive")
 def no_keepalive() -> None:
     """The upstream channel has no keepalive and the hub no watchdog: a frozen exchange is never noticed."""
-    from implementation.exchange import upstream
+    from implementation.adapters import grpc_upstream
 
     async def no_watchdog(self: Hub) -> str:
         await asyncio.Event().wait()
         return "never"
 
-    upstream.keepalive_options = lambda keepalive, timeout: []
+    grpc_upstream.keepalive_options = lambda keepalive, timeout: []
     Hub._watch = no_watchdog  # type: ignore[method-assign]
 
 
@@ -491,18 +491,20 @@ def quiet_is_stale() -> None:
 @fault("malformed-unknown")
 def malformed_unknown() -> None:
     """Requests are parsed as the generated code does: garbage raises inside grpc (UNKNOWN, a traceback)."""
-    from implementation.exchange import requests
+    from implementation.connector_core import service_handlers
 
-    requests._parser = lambda method, kind: kind.FromString
+    service_handlers._parser = lambda method, kind: kind.FromString
 
 
 @fault("token-log-per-call")
 def token_log_per_call() -> None:
     """Every rejected token is logged, none is counted."""
-    from implementation.exchange import auth
+    from implementation.connector_core import auth
 
     def refuse(self: Any, handler: Any, details: Any, reason: str, message: str) -> Any:
-        log_event(logging.getLogger("implementation.exchange.auth"), "token_rejected", level=logging.WARNING)
+        log_event(
+            logging.getLogger("implementation.connector_core.auth"), "token_rejected", level=logging.WARNING
+        )
         return auth._refusal(handler, message, self.stats)
 
     auth.BearerTokenInterceptor._refuse = refuse  # type: ignore[method-assign]
@@ -511,7 +513,7 @@ def token_log_per_call() -> None:
 @fault("positions-pass-through")
 def positions_pass_through() -> None:
     """Every GetPositions becomes its own upstream call."""
-    from implementation.exchange.shared_calls import SharedCalls
+    from implementation.connector_core.shared_calls import SharedCalls
 
     async def call(self: Any, key: Any, start: Any) -> Any:
         self.started += 1
@@ -524,7 +526,7 @@ def positions_pass_through() -> None:
 def no_overload_shedding() -> None:
     """The connector does not measure how far its upstream read trails the exchange: under overload
     nobody is shed or refused, and every subscriber drifts into the past together."""
-    from implementation.exchange.freshness import Freshness
+    from implementation.connector_core.freshness import Freshness
 
     Freshness.account_read = lambda self, account: self.heard()  # type: ignore[method-assign]
 
@@ -532,7 +534,7 @@ def no_overload_shedding() -> None:
 @fault("stall-drops-readers")
 def stall_drops_readers() -> None:
     """No heartbeat on the loop: a stall of the connector's own is taken for its readers' lag."""
-    from implementation.exchange.stall import LoopStalls
+    from implementation.connector_core.stall import LoopStalls
 
     LoopStalls.excused = lambda self, now: False  # type: ignore[method-assign]
 
@@ -540,7 +542,7 @@ def stall_drops_readers() -> None:
 @fault("burst-cancelled")
 def burst_cancelled() -> None:
     """grpc's default queue of calls waiting for the event loop: past 1,000, a burst is CANCELLED."""
-    from implementation.exchange import server
+    from implementation.connector_core import server
 
     server.SERVER_OPTIONS = tuple(o for o in server.SERVER_OPTIONS if "max_pending_requests" not in o[0])
 
@@ -548,7 +550,7 @@ def burst_cancelled() -> None:
 @fault("no-data-age-header")
 def no_data_age_header() -> None:
     """GetAccount and GetPositions answers carry no x-opensqt-data-age-ms: nobody can tell their age."""
-    from implementation.exchange import server
+    from implementation.connector_core import server
 
     server.DATA_AGE_KEY = "x-opensqt-unrelated"
 

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from implementation.client_driver import __main__ as driver_main
-from implementation.exchange import remote
-from implementation.exchange.remote import RemoteExchange
-from implementation.exchange.remote_stream import StreamHandle
+from implementation.client_library import remote_exchange
+from implementation.client_library.remote_exchange import RemoteExchange
+from implementation.client_library.resilient_stream import StreamHandle
 from specs.faulty.registry import FaultRegistry
 
 LATE_CANCEL_S = 0.3  # callback-after-cancel: the stream goes on this long after cancel() returned
@@ -110,12 +110,12 @@ def reorder_updates() -> None:
 @fault("empty-address-accepted")
 def empty_address_accepted() -> None:
     """An empty or blank address is taken as it is, instead of being refused at once."""
-    check = remote.check_address
+    check = remote_exchange.check_address
 
     def lenient(address: str) -> str:
         return address if not address.strip() else check(address)
 
-    remote.check_address = lenient
+    remote_exchange.check_address = lenient
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,11 +30,12 @@ import pytest
 
 from harness.doubles.baseline import StreamPlan
 from harness.perf.fanout import summarise
-from harness.perf.loadgen import PRIMING_RUN, merged, run_paced, tagged_account
+from harness.perf.loadgen import merged, run_paced
 from harness.perf.loadworker import ClientGroup, ClientProcesses
 from harness.perf.machine_probe import probe_steadiness
 from harness.perf.procwatch import ProcessWatch
 from harness.perf.results import PerfRecorder
+from harness.tagged_updates import PRIMING_RUN, tagged_account
 from harness.verdicts import Verdicts
 
 pytestmark = pytest.mark.perf

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from harness.perf.clientsim import SimulatedClient, make_clients, prime, start_all, stop_all, wait_delivered
-from harness.perf.loadgen import run_paced, tagged_account
+from harness.perf.loadgen import run_paced
 from harness.perf.probes import ResourceSnapshot, assert_no_growth, assert_no_growth_async
 from harness.perf.results import PerfRecorder
+from harness.tagged_updates import tagged_account
 from harness.verdicts import Verdicts
 
 pytestmark = pytest.mark.perf

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TypeVar
 
-from implementation.exchange.base import AccountCallback, PositionCallback
+from implementation.adapters.interface import AccountCallback, PositionCallback
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 

@@ -23,10 +23,6 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 DEFAULT_MAX_AGE_S = 5.0
 DEFAULT_PROBE_AFTER_S = 1.0
 DEFAULT_SUBSCRIBER_MAX_LAG_S = 1.0
-# The keepalive of the upstream channel: an HTTP/2 ping after this much silence on the connection,
-# and the connection is closed when the ping is not answered in time.
-UPSTREAM_KEEPALIVE_S = 10.0
-UPSTREAM_KEEPALIVE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -113,8 +109,6 @@ __all__ = [
     "DEFAULT_MAX_AGE_S",
     "DEFAULT_PROBE_AFTER_S",
     "DEFAULT_SUBSCRIBER_MAX_LAG_S",
-    "UPSTREAM_KEEPALIVE_S",
-    "UPSTREAM_KEEPALIVE_TIMEOUT_S",
     "Freshness",
     "FreshnessPolicy",
 ]

@@ -17,11 +17,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from implementation.exchange.base import AccountCallback, PositionCallback
-from implementation.exchange.errors import ExchangeUnavailable
-from implementation.exchange.freshness import UPSTREAM_KEEPALIVE_S, UPSTREAM_KEEPALIVE_TIMEOUT_S
-from implementation.exchange.remote import RemoteExchange
+from implementation.adapters.interface import AccountCallback, PositionCallback
+from implementation.client_library.remote_exchange import RemoteExchange
+from implementation.contract.errors import ExchangeUnavailable
 from opensqt.exchange.v1 import exchange_pb2 as pb
+
+# The keepalive of the upstream channel: an HTTP/2 ping after this much silence on the connection,
+# and the connection is closed when the ping is not answered in time.
+UPSTREAM_KEEPALIVE_S = 10.0
+UPSTREAM_KEEPALIVE_TIMEOUT_S = 5.0
 
 
 def keepalive_options(keepalive: float, timeout: float) -> list[tuple[str, Any]]:
@@ -60,7 +64,7 @@ class GrpcExchange:
             tls_cert=tls_cert,
             tls_key=tls_key,
             token=token,
-            logger=logger or logging.getLogger("implementation.exchange.upstream"),
+            logger=logger or logging.getLogger("implementation.adapters.grpc_upstream"),
         )
 
     @property

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from implementation.exchange.log_limit import LimitedLog
-from implementation.exchange.requests import CallStats, Malformed, refuse_malformed
+from implementation.connector_core.log_limit import LimitedLog
+from implementation.connector_core.service_handlers import CallStats, Malformed, refuse_malformed
 
 # Probes and tooling must work without the token: Docker health checks, grpcurl list/describe.
 EXEMPT_PREFIXES = (
@@ -67,7 +67,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         self._expected = token.encode()
         self.stats = stats or CallStats()
         # every refusal is counted; the log says so at most once per interval (guessing is cheap)
-        self._log = LimitedLog(logging.getLogger("implementation.exchange.auth"), "token_rejected")
+        self._log = LimitedLog(logging.getLogger("implementation.connector_core.auth"), "token_rejected")
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails

@@ -20,8 +20,8 @@ from typing import Any, Generic, TypeVar, cast
 
 import grpc
 
-from implementation.exchange.backoff import ReconnectPolicy
-from implementation.exchange.errors import InvalidData
+from implementation.contract.backoff import ReconnectPolicy
+from implementation.contract.errors import InvalidData
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from operator import attrgetter
 
-from implementation.exchange.errors import InvalidData, InvalidRequest
+from implementation.contract.errors import InvalidData, InvalidRequest
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # used with fullmatch: no trailing newline slips through

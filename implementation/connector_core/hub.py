@@ -42,13 +42,13 @@ from typing import Any
 
 import grpc
 
-from implementation.exchange.backoff import ReconnectPolicy
-from implementation.exchange.base import Exchange
-from implementation.exchange.errors import InvalidData
-from implementation.exchange.freshness import Freshness, FreshnessPolicy
-from implementation.exchange.stall import LoopStalls
-from implementation.exchange.subscription import Subscription, SubscriptionEnded
-from implementation.exchange.validation import validate_account, validate_position
+from implementation.adapters.interface import Exchange
+from implementation.connector_core.freshness import Freshness, FreshnessPolicy
+from implementation.connector_core.stall import LoopStalls
+from implementation.connector_core.subscription import Subscription, SubscriptionEnded
+from implementation.contract.backoff import ReconnectPolicy
+from implementation.contract.errors import InvalidData
+from implementation.contract.validation import validate_account, validate_position
 from implementation.logs import log_event
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
@@ -62,7 +62,7 @@ SHUTTING_DOWN = "shutting down"
 OVERLOAD_COOLDOWN_FACTOR = 2.0  # after a shed, new subscribers wait this many lag bounds
 
 ServingCallback = Callable[[bool], Awaitable[None]]
-_log = logging.getLogger("implementation.exchange.hub")
+_log = logging.getLogger("implementation.connector_core.hub")
 
 
 @dataclass

@@ -19,15 +19,15 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from implementation.exchange.backoff import ReconnectPolicy
-from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
-from implementation.exchange.remote_address import check_address
-from implementation.exchange.remote_stream import StreamBreak, StreamHandle
-from implementation.exchange.validation import check_symbol, validate_account, validate_position
+from implementation.client_library.address import check_address
+from implementation.client_library.resilient_stream import StreamBreak, StreamHandle
+from implementation.contract.backoff import ReconnectPolicy
+from implementation.contract.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
+from implementation.contract.validation import check_symbol, validate_account, validate_position
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
-LOGGER_NAME = "implementation.exchange.remote"
+LOGGER_NAME = "implementation.client_library.remote_exchange"
 # How long connect() spends, after its timeout, asking gRPC why the channel is not ready.
 DIAGNOSE_S = 0.25
 T = TypeVar("T")

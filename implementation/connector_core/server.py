@@ -23,12 +23,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from implementation.exchange.auth import BearerTokenInterceptor
-from implementation.exchange.backoff import ReconnectPolicy
-from implementation.exchange.base import Exchange
-from implementation.exchange.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
-from implementation.exchange.freshness import FreshnessPolicy
-from implementation.exchange.hub import (
+from implementation.adapters.interface import Exchange
+from implementation.connector_core.auth import BearerTokenInterceptor
+from implementation.connector_core.freshness import FreshnessPolicy
+from implementation.connector_core.hub import (
     ACCOUNT,
     DEFAULT_QUEUE_SIZE,
     POSITIONS,
@@ -36,10 +34,12 @@ from implementation.exchange.hub import (
     Hub,
     SubscriptionEnded,
 )
-from implementation.exchange.requests import CallStats, add_service
-from implementation.exchange.shared_calls import SharedCalls
-from implementation.exchange.tls import TlsServerConfig
-from implementation.exchange.validation import check_symbol, validate_account, validate_position
+from implementation.connector_core.service_handlers import CallStats, add_service
+from implementation.connector_core.shared_calls import SharedCalls
+from implementation.contract.backoff import ReconnectPolicy
+from implementation.contract.errors import ExchangeError, ExchangeUnavailable, InvalidData, InvalidRequest
+from implementation.contract.tls import TlsServerConfig
+from implementation.contract.validation import check_symbol, validate_account, validate_position
 from implementation.logs import log_event
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -60,7 +60,7 @@ SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.server.max_pending_requests_hard_limit", 20_000),
 )
 Context = grpc.aio.ServicerContext[Any, Any]
-_log = logging.getLogger("implementation.exchange.server")
+_log = logging.getLogger("implementation.connector_core.server")
 
 
 class ListenError(OSError):

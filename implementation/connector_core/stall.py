@@ -24,7 +24,7 @@ BEAT_S = 0.1
 STALL_AFTER_S = 0.5  # a heartbeat this late ...
 BUSY_SHARE = 0.2  # ... while the loop's thread ran for less than this share of it: a stall
 SETTLE_S = 0.5  # after a stall, time to read the backlog it left before being behind means overload
-_log = logging.getLogger("implementation.exchange.hub")
+_log = logging.getLogger("implementation.connector_core.hub")
 
 
 class LoopStalls:

@@ -19,9 +19,9 @@ from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from implementation.exchange.base import AccountCallback, PositionCallback
-from implementation.exchange.errors import ExchangeUnavailable, InvalidRequest
-from implementation.exchange.validation import check_symbol
+from implementation.adapters.interface import AccountCallback, PositionCallback
+from implementation.contract.errors import ExchangeUnavailable, InvalidRequest
+from implementation.contract.validation import check_symbol
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")

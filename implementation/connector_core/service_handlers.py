@@ -18,13 +18,13 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from implementation.exchange.log_limit import LimitedLog
+from implementation.connector_core.log_limit import LimitedLog
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Context], Awaitable[Any]]
-_log = logging.getLogger("implementation.exchange.server")
+_log = logging.getLogger("implementation.connector_core.server")
 
 
 @dataclass(frozen=True)
