@@ -17,12 +17,14 @@ own registry (several servers in one process never collide).
     exchange_connector_stale                               gauge: 1 while the view must not be served as current
     exchange_connector_upstream_probes_total               liveness reads sent to a quiet upstream
     exchange_connector_upstream_hung_total                 upstream connections given up as hung
+    exchange_connector_overload_sheds_total                times overload shed the laggiest quarter of subscribers
     exchange_connector_malformed_requests_total{method}    requests refused as not parseable (INVALID_ARGUMENT)
     exchange_connector_auth_rejected_total{reason}         calls refused with UNAUTHENTICATED (missing, invalid)
     exchange_connector_upstream_get_positions_calls_total  GetPositions calls made to the upstream
     exchange_connector_get_positions_shared_total          GetPositions answered by a call already in flight
     exchange_connector_calls_refused_total{reason}         new calls refused (shutting_down, overloaded)
     exchange_connector_asyncio_tasks                       gauge: asyncio tasks alive on the event loop
+    process_*                                              the process's start time, CPU, memory, open files
 
 The task count is how a black-box leak check sees the connector's coroutines (the Python analogue
 of a goroutine count); it is counted on the loop's own thread, as asyncio.all_tasks requires.
@@ -36,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -133,6 +135,11 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             PREFIX + "upstream_hung", "upstream connections given up as hung", value=hub.hung_upstreams
         )
+        yield CounterMetricFamily(
+            PREFIX + "overload_sheds",
+            "times overload shed the laggiest quarter of the subscribers",
+            value=hub.shed_rounds,
+        )
         tasks = count_tasks(self._loop) if self._loop is not None else None
         if tasks is not None:
             yield GaugeMetricFamily(
@@ -162,6 +169,8 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HubCollector(hub, loop))
         self.registry.register(CallCollector(stats or CallStats(), positions, refused))
+        # process_start_time_seconds (restarts), CPU, memory and open files of this process
+        ProcessCollector(registry=self.registry)
         self.port = 0
         self._http = AsyncMetricsHttp(self.registry)
 

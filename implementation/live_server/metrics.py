@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +48,8 @@ class LiveServerMetrics:
             "when the last update arrived (Unix time)",
             registry=registry,
         )
+        # process_start_time_seconds (restarts), CPU, memory and open files of this process
+        ProcessCollector(registry=registry)
         state.add_listener(self._on_change)
 
     def _on_change(self, change: StateChange) -> None:
