@@ -1,14 +1,16 @@
-"""The cross-stack matrix: {Python, Node} exchange_connector x {Python, Node} client driver.
+"""The cross-stack matrix: {Python, Node, Go} exchange_connector x {Python, Node, Go} client driver.
 
-Each cell is a manifest written at test time: the cell's connector manifest (implementation/sut.toml
-or interop/node/sut.toml, with its market_maker and live_server) with the cell's client driver (the
-reference's, or the Node one of docs/examples/node-client-driver.toml) and `client_library` claimed.
+Each cell is a manifest written at test time: the cell's connector manifest (implementation/sut.toml,
+interop/node/sut.toml or interop/go/sut.toml, with its market_maker and live_server) with the cell's
+client driver (the reference's, the Node one of docs/examples/node-client-driver.toml, or the Go one
+of interop/go/sut.toml) and `client_library` claimed.
 The suite runs each cell as a subprocess, two at a time, with the client sections and the
 connector's basic scenarios; in 4.1.1.x1 the cell's driver talks to the cell's connector, which is
 what the matrix proves. A cell passes when the run does, with its known failures (if any) reported
 as such. Each cell's verdict goes into the test's report (its user properties) and into
 <report-dir>/interop-matrix/<cell>.json; docs/interop.md shows the table of a real run. Where Node.js
-is missing, the Node cells skip and say so.
+is missing, the Node cells skip and say so; where the Go binaries are (no Go: tools/bootstrap.sh
+builds them into interop/go/bin), the Go cells.
 """
 
 from __future__ import annotations
@@ -34,14 +36,23 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-CONNECTORS = {"python": ROOT / "implementation" / "sut.toml", "node": ROOT / "interop" / "node" / "sut.toml"}
+CONNECTORS = {
+    "python": ROOT / "implementation" / "sut.toml",
+    "node": ROOT / "interop" / "node" / "sut.toml",
+    "go": ROOT / "interop" / "go" / "sut.toml",
+}
 DRIVERS = {
     "python": ROOT / "implementation" / "sut.toml",
     "node": ROOT / "docs" / "examples" / "node-client-driver.toml",
+    "go": ROOT / "interop" / "go" / "sut.toml",
 }
 NODE_PACKAGES = {
     "connector": ROOT / "interop" / "node" / "node_modules" / "@grpc" / "grpc-js",
     "client driver": ROOT / "interop" / "node" / "client" / "node_modules" / "@grpc" / "grpc-js",
+}
+GO_BINARIES = {
+    "connector": ROOT / "interop" / "go" / "bin" / "exchange_connector",
+    "client driver": ROOT / "interop" / "go" / "bin" / "client_driver",
 }
 # The client sections (the driver against the suite's mock exchange), the connector's basics (the
 # suite's client against the connector), and 4.1.1.x1 (the driver against the connector).
@@ -98,6 +109,24 @@ def cell_manifest(connector: str, driver: str) -> dict[str, Any]:
         f"The {connector} exchange_connector with the {driver} client driver (the interop matrix)"
     )
     return data
+
+
+def go_missing(connector: str, driver: str) -> str | None:
+    """Why a cell with a Go program cannot run here (an environment limit), or None."""
+    parts = [name for name, stack in (("connector", connector), ("client driver", driver)) if stack == "go"]
+    for part in parts:
+        if not GO_BINARIES[part].is_file():
+            go_found = shutil.which("go") or Path("/usr/local/go/bin/go").is_file()
+            why = "go build failed?" if go_found else "go not found"
+            return (
+                f"environment: no {GO_BINARIES[part].relative_to(ROOT)} (tools/bootstrap.sh builds it; {why})"
+            )
+    return None
+
+
+def missing(connector: str, driver: str) -> str | None:
+    """Why a cell cannot run here (an environment limit), or None."""
+    return node_missing(connector, driver) or go_missing(connector, driver)
 
 
 def node_missing(connector: str, driver: str) -> str | None:
@@ -167,7 +196,7 @@ def cells(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 and hasattr(item, "callspec")
             ]
             for connector, driver in dict.fromkeys(chosen):
-                if node_missing(connector, driver) is None:
+                if missing(connector, driver) is None:
                     runs.submit(connector, driver)
         yield runs
     finally:
@@ -208,9 +237,9 @@ def test_interop_cell(
     request: pytest.FixtureRequest,
     pytestconfig: pytest.Config,
 ) -> None:
-    missing = node_missing(connector, driver)
-    if missing:
-        pytest.skip(missing)
+    why = missing(connector, driver)
+    if why:
+        pytest.skip(why)
     name = cell_name(connector, driver)
     run = cells.submit(connector, driver).result(timeout=560)
     statuses = run.statuses() if run.report_path.is_file() else {}

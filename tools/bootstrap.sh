@@ -35,3 +35,20 @@ if command -v npm >/dev/null 2>&1; then
 else
   echo "[bootstrap] npm not found: the Node programs' tests will skip (no node_modules)"
 fi
+
+# The Go programs (interop/go: exchange_connector and client_driver) built into interop/go/bin
+# (git-ignored), where go is present; again only when their sources or go.sum changed. Without
+# Go the Go tests skip and say so.
+GO=$(command -v go || { [ -x /usr/local/go/bin/go ] && echo /usr/local/go/bin/go; } || true)
+if [ -n "$GO" ]; then
+  go_sources=$(cd interop/go && find . -name '*.go' -o -name go.mod -o -name go.sum | LC_ALL=C sort)
+  stamp="interop/go/bin/.built-$(cd interop/go && cat $go_sources | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "[bootstrap] go build in interop/go ($("$GO" version | cut -d' ' -f3))"
+    (cd interop/go && "$GO" build -trimpath -o bin/ ./cmd/...)
+    rm -f interop/go/bin/.built-*
+    touch "$stamp"
+  fi
+else
+  echo "[bootstrap] go not found: the Go programs' tests will skip (no interop/go/bin)"
+fi
