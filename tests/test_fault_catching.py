@@ -26,6 +26,8 @@ from harness.sut.manifest import DEFAULT_MANIFEST, load_manifest
 from specs.faulty.catalogue import Fault, is_timed, load_faults
 from specs.faulty.connector import FAULTS as CONNECTOR_FAULTS
 from specs.faulty.driver import FAULTS as DRIVER_FAULTS
+from specs.faulty.go import FAULTS as GO_FAULTS
+from specs.faulty.go import go_missing
 from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
 from specs.faulty.manifests import MODULES, faulty_program, write_manifest
 from specs.faulty.node import FAULTS as NODE_FAULTS
@@ -33,7 +35,7 @@ from specs.faulty.node import node_missing
 from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
 
 FAULTS = load_faults()
-IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE_FAULTS}
+IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE_FAULTS, **GO_FAULTS}
 CONTROL, TIMED_CONTROL = "control", "control-timed"
 RUN_TIMEOUT_S = 300.0
 PARALLEL_RUNS = 2
@@ -143,12 +145,15 @@ def test_fault_catalogue_matches_the_faulty_connector() -> None:
         f"expected faults.yaml to list exactly the faults specs/faulty/connector.py and live_server.py "
         f"implement, got catalogue {sorted(FAULTS)} and programs {sorted(IMPLEMENTED)}"
     )
-    names = [*CONNECTOR_FAULTS, *LIVE_SERVER_FAULTS, *DRIVER_FAULTS, *NODE_FAULTS]
+    names = [*CONNECTOR_FAULTS, *LIVE_SERVER_FAULTS, *DRIVER_FAULTS, *NODE_FAULTS, *GO_FAULTS]
     assert len(names) == len(set(names)), "expected each fault name used once"
 
 
-# the Node connector's faults have a manifest of their own: tests/test_node_connector.py
-@pytest.mark.parametrize("fault", [name for name in FAULTS if name not in NODE_FAULTS])
+# the Node and Go connectors' faults have manifests of their own (tests/test_node_connector.py,
+# test_go_fault_manifest_switches_on_only_the_fault below)
+@pytest.mark.parametrize(
+    "fault", [name for name in FAULTS if name not in NODE_FAULTS and name not in GO_FAULTS]
+)
 def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) -> None:
     manifest = load_manifest(write_manifest(fault, tmp_path))
     reference = load_manifest(DEFAULT_MANIFEST)
@@ -168,6 +173,24 @@ def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) 
     )
 
 
+@pytest.mark.parametrize("fault", list(GO_FAULTS))
+def test_go_fault_manifest_switches_on_only_the_fault(fault: str, tmp_path: Path) -> None:
+    from specs.faulty.go import FAULT_ENV, GO_DIR, GO_MANIFEST
+
+    manifest = load_manifest(write_manifest(fault, tmp_path))
+    go = load_manifest(GO_MANIFEST)
+    connector = manifest.program("exchange_connector")
+    assert connector.env.get(FAULT_ENV) == GO_FAULTS[fault], f"expected {FAULT_ENV} set, got {connector.env}"
+    assert connector.command[0] == str(GO_DIR / "bin" / "exchange_connector"), (
+        f"expected the Go connector's binary, got {connector.command}"
+    )
+    for name in ("market_maker", "live_server"):
+        assert manifest.program(name) == go.program(name), f"expected {name} unchanged"
+    assert manifest.capabilities == go.capabilities, (
+        f"expected interop/go/sut.toml's capabilities, got {sorted(manifest.capabilities)}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the matrix
 
 
@@ -176,6 +199,8 @@ def test_fault_manifest_replaces_only_the_connector(fault: str, tmp_path: Path) 
 def test_suite_fails_the_faulty_connector(run: str, matrix: Matrix) -> None:
     fault = FAULTS[run]
     if run in NODE_FAULTS and (missing := node_missing()):
+        pytest.skip(missing)
+    if run in GO_FAULTS and (missing := go_missing()):
         pytest.skip(missing)
     result = matrix.result(run)
     caught = result.caught() if result.report_path.is_file() else {}

@@ -51,12 +51,17 @@ def faulty_program(fault: str) -> str:
 
 def faulty_manifest(fault: str, reference: Path = DEFAULT_MANIFEST) -> dict[str, Any]:
     """The reference manifest's data with one program's command running `fault` (for a fault of
-    the Node connector, specs/faulty/node.py: interop/node/sut.toml's, with the fault switched on)."""
+    the Node connector, specs/faulty/node.py: interop/node/sut.toml's, with the fault switched on;
+    for one of the Go connector, specs/faulty/go.py: interop/go/sut.toml's)."""
+    from specs.faulty.go import FAULTS as GO_FAULTS
+    from specs.faulty.go import go_faulty_manifest
     from specs.faulty.node import FAULTS as NODE_FAULTS
     from specs.faulty.node import node_faulty_manifest
 
     if fault in NODE_FAULTS:
         return node_faulty_manifest(fault)
+    if fault in GO_FAULTS:
+        return go_faulty_manifest(fault)
     data: dict[str, Any] = tomllib.loads(reference.read_text(encoding="utf-8"))
     name = faulty_program(fault)
     reference_module, faulty_module = MODULES[name]
