@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -13,6 +14,9 @@ import yaml
 CATALOGUE_PATH = Path(__file__).resolve().parent.parent / "specs" / "scenarios.yaml"
 LEVELS = ("unit", "integration", "e2e", "perf", "soak")
 SUBJECTS = ("sut", "suite")
+RULE_ID = re.compile(r"[CMLDHS][0-9]+")
+# A scenario's time budget when the catalogue names none: past it, the scenario is HUNG.
+DEFAULT_BUDGET_S = {"unit": 60.0, "integration": 120.0, "e2e": 180.0, "perf": 900.0, "soak": 90000.0}
 
 
 class CatalogueError(ValueError):
@@ -54,6 +58,15 @@ class Scenario:
     choice: str | None = None
     subject: str = "sut"  # "suite": a self-check of the suite (§4.3's mock exchange), not of the SUT
     derived_from: dict[str, Any] = field(default_factory=dict)
+    rules: tuple[str, ...] = ()  # the numbered rules of docs/sut-manifest.md it checks
+    exclusive: bool = False  # judges timing or resources, or stops processes: runs alone
+    budget_s: float | None = None  # past this the scenario is HUNG (default: by level)
+
+    @property
+    def time_budget_s(self) -> float:
+        if self.budget_s is not None:
+            return self.budget_s
+        return DEFAULT_BUDGET_S.get(self.level or "", 120.0)
 
     @property
     def needs_test(self) -> bool:
@@ -122,6 +135,13 @@ def parse(data: Any) -> Catalogue:
         level = raw.get("level")
         if kind == "scenario" and level not in LEVELS:
             raise CatalogueError(f"{where}: level {level!r} is not one of {', '.join(LEVELS)}")
+        rules = tuple(str(rule) for rule in raw.get("rules") or ())
+        bad = [rule for rule in rules if not RULE_ID.fullmatch(rule)]
+        if bad:
+            raise CatalogueError(f"{where}: rule {bad[0]!r} is not a rule ID such as C4 or D30")
+        budget = raw.get("budget_s")
+        if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
+            raise CatalogueError(f"{where}: budget_s must be a positive number of seconds, got {budget!r}")
         scenarios.append(
             Scenario(
                 id=sid,
@@ -136,6 +156,9 @@ def parse(data: Any) -> Catalogue:
                 choice=raw.get("choice"),
                 subject=subject,
                 derived_from=dict(raw.get("from") or {}),
+                rules=rules,
+                exclusive=bool(raw.get("exclusive", False)),
+                budget_s=None if budget is None else float(budget),
             )
         )
     return Catalogue(spec=dict(data.get("spec") or {}), scenarios=tuple(scenarios))

@@ -116,4 +116,10 @@ def launcher(sut: Manifest, tmp_path: Path, request: pytest.FixtureRequest) -> I
         programs.stop_all()
 
 
-__all__ = ["MetricRecorder"]
+def show_logs_on_failure(item: pytest.Item, programs: ProgramLauncher) -> None:
+    """A failure of `item` shows the last log lines of the programs `programs` started (the launcher
+    fixture does this for its own; a module that runs its programs once for many tests calls it)."""
+    item.stash[LAUNCHER_KEY] = programs
+
+
+__all__ = ["MetricRecorder", "show_logs_on_failure"]

@@ -14,12 +14,13 @@ import pytest
 
 from harness import catalogue as catalogue_module
 from harness import markers, options, selection
+from harness.failure_prefix import prefix_exception
+from harness.outcomes import INCONCLUSIVE_KEY, ONLY_CHECKS_FAILED, Inconclusive, Status, run_exit_status
 from harness.recorder import Recorder
 from harness.report import coverage
 from harness.report.results import RunResults
 from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, RESULTS_KEY, VERDICTS_KEY
 from harness.sut.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
-from harness.verdicts import ONLY_CHECKS_FAILED
 
 pytest_plugins = ["harness.fixtures", "harness.perf.fixtures", "harness.sut.driver_fixtures"]
 LOG_TAIL_LINES = 30
@@ -63,12 +64,14 @@ def pytest_collection_modifyitems(
         config.hook.pytest_deselected(items=dropped)
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if item.config.getoption("grpc_trace"):
         from harness.trace import TRACER
 
         TRACER.clear()
     selection.skip_unless_claimed(item, item.config.stash[MANIFEST_KEY])
+    return (yield from _with_prefix(item))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -79,11 +82,37 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return (yield)
 
 
+def _with_prefix(item: pytest.Item) -> Generator[None, None, None]:
+    # a failure's message starts with its scenario IDs and rules, written once, from the catalogue
+    try:
+        return (yield)
+    except (AssertionError, pytest.fail.Exception) as error:
+        prefix_exception(error, markers.scenario_ids(item))
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _with_prefix(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    return (yield from _with_prefix(item))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    unmeasured = call.excinfo.value if call.excinfo is not None else None
+    if report.when == "call" and isinstance(unmeasured, Inconclusive):
+        # not a verdict on the implementation: neither a pass nor a failure (see harness.outcomes)
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"INCONCLUSIVE: {unmeasured.message}")
+        report.user_properties.append((INCONCLUSIVE_KEY, unmeasured.to_json()))
+        return report
     judged = item.stash.get(VERDICTS_KEY, None)
     if report.when == "call" and report.passed and judged is not None and judged.failures:
         # the checks caught their assertions so that every ID got its verdict: the test fails now
@@ -109,3 +138,18 @@ def pytest_runtest_makereport(
         )
         report.sections.append(("gRPC trace", f"written to {path}"))
     return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    if report.when == "call" and any(key == INCONCLUSIVE_KEY for key, _ in report.user_properties):
+        return "inconclusive", "I", "INCONCLUSIVE"
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    results = session.config.stash.get(RESULTS_KEY, None)
+    if results is None or hasattr(session.config, "workerinput"):
+        return
+    statuses = [Status(outcome.outcome) for outcome in results.outcomes]
+    session.exitstatus = run_exit_status(statuses, int(session.exitstatus))

@@ -10,13 +10,12 @@ from typing import Any
 import pytest
 
 from harness import catalogue as catalogue_module
+from harness.outcomes import decide
 from harness.report import compare, coverage
 from harness.report.json_report import write_json
 from harness.report.markdown import summary_lines
 from harness.report.results import Metric, RunResults, TestOutcome
 from harness.report.writer import write_reports
-from harness.selection import NOT_APPLICABLE
-from harness.verdicts import ONLY_CHECKS_FAILED, recorded
 
 SAVE_EVERY_S = 2.0
 
@@ -43,21 +42,22 @@ class Recorder:
         for key, value in report.user_properties:
             if key == "metric" and report.when == "call":
                 self.results.add_metric(Metric(**json.loads(str(value))))
-        outcome = classify(report)
-        if outcome is None:
+        decided = decide(report, ids)
+        if decided is None:
             return
-        status, reason = outcome
-        checked = recorded(report.user_properties)
-        if not checked:
-            self.results.add_outcome(TestOutcome(report.nodeid, ids, status, reason, report.duration))
-        else:  # one verdict per ID: each check's own; an unchecked ID takes what the rest of the test did
-            only_checks = any(key == ONLY_CHECKS_FAILED for key, _ in report.user_properties)
-            rest = ("passed", "") if only_checks else (status, reason)
-            for sid in ids:
-                own_status, own_reason = checked.get(sid, rest)
-                self.results.add_outcome(
-                    TestOutcome(report.nodeid, [sid], own_status, own_reason, report.duration)
+        if not ids:  # a test of the project's own (tests/), with no scenario
+            whole = decide(report, [report.nodeid])
+            assert whole is not None
+            outcome = whole[report.nodeid]
+            self.results.add_outcome(
+                TestOutcome(report.nodeid, [], outcome.status, outcome.reason, report.duration)
+            )
+        for sid, outcome in decided.items():
+            self.results.add_outcome(
+                TestOutcome(
+                    report.nodeid, [sid], outcome.status, outcome.reason, report.duration, outcome.figures
                 )
+            )
         self._save_progress()
 
     def _save_progress(self) -> None:
@@ -110,42 +110,3 @@ class Recorder:
             terminalreporter.section("conformance: changes since the compared report")
             for line in self._comparison:
                 terminalreporter.write_line(line)
-
-
-def classify(report: pytest.TestReport) -> tuple[str, str] | None:
-    """A report's (status, reason) for the conformance report, or None for a phase that says nothing."""
-    if report.when == "call":
-        if hasattr(report, "wasxfail"):
-            if report.passed:  # strict xfail that passed: the known-failures list is stale
-                return "failed", f"listed as a known failure but passed: {report.wasxfail}"
-            return "known-failure", str(report.wasxfail)
-        if report.failed:
-            return "failed", _reason(report)
-        if report.skipped:
-            return _skip(report)
-        return "passed", ""
-    if report.when == "setup" and report.failed:
-        return "error", _reason(report)
-    if report.when == "setup" and report.skipped:
-        return _skip(report)
-    if report.when == "teardown" and report.failed:
-        return "error", "teardown: " + _reason(report)
-    return None
-
-
-def _skip(report: pytest.TestReport) -> tuple[str, str]:
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    reason = reason.removeprefix("Skipped: ")
-    if reason.startswith(NOT_APPLICABLE):
-        return "not-applicable", reason[len(NOT_APPLICABLE) :].strip()
-    return "skipped", reason
-
-
-def _reason(report: pytest.TestReport) -> str:
-    """The failure's own message (the crash line), not an exception it was raised from."""
-    crash = getattr(report.longrepr, "reprcrash", None)
-    message = getattr(crash, "message", None)
-    if message:
-        return str(message).splitlines()[0][:300]
-    text = report.longreprtext.strip()
-    return text.splitlines()[-1][:300] if text else ""

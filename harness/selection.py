@@ -9,9 +9,8 @@ import pytest
 
 from harness.markers import item_levels, scenario_ids
 from harness.options import explicit_markexpr
+from harness.outcomes import NotApplicable, not_applicable
 from harness.sut.manifest import Manifest
-
-NOT_APPLICABLE = "not applicable:"
 
 
 def write_listing(items: list[pytest.Item], config: pytest.Config) -> None:
@@ -72,4 +71,4 @@ def missing_capabilities(item: pytest.Item, manifest: Manifest) -> list[str]:
 def skip_unless_claimed(item: pytest.Item, manifest: Manifest) -> None:
     missing = missing_capabilities(item, manifest)
     if missing:
-        pytest.skip(f"{NOT_APPLICABLE} SUT {manifest.name!r} does not claim {', '.join(missing)}")
+        not_applicable(item, NotApplicable(manifest.name, capabilities=tuple(missing)))

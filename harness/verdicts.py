@@ -16,14 +16,14 @@ goes on); one that passes fails the run, as the list is stale.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import pytest
 
-VERDICT = "verdict"  # user property: one check's result
-ONLY_CHECKS_FAILED = "only-checks-failed"  # user property: the test failed through its checks alone
+from harness.failure_prefix import prefixed
+from harness.outcomes import Inconclusive, Outcome, Status, message_of, record_check
+
 Failure = (Exception, pytest.fail.Exception)  # pytest.fail() raises an exception outside Exception
 
 
@@ -40,26 +40,25 @@ class Verdicts:
             raise ValueError(f"{scenario_id!r} is not one of this test's scenario IDs {self._ids}")
         try:
             yield
+        except Inconclusive as unmeasured:
+            record_check(
+                self._item, scenario_id, Outcome(Status.INCONCLUSIVE, unmeasured.message, unmeasured.figures)
+            )
         except Failure as error:
-            reason = _first_line(error)
+            reason = prefixed([scenario_id], _message(error))
             if scenario_id in self._known:
-                self._record(
-                    scenario_id, "known-failure", f"known failure {scenario_id}: {self._known[scenario_id]}"
-                )
+                known = f"known failure {scenario_id}: {self._known[scenario_id]}"
+                record_check(self._item, scenario_id, Outcome(Status.KNOWN_FAILURE, known))
             else:
-                self._record(scenario_id, "failed", reason)
+                record_check(self._item, scenario_id, Outcome(Status.FAILED, reason))
                 self.failures[scenario_id] = reason
         else:
             if scenario_id in self._known:
                 reason = f"listed as a known failure but passed: {self._known[scenario_id]}"
-                self._record(scenario_id, "failed", reason)
+                record_check(self._item, scenario_id, Outcome(Status.STALE, reason))
                 self.failures[scenario_id] = reason
             else:
-                self._record(scenario_id, "passed", "")
-
-    def _record(self, scenario_id: str, status: str, reason: str) -> None:
-        record = {"id": scenario_id, "status": status, "reason": reason}
-        self._item.user_properties.append((VERDICT, json.dumps(record)))
+                record_check(self._item, scenario_id, Outcome(Status.PASSED))
 
     def summary(self) -> str:
         lines = [f"{len(self.failures)} scenario check(s) failed:"]
@@ -67,20 +66,10 @@ class Verdicts:
         return "\n".join(lines)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    first = text.splitlines()[0]
-    return first if isinstance(error, AssertionError) else f"{type(error).__name__}: {first}"[:300]
-
-
-def recorded(user_properties: list[tuple[str, object]]) -> dict[str, tuple[str, str]]:
-    """The checks' verdicts in a report's user properties: ID -> (status, reason); a failure wins."""
-    verdicts: dict[str, tuple[str, str]] = {}
-    for key, value in user_properties:
-        if key != VERDICT:
-            continue
-        record = json.loads(str(value))
-        sid, status, reason = str(record["id"]), str(record["status"]), str(record["reason"])
-        if sid not in verdicts or status != "passed":
-            verdicts[sid] = (status, reason)
-    return verdicts
+def _message(error: BaseException) -> str:
+    text = message_of(str(error)) or type(error).__name__
+    return (
+        text
+        if isinstance(error, (AssertionError, pytest.fail.Exception))
+        else f"{type(error).__name__}: {text}"
+    )

@@ -1,6 +1,7 @@
-"""Inside scenario tests, a skip is allowed only for a named environment limit or an unclaimed
-capability: its reason starts with "environment:" or "not applicable:". Anything else would hide
-a failure."""
+"""Inside scenario tests, a skip is allowed only for a named environment limit: its reason starts
+with "environment:". Anything else would hide a failure. "Not applicable" is not a skip a test
+writes: it comes from harness.outcomes.not_applicable, with a typed reason (the unclaimed
+capability, or a mode of the run)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import ast
 from pathlib import Path
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-ALLOWED_PREFIXES = ("environment:", "not applicable:")
+ALLOWED_PREFIXES = ("environment:",)
 SKIPPING_CALLS = {"skip", "skipif", "xfail", "importorskip"}
 
 
@@ -56,7 +57,8 @@ def test_scenario_tests_have_no_hidden_skips() -> None:
     for path in sorted(SPECS.rglob("*.py")):
         found += hidden_skips(path.read_text(encoding="utf-8"), str(path.relative_to(SPECS.parent)))
     assert not found, (
-        "skips in scenario tests must start with 'environment:' or 'not applicable:':\n" + "\n".join(found)
+        "skips in scenario tests must start with 'environment:' (not applicable: harness.outcomes):\n"
+        + "\n".join(found)
     )
 
 
@@ -65,11 +67,18 @@ def test_the_lint_catches_a_plain_skip() -> None:
     assert hidden_skips(source, "t.py") == ["t.py:3: skip with reason 'flaky on CI'"]
 
 
-def test_the_lint_allows_environment_and_capability_skips() -> None:
+def test_the_lint_allows_environment_skips() -> None:
     source = (
         "import pytest\n"
         "@pytest.mark.skipif(True, reason='environment: no Docker engine')\n"
         "def test_x():\n"
-        "    pytest.skip('not applicable: SUT does not claim tls')\n"
+        "    pytest.skip('environment: no Chromium')\n"
     )
     assert hidden_skips(source, "t.py") == []
+
+
+def test_the_lint_catches_a_hand_written_not_applicable() -> None:
+    source = "import pytest\ndef test_x():\n    pytest.skip('not applicable: SUT does not claim tls')\n"
+    assert hidden_skips(source, "t.py") == [
+        "t.py:3: skip with reason 'not applicable: SUT does not claim tls'"
+    ]

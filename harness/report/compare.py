@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.outcomes import Status
+
 # (name suffix or fragment, relative, absolute, why); the first match wins
 TOLERANCES: tuple[tuple[str, float, float, str], ...] = (
     ("_lost", 0.0, 0.0, "a count of errors: any change"),
@@ -35,7 +37,7 @@ TOLERANCES: tuple[tuple[str, float, float, str], ...] = (
     ("coverage_pct", 0.0, 1.0, "coverage: 1 point"),
     ("", 0.3, 0.0, "any other figure: +-30 %"),
 )
-NOT_PASSING = {"failed", "error", "known-failure", "not-applicable", "skipped"}
+NOT_PASSING = {status.value for status in Status if status != Status.PASSED}
 NOT_COMPARED = {"not-run", "pending"}
 
 

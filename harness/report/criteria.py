@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.catalogue import Catalogue, Scenario
+from harness.outcomes import FAILING, Status
 from harness.report.results import RunResults
 
 
@@ -50,12 +51,14 @@ def criteria_rows(results: RunResults, catalogue: Catalogue) -> list[CriterionRo
 
 
 def _count_line(counts: dict[str, int]) -> tuple[str, str]:
-    passed = counts.get("passed", 0)
-    failed = counts.get("failed", 0) + counts.get("error", 0)
-    known = counts.get("known-failure", 0)
-    applicable = passed + failed + known
+    passed = counts.get(Status.PASSED, 0)
+    failed = sum(counts.get(status, 0) for status in FAILING)
+    known = counts.get(Status.KNOWN_FAILURE, 0)
+    inconclusive = counts.get(Status.INCONCLUSIVE, 0)
+    applicable = passed + failed + known + inconclusive
     parts = [f"{passed}/{applicable} applicable scenarios passed"]
     for name, label in (
+        ("inconclusive", "inconclusive (the host could not measure)"),
         ("known-failure", "known failures"),
         ("not-applicable", "not applicable"),
         ("skipped", "skipped (environment)"),
@@ -64,7 +67,9 @@ def _count_line(counts: dict[str, int]) -> tuple[str, str]:
         if counts.get(name):
             parts.append(f"{counts[name]} {label}")
     line = parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
-    verdict = "FAIL" if failed or known else ("PASS" if passed else "not run")
+    verdict = (
+        "FAIL" if failed or known else "INCONCLUSIVE" if inconclusive else ("PASS" if passed else "not run")
+    )
     return line, verdict
 
 

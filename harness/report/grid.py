@@ -8,11 +8,16 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.outcomes import FAILING, Status
+
 COLOURS = {
     "passed": "#1a7f37",
     "failed": "#cf222e",
     "error": "#cf222e",
     "known-failure": "#9a6700",
+    "stale-known-failure": "#cf222e",
+    "hung": "#82071e",
+    "inconclusive": "#bc4c00",
     "not-applicable": "#6e7781",
     "skipped": "#6e7781",
     "pending": "#8250df",
@@ -37,7 +42,7 @@ def render_grid(scenarios: Sequence[Mapping[str, Any]]) -> str:
     legend = " ".join(
         f"<span class='cell' style='background:{colour}'></span> {esc(status)}"
         for status, colour in COLOURS.items()
-        if status not in ("error", "skipped")
+        if status not in ("error", "skipped", "stale-known-failure")
     )
     parts = [
         f"<p class='legend'>{legend}</p>",
@@ -51,7 +56,7 @@ def render_grid(scenarios: Sequence[Mapping[str, Any]]) -> str:
             for r in rows
         )
         passed = sum(1 for r in rows if r["status"] == "passed")
-        failing = sum(1 for r in rows if r["status"] in ("failed", "error"))
+        failing = sum(1 for r in rows if r["status"] in FAILING or r["status"] == Status.INCONCLUSIVE)
         parts.append(
             f"<tr><td>§{esc(section)}</td><td class='cells'>{cells}</td><td>{passed}/{len(rows)}</td>"
             f"<td>{failing or ''}</td></tr>"

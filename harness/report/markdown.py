@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness.catalogue import Catalogue
+from harness.outcomes import FAILING, Status
 from harness.report.json_report import render_json
 from harness.report.results import RunResults
 
@@ -10,16 +11,7 @@ SUBJECT_HEADINGS = {
     "sut": "## Scenarios",
     "suite": "## The suite's own checks (§4.3; not counted for the SUT)",
 }
-_MARK = {
-    "passed": "PASS",
-    "failed": "FAIL",
-    "error": "ERROR",
-    "skipped": "SKIP",
-    "not-applicable": "N/A",
-    "known-failure": "KNOWN",
-    "pending": "PENDING",
-    "not-run": "-",
-}
+_MARK = {status.value: status.label for status in Status} | {"pending": "PENDING", "not-run": "-"}
 
 
 def summary_lines(results: RunResults, catalogue: Catalogue) -> list[str]:
@@ -32,10 +24,23 @@ def summary_lines(results: RunResults, catalogue: Catalogue) -> list[str]:
         if outcome is None:
             continue
         counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
-        reason = f"  ({outcome.reason})" if outcome.reason and outcome.outcome != "passed" else ""
-        lines.append(f"{_MARK[outcome.outcome]:<7} {scenario.id:<10} {scenario.title}{reason}")
+        reason = f"  ({outcome.reason})" if outcome.reason and outcome.outcome != Status.PASSED else ""
+        figures = f"  host/harness: {_figures(outcome.figures)}" if outcome.figures else ""
+        lines.append(f"{_MARK[outcome.outcome]:<12} {scenario.id:<10} {scenario.title}{reason}{figures}")
     lines.append("scenarios: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if counts.get(Status.INCONCLUSIVE):
+        lines.append(
+            f"{counts[Status.INCONCLUSIVE]} scenario(s) INCONCLUSIVE: the host could not measure them; "
+            "rerun on a quieter machine (--rerun-failed reports/conformance-report.json)"
+        )
     return lines
+
+
+def _figures(figures: dict[str, object]) -> str:
+    return ", ".join(
+        f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in figures.items()
+    )
 
 
 def render_markdown(results: RunResults, catalogue: Catalogue) -> str:
@@ -87,14 +92,14 @@ def _status_by_section(scenarios: list[dict[str, object]]) -> list[str]:
         "",
         "## Status by spec section",
         "",
-        "| Section | Passed | Failed | Known failure | N/A | Not run |",
+        "| Section | Passed | Failed | Inconclusive | Known failure | N/A | Not run |",
     ]
-    out.append("|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|")
     for name in sorted(counted, key=lambda s: tuple(int(p) if p.isdigit() else 0 for p in s.split("."))):
         c = counted[name]
         out.append(
-            f"| §{name} | {c.get('passed', 0)} | {c.get('failed', 0) + c.get('error', 0)} | "
-            f"{c.get('known-failure', 0)} | {c.get('not-applicable', 0)} | "
+            f"| §{name} | {c.get('passed', 0)} | {sum(c.get(f.value, 0) for f in FAILING)} | "
+            f"{c.get('inconclusive', 0)} | {c.get('known-failure', 0)} | {c.get('not-applicable', 0)} | "
             f"{c.get('not-run', 0) + c.get('pending', 0) + c.get('skipped', 0)} |"
         )
     return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-# the order in which a scenario's test outcomes win when several tests name the same ID
-_SEVERITY = {"failed": 5, "error": 5, "known-failure": 4, "passed": 3, "not-applicable": 2, "skipped": 1}
+from harness.outcomes import SEVERITY, Status
 
 
 @dataclass
@@ -23,9 +23,10 @@ class Metric:
 class TestOutcome:
     nodeid: str
     scenario_ids: list[str]
-    outcome: str  # passed | failed | error | skipped | not-applicable | known-failure
+    outcome: Status
     reason: str
     duration_s: float
+    figures: dict[str, Any] = field(default_factory=dict)  # what an INCONCLUSIVE or HUNG one measured
 
 
 @dataclass
@@ -51,7 +52,7 @@ class RunResults:
         for outcome in self.outcomes:
             for sid in outcome.scenario_ids:
                 current = status.get(sid)
-                if current is None or _SEVERITY[outcome.outcome] > _SEVERITY[current.outcome]:
+                if current is None or SEVERITY[outcome.outcome] > SEVERITY[current.outcome]:
                     status[sid] = outcome
         return status
 

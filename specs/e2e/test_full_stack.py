@@ -25,10 +25,9 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.fixtures import MetricRecorder
+from harness.fixtures import MetricRecorder, show_logs_on_failure
 from harness.perf.probes import ResourceSnapshot, assert_no_growth
 from harness.ports import free_port
-from harness.stash import LAUNCHER_KEY
 from harness.sut.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
 from harness.sut.manifest import Manifest
 from specs.e2e.conftest import (
@@ -136,7 +135,7 @@ def full_stack(sut: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(autouse=True)
 def _program_logs_on_failure(full_stack: FullStackRun, request: pytest.FixtureRequest) -> None:
     """A failed criterion shows the programs' last log lines, as the harness launcher does per test."""
-    request.node.stash[LAUNCHER_KEY] = full_stack.launcher
+    show_logs_on_failure(request.node, full_stack.launcher)
 
 
 def _start(stack: Stack, run: FullStackRun) -> None:
