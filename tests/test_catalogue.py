@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -15,6 +16,11 @@ from harness.agreement import check_agreement
 from harness.catalogue import CatalogueError, parse
 
 ROOT = Path(__file__).resolve().parent.parent
+SUT_MANIFEST_DOC = ROOT / "docs" / "sut-manifest.md"
+# "- **C12** text ..." and "- **L20** (5.1.1.x30) text ...", continued on indented lines
+RULE_HEADING = re.compile(r"^- \*\*([CMLDHS][0-9]+)\*\*(.*)$")
+# "4.2.1.x7", and a range of letters joined by an en dash, "5.1.1.c\u2013e" (c, d and e)
+SCENARIO_REF = re.compile("\\b([0-9]+\\.[0-9]+\\.[0-9]+)\\.([a-z]+[0-9]*)(?:\u2013([a-z]))?")
 
 
 def collect_records(tmp_path: Path, *paths: str) -> list[dict[str, object]]:
@@ -39,6 +45,72 @@ def test_catalogue_is_well_formed() -> None:
 
 
 @pytest.mark.timeout(180)
+def manifest_rules(text: str) -> dict[str, list[str]]:
+    """Each numbered rule of docs/sut-manifest.md with the scenario IDs its text names, in order."""
+    texts: dict[str, str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        heading = RULE_HEADING.match(line)
+        if heading:
+            current = heading.group(1)
+            texts[current] = heading.group(2)
+        elif current is not None and line.startswith("  ") and line.strip():
+            texts[current] += " " + line.strip()
+        else:
+            current = None
+    rules: dict[str, list[str]] = {}
+    for rule, body in texts.items():
+        ids: list[str] = []
+        for ref in SCENARIO_REF.finditer(body):
+            base, first, last = ref.groups()
+            letters = [chr(c) for c in range(ord(first), ord(last) + 1)] if last else [first]
+            ids += [f"{base}.{letter}" for letter in letters if f"{base}.{letter}" not in ids]
+        rules[rule] = ids
+    return rules
+
+
+def test_manifest_rules_are_parsed() -> None:
+    text = "- **C4** reaches every subscriber (4.2.1.a, 5.1.1.c\u2013e).\n- **L20** (5.1.1.x30) An HTTP\n  connection (L24).\n\n"
+    assert manifest_rules(text) == {"C4": ["4.2.1.a", "5.1.1.c", "5.1.1.d", "5.1.1.e"], "L20": ["5.1.1.x30"]}
+
+
+def test_every_rule_a_scenario_names_exists() -> None:
+    rules = manifest_rules(SUT_MANIFEST_DOC.read_text(encoding="utf-8"))
+    assert len(rules) > 80, f"expected the manifest's rules, parsed {len(rules)} from {SUT_MANIFEST_DOC}"
+    wrong = [
+        f"scenario {scenario.id} names rule {rule}, which docs/sut-manifest.md does not define"
+        for scenario in catalogue_module.load().scenarios
+        for rule in scenario.rules
+        if rule not in rules
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_rule_is_named_by_the_scenarios_it_names() -> None:
+    catalogue = catalogue_module.load()
+    rules = manifest_rules(SUT_MANIFEST_DOC.read_text(encoding="utf-8"))
+    wrong: list[str] = []
+    for rule, ids in rules.items():
+        for sid in ids:
+            scenario = catalogue.get(sid)
+            if scenario is None:
+                wrong.append(f"docs/sut-manifest.md: rule {rule} names {sid}, which is not in the catalogue")
+            elif rule not in scenario.rules:
+                wrong.append(
+                    f"docs/sut-manifest.md: rule {rule} names {sid}, but the catalogue's rules for {sid} "
+                    f"are {list(scenario.rules)} (add {rule})"
+                )
+    for scenario in catalogue.scenarios:
+        for rule in scenario.rules:
+            named = rules.get(rule)
+            if named is not None and scenario.id not in named:
+                wrong.append(
+                    f"specs/scenarios.yaml: {scenario.id} names rule {rule}, but the rule in "
+                    f"docs/sut-manifest.md names only {named}"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
 def test_catalogue_and_tests_agree(tmp_path: Path) -> None:
     records = collect_records(tmp_path, "specs")
     problems = check_agreement(records, catalogue_module.load())
