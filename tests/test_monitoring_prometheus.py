@@ -42,7 +42,7 @@ AGE_NEAR_BOUND_S = 4.0  # the data-age alert's threshold in alerts.yml
 # Firing comes one scrape (the condition reaches the TSDB) and one evaluation (it turns pending)
 # after the condition holds, then `for` later; the slack covers this test's 0.2 s polling and the
 # Prometheus API answering under a loaded machine.
-SLACK_S = 2.0
+SLACK_S = 3.0
 RESOLVE_WITHIN_S = 20.0  # thawed: the connector reconnects (backoff), then a scrape and an evaluation
 BUDGET_S = 45.0  # freeze to firing: what this test can wait within its timeout
 POLL_S = 0.2
