@@ -92,16 +92,22 @@ class Prometheus:
         return "\n".join(text.splitlines()[-lines:])
 
 
-@contextmanager
-def prometheus(workdir: Path, connector_metrics: int, live_server_http: int) -> Iterator[Prometheus]:
-    """Debian's prometheus on 127.0.0.1, scraping the stack every second with the shipped rules;
-    stopped (and its process group killed if need be) however the block ends."""
+def prometheus_binary() -> str:
+    """Debian's prometheus server; the test skips where it is missing."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip(
             "environment: prometheus not found (Debian's prometheus package: apt-get install prometheus; "
             ".ci/run installs it)"
         )
+    return binary
+
+
+@contextmanager
+def prometheus(workdir: Path, connector_metrics: int, live_server_http: int) -> Iterator[Prometheus]:
+    """Debian's prometheus on 127.0.0.1, scraping the stack every second with the shipped rules;
+    stopped (and its process group killed if need be) however the block ends."""
+    binary = prometheus_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     interval = f"{int(INTERVAL_S)}s"
     config = {
@@ -171,6 +177,7 @@ def _connector_sample(client: httpx.Client, port: int) -> dict[str, float]:
 
 
 def test_not_serving_and_data_age_alerts_fire_on_a_frozen_upstream_and_resolve(tmp_path: Path) -> None:
+    prometheus_binary()  # skip before starting anything where there is none
     waits = {alert: _for_seconds(alert) for alert in WATCHED}
     assert HUNG_DETECTED_WITHIN_S + max(waits.values()) + 2 * INTERVAL_S + SLACK_S <= BUDGET_S, (
         f"the shipped `for:` of {waits} is longer than this test can wait ({BUDGET_S:g} s from the freeze)"
