@@ -43,9 +43,7 @@ def positions(events: list[Event], where: str) -> list[pb.Position]:
 def connected(driver: DriverSession, mock: MockExchangeServer, scenario: str, **options: object) -> None:
     """connect to the mock exchange; fails naming rule D10 unless `connected` comes back."""
     outcome = driver.connect(mock.address, **options)  # type: ignore[arg-type]
-    driver.expect(
-        outcome, "connected", "D10", f"[{scenario}] connecting to the mock exchange at {mock.address}"
-    )
+    driver.expect(outcome, "connected", "D10", f"connecting to the mock exchange at {mock.address}")
 
 
 def subscribed(
@@ -60,11 +58,11 @@ def subscribed(
     else:
         stream = driver.send("subscribe_positions", symbol=symbol)
     outcome = driver.outcome(stream, SUBSCRIBE_TIMEOUT_S, rule, kinds=("subscribed", "error"))
-    driver.expect(outcome, "subscribed", rule, f"[{scenario}] to subscribe_{topic}")
+    driver.expect(outcome, "subscribed", rule, f"to subscribe_{topic}")
     try:
         mock.wait_for_subscriptions(topic, before + 1, timeout=SUBSCRIBE_TIMEOUT_S)
     except TimeoutError as error:
-        raise DriverFailure(f"[{scenario}] (rule {rule}): the driver said subscribed, but {error}") from None
+        raise DriverFailure(f"the driver said subscribed (rule {rule}), but {error}") from None
     return stream
 
 

@@ -116,11 +116,11 @@ async def first_update(
     while not received:
         if reader.done():
             pytest.fail(
-                f"[{SCENARIO}] (rule C10): expected the SubscribeAccount stream to stay open, it ended: {reader.result()}"
+                f"under rule C10, expected the SubscribeAccount stream to stay open, it ended: {reader.result()}"
             )
         if time.monotonic() > deadline:
             pytest.fail(
-                f"[{SCENARIO}] (rule C10): expected an account update on the stream within {FIRST_UPDATE_WAIT_S} s, got none"
+                f"under rule C10, expected an account update on the stream within {FIRST_UPDATE_WAIT_S} s, got none"
             )
         n += 1
         mock.trigger_account_update(account(n))
@@ -163,7 +163,7 @@ async def test_sigterm_goes_not_serving_ends_streams_with_a_status_and_exits_zer
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(health.serving.wait(), HEALTH_WAIT_S)
             assert health.serving.is_set(), (
-                f"[{SCENARIO}] (rule C11): expected health SERVING while the connector serves, got: {health.summary()}"
+                f"under rule C11, expected health SERVING while the connector serves, got: {health.summary()}"
             )
 
             limit = connector.stop_timeout_s
@@ -175,32 +175,32 @@ async def test_sigterm_goes_not_serving_ends_streams_with_a_status_and_exits_zer
                 stop_failure = str(failure)
             if stop_failure:  # outside the handler: the report shows this message, not the chain
                 pytest.fail(
-                    f"[{SCENARIO}] (rule C10): expected the connector to exit within {limit} s of SIGTERM, got: {stop_failure}"
+                    f"under rule C10, expected the connector to exit within {limit} s of SIGTERM, got: {stop_failure}"
                 )
             assert code == 0, (
-                f"[{SCENARIO}] (rule C10): expected exit code 0 after SIGTERM, got {code} "
+                f"under rule C10, expected exit code 0 after SIGTERM, got {code} "
                 f"after {exited - signalled:.2f} s; {connector.tail()}"
             )
 
             done, _ = await asyncio.wait({reader}, timeout=STREAM_END_WAIT_S)
             if not done:
                 pytest.fail(
-                    f"[{SCENARIO}] (rule C10): expected the open SubscribeAccount stream to end once the connector exited, "
+                    f"under rule C10, expected the open SubscribeAccount stream to end once the connector exited, "
                     f"it was still open {STREAM_END_WAIT_S} s later"
                 )
             ended = reader.result()
             assert ended is not None, (
-                f"[{SCENARIO}] (rule C10): expected the open stream to end with UNAVAILABLE {SHUTTING_DOWN!r}, it ended with OK"
+                f"under rule C10, expected the open stream to end with UNAVAILABLE {SHUTTING_DOWN!r}, it ended with OK"
             )
             details = ended.details() or ""
             if SHUTTING_DOWN not in details and looks_like_transport_error(details):
                 pytest.fail(
-                    f"[{SCENARIO}] (rule C10): expected the open stream to end with a status sent by the connector, "
+                    f"under rule C10, expected the open stream to end with a status sent by the connector, "
                     f"UNAVAILABLE {SHUTTING_DOWN!r}; got {ended.code().name} {details!r}: a transport error, "
                     "the connection dropped without a status (streams were not ended before the exit)"
                 )
             assert ended.code() is grpc.StatusCode.UNAVAILABLE and SHUTTING_DOWN in details, (
-                f"[{SCENARIO}] (rule C10): expected the open stream to end with UNAVAILABLE {SHUTTING_DOWN!r}, "
+                f"under rule C10, expected the open stream to end with UNAVAILABLE {SHUTTING_DOWN!r}, "
                 f"got {ended.code().name} {details!r}"
             )
 
@@ -209,7 +209,7 @@ async def test_sigterm_goes_not_serving_ends_streams_with_a_status_and_exits_zer
             reported = health.first(lambda seen: seen == "NOT_SERVING", after=signalled)
             refused = health.first(lambda seen: seen == "error: UNAVAILABLE", after=signalled)
             assert reported is not None or (refused is not None and refused < exited), (
-                f"[{SCENARIO}] (rule C10): expected health NOT_SERVING (or calls refused) after SIGTERM, before the exit "
+                f"under rule C10, expected health NOT_SERVING (or calls refused) after SIGTERM, before the exit "
                 f"{exited - signalled:.3f} s after it; got: {health.summary()}"
                 + ("" if refused is None else f" (first refusal {refused - signalled:.3f} s after SIGTERM)")
             )

@@ -62,17 +62,17 @@ def test_dashboard_shows_a_new_update_without_a_reload(
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     try:
         page.goto(f"{live_stack.base_url}/", wait_until="load", timeout=PAGE_WAIT_MS)
-        expect(
-            page.locator("#connection-status"), f"[{LIVE_DASHBOARD}] dashboard connection state"
-        ).to_have_attribute("data-state", "connected", timeout=PAGE_WAIT_MS)
+        expect(page.locator("#connection-status"), "dashboard connection state").to_have_attribute(
+            "data-state", "connected", timeout=PAGE_WAIT_MS
+        )
         total_balance = page.locator('[data-account-field="total_balance"]')
         mark_price = page.locator('tr[data-symbol="BTCUSDT"] [data-position-field="mark_price"]')
         # the snapshot first: the mock exchange's starting data (the spec's §8 account and positions)
         initial_mark = next(p.mark_price for p in spec_positions() if p.symbol == "BTCUSDT")
-        expect(total_balance, f"[{LIVE_DASHBOARD}] total balance before the update").to_have_text(
+        expect(total_balance, "total balance before the update").to_have_text(
             spec_account().total_balance, timeout=PAGE_WAIT_MS
         )
-        expect(mark_price, f"[{LIVE_DASHBOARD}] BTCUSDT mark price before the update").to_have_text(
+        expect(mark_price, "BTCUSDT mark price before the update").to_have_text(
             initial_mark, timeout=PAGE_WAIT_MS
         )
 
@@ -80,14 +80,14 @@ def test_dashboard_shows_a_new_update_without_a_reload(
         position, sent_position = position_update(seed=5)
         live_stack.mock.trigger_account_update(account)
         live_stack.mock.trigger_position_update(position)
-        expect(
-            total_balance, f"[{LIVE_DASHBOARD}] total balance after the update, without a reload"
-        ).to_have_text(sent_account.fields["total_balance"], timeout=PAGE_WAIT_MS)
-        expect(
-            mark_price, f"[{LIVE_DASHBOARD}] BTCUSDT mark price after the update, without a reload"
-        ).to_have_text(sent_position.fields["mark_price"], timeout=PAGE_WAIT_MS)
+        expect(total_balance, "total balance after the update, without a reload").to_have_text(
+            sent_account.fields["total_balance"], timeout=PAGE_WAIT_MS
+        )
+        expect(mark_price, "BTCUSDT mark price after the update, without a reload").to_have_text(
+            sent_position.fields["mark_price"], timeout=PAGE_WAIT_MS
+        )
         assert len(page_loads) == 1, (
-            f"[{LIVE_DASHBOARD}] expected the page loaded once (updates arrive without a reload), "
+            f"expected the page loaded once (updates arrive without a reload), "
             f"got {len(page_loads)} page loads: {page_loads}"
         )
     finally:

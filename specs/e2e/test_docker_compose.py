@@ -381,18 +381,16 @@ def _down(stack: Stack, run: ComposeRun, say: Callable[[str], None]) -> None:
 
 def _require_start(run: ComposeRun, scenario: str) -> None:
     if run.start_error is not None:
-        pytest.fail(f"[{scenario}] expected the stack to start, got: {run.start_error}")
+        pytest.fail(f"expected the stack to start, got: {run.start_error}")
 
 
 def _check_decimal(scenario: str, where: str, value: Any) -> None:
-    assert isinstance(value, str) and value.strip(), (
-        f"[{scenario}] {where}: expected a decimal string, got {value!r}"
-    )
+    assert isinstance(value, str) and value.strip(), f"{where}: expected a decimal string, got {value!r}"
     try:
         number = Decimal(value)
     except InvalidOperation:
-        pytest.fail(f"[{scenario}] {where}: expected a decimal string that parses, got {value!r}")
-    assert number.is_finite(), f"[{scenario}] {where}: expected a finite decimal, got {value!r}"
+        pytest.fail(f"{where}: expected a decimal string that parses, got {value!r}")
+    assert number.is_finite(), f"{where}: expected a finite decimal, got {value!r}"
 
 
 # ------------------------------------------------------------------------------------------ the criteria
@@ -402,22 +400,22 @@ def _check_decimal(scenario: str, where: str, value: Any) -> None:
 def test_compose_up_starts_all_three_services(compose_run: ComposeRun) -> None:
     _require_start(compose_run, START)
     assert sorted(compose_run.started) == sorted(PROGRAMS), (
-        f"[{START}] expected containers for {sorted(PROGRAMS)}, got {sorted(compose_run.started)}"
+        f"expected containers for {sorted(PROGRAMS)}, got {sorted(compose_run.started)}"
     )
     not_running = {name: status for name, status in compose_run.started.items() if status != "running"}
-    assert not not_running, f"[{START}] expected every container running after `up`, got {not_running}"
+    assert not not_running, f"expected every container running after `up`, got {not_running}"
 
 
 @pytest.mark.scenario(HEALTHY)
 def test_every_service_healthy_within_60_s(compose_run: ComposeRun, metrics: MetricRecorder) -> None:
     _require_start(compose_run, HEALTHY)
     assert compose_run.healthy_s is not None, (
-        f"[{HEALTHY}] expected every service healthy within {HEALTHY_WITHIN_S:.0f} s of `up`, "
+        f"expected every service healthy within {HEALTHY_WITHIN_S:.0f} s of `up`, "
         f"got {compose_run.health}{compose_run.health_diagnostics}"
     )
     metrics.record("compose_healthy_s", compose_run.healthy_s, "s")
     assert compose_run.healthy_s < HEALTHY_WITHIN_S, (
-        f"[{HEALTHY}] expected healthy within {HEALTHY_WITHIN_S:.0f} s, got {compose_run.healthy_s:.1f} s"
+        f"expected healthy within {HEALTHY_WITHIN_S:.0f} s, got {compose_run.healthy_s:.1f} s"
     )
 
 
@@ -425,64 +423,57 @@ def test_every_service_healthy_within_60_s(compose_run: ComposeRun, metrics: Met
 def test_live_server_serves_valid_account_and_positions(compose_run: ComposeRun) -> None:
     _require_start(compose_run, DATA)
     assert compose_run.http_error is None, (
-        f"[{DATA}] expected live_server to answer on 127.0.0.1:{compose_run.http_port}, got {compose_run.http_error}"
+        f"expected live_server to answer on 127.0.0.1:{compose_run.http_port}, got {compose_run.http_error}"
     )
     account_answer = compose_run.answers["/api/account"]
     assert account_answer.status == 200, (
-        f"[{DATA}] GET /api/account: expected 200, got {account_answer.status}: {account_answer.text[:300]}"
+        f"GET /api/account: expected 200, got {account_answer.status}: {account_answer.text[:300]}"
     )
     account = account_answer.json()
     for name in ACCOUNT_DECIMALS:
         _check_decimal(DATA, f"account.{name}", account.get(name))
     stamp = account.get("updated_at")
     assert isinstance(stamp, str) and RFC3339.match(stamp), (
-        f"[{DATA}] account.updated_at: expected an RFC 3339 timestamp, got {stamp!r}"
+        f"account.updated_at: expected an RFC 3339 timestamp, got {stamp!r}"
     )
 
     positions_answer = compose_run.answers["/api/positions"]
     assert positions_answer.status == 200, (
-        f"[{DATA}] GET /api/positions: expected 200, got {positions_answer.status}: {positions_answer.text[:300]}"
+        f"GET /api/positions: expected 200, got {positions_answer.status}: {positions_answer.text[:300]}"
     )
     body = positions_answer.json()
     positions = body.get("positions") if isinstance(body, dict) else body
-    assert isinstance(positions, list) and positions, (
-        f"[{DATA}] GET /api/positions: expected positions, got {body!r}"
-    )
+    assert isinstance(positions, list) and positions, f"GET /api/positions: expected positions, got {body!r}"
     for index, position in enumerate(positions):
-        assert position.get("symbol"), f"[{DATA}] positions[{index}]: expected a symbol, got {position!r}"
+        assert position.get("symbol"), f"positions[{index}]: expected a symbol, got {position!r}"
         for name in POSITION_DECIMALS:
             _check_decimal(DATA, f"positions[{index}].{name} ({position.get('symbol')})", position.get(name))
 
     dashboard = compose_run.answers["/"]
     assert dashboard.status == 200 and "html" in dashboard.content_type, (
-        f"[{DATA}] GET /: expected the dashboard page (200, HTML), got {dashboard.status} {dashboard.content_type}"
+        f"GET /: expected the dashboard page (200, HTML), got {dashboard.status} {dashboard.content_type}"
     )
 
 
 @pytest.mark.scenario(SHUTDOWN)
 def test_compose_down_is_clean(compose_run: ComposeRun) -> None:
     _require_start(compose_run, SHUTDOWN)
-    assert compose_run.stop_error is None, (
-        f"[{SHUTDOWN}] expected `compose stop` to succeed, got {compose_run.stop_error}"
-    )
+    assert compose_run.stop_error is None, f"expected `compose stop` to succeed, got {compose_run.stop_error}"
     assert sorted(compose_run.exited) == sorted(PROGRAMS), (
-        f"[{SHUTDOWN}] expected three stopped containers, got {sorted(compose_run.exited)}"
+        f"expected three stopped containers, got {sorted(compose_run.exited)}"
     )
     for name, exited in sorted(compose_run.exited.items()):
         tail = "\n".join(exited.log_lines[-10:])
         assert exited.exit_code == 0 and not exited.oom_killed, (
-            f"[{SHUTDOWN}] {name}: expected exit code 0 after SIGTERM, got {exited.exit_code}"
+            f"{name}: expected exit code 0 after SIGTERM, got {exited.exit_code}"
             f" (OOMKilled={exited.oom_killed}); last log lines:\n{tail}"
         )
-        assert exited.restarts == 0, f"[{SHUTDOWN}] {name}: expected no restarts, got {exited.restarts}"
-        assert not exited.error_lines, (
-            f"[{SHUTDOWN}] {name}: expected no error lines in the log, got:\n"
-            + "\n".join(exited.error_lines[:10])
+        assert exited.restarts == 0, f"{name}: expected no restarts, got {exited.restarts}"
+        assert not exited.error_lines, f"{name}: expected no error lines in the log, got:\n" + "\n".join(
+            exited.error_lines[:10]
         )
-    assert compose_run.down_error is None, (
-        f"[{SHUTDOWN}] expected `compose down` to succeed, got {compose_run.down_error}"
-    )
+    assert compose_run.down_error is None, f"expected `compose down` to succeed, got {compose_run.down_error}"
     left = {kind: names for kind, names in (compose_run.leftovers or {}).items() if names}
     assert compose_run.leftovers is not None and not left, (
-        f"[{SHUTDOWN}] expected no containers, networks or volumes of the project left, got {left}"
+        f"expected no containers, networks or volumes of the project left, got {left}"
     )

@@ -214,7 +214,7 @@ def _shut_down(stack: Stack, run: FullStackRun) -> None:
 def _require_started(run: FullStackRun, scenario: str) -> None:
     if not run.started:
         reasons = "; ".join(f"{name}: {reason}" for name, reason in run.not_ready.items())
-        pytest.fail(f"[{scenario}] expected all three programs ready ({READY}), got: {reasons}")
+        pytest.fail(f"expected all three programs ready ({READY}), got: {reasons}")
 
 
 # ------------------------------------------------------------------------------------------ the criteria
@@ -224,43 +224,37 @@ def _require_started(run: FullStackRun, scenario: str) -> None:
 def test_all_three_programs_become_ready(full_stack: FullStackRun) -> None:
     for name in PROGRAMS:
         if name in full_stack.not_ready:
-            pytest.fail(f"[{READY}] expected {name} to become ready, got: {full_stack.not_ready[name]}")
+            pytest.fail(f"expected {name} to become ready, got: {full_stack.not_ready[name]}")
         if name not in full_stack.ready_s:
-            pytest.fail(
-                f"[{READY}] expected {name} to be started, got: not started (an earlier program failed)"
-            )
+            pytest.fail(f"expected {name} to be started, got: not started (an earlier program failed)")
 
 
 @pytest.mark.scenario(CONNECT)
 def test_both_clients_subscribe_through_the_connector(full_stack: FullStackRun) -> None:
     _require_started(full_stack, CONNECT)
-    assert full_stack.ready_event is not None, (
-        f"[{CONNECT}] expected market_maker to log a 'ready' event, got none"
-    )
+    assert full_stack.ready_event is not None, "expected market_maker to log a 'ready' event, got none"
     health = full_stack.health
     assert health is not None and health.status == 200, (
-        f"[{CONNECT}] expected live_server GET /health 200 once connected, got {health}"
+        f"expected live_server GET /health 200 once connected, got {health}"
     )
-    assert not full_stack.upstream_error, f"[{CONNECT}] {full_stack.upstream_error}"
+    assert not full_stack.upstream_error, f"{full_stack.upstream_error}"
     for topic in TOPICS:
         opened = full_stack.upstream_open.get(topic, 0)
         assert opened >= 1, (
-            f"[{CONNECT}] expected the connector subscribed to {topic!r} at the mock exchange, got {opened} streams"
+            f"expected the connector subscribed to {topic!r} at the mock exchange, got {opened} streams"
         )
 
 
 def _check_reached(run: FullStackRun, kind: str, scenario: str) -> None:
     _require_started(run, scenario)
     sent = run.sent.get(kind)
-    assert sent is not None, (
-        f"[{scenario}] expected a {kind} update triggered, got none (the run stopped early)"
-    )
+    assert sent is not None, f"expected a {kind} update triggered, got none (the run stopped early)"
     assert run.logged.get(kind) is not None, (
-        f"[{scenario}] expected market_maker to log the {sent.describe()}, got {run.logged_miss.get(kind)}"
+        f"expected market_maker to log the {sent.describe()}, got {run.logged_miss.get(kind)}"
     )
     path = "/api/account" if kind == "account" else "/api/positions"
     assert run.served.get(kind) is not None, (
-        f"[{scenario}] expected live_server GET {path} to serve the {sent.describe()} within "
+        f"expected live_server GET {path} to serve the {sent.describe()} within "
         f"{UPDATE_WAIT_S:.0f} s, got {run.served_last.get(kind)}"
     )
 
@@ -279,15 +273,12 @@ def _check_same(run: FullStackRun, where: str, seen: dict[str, dict[str, Any] | 
     _require_started(run, SAME)
     for kind in KINDS:
         sent = run.sent.get(kind)
-        assert sent is not None, (
-            f"[{SAME}] expected a {kind} update triggered, got none (the run stopped early)"
-        )
+        assert sent is not None, f"expected a {kind} update triggered, got none (the run stopped early)"
         record = seen.get(kind)
-        assert record is not None, f"[{SAME}] expected {where} to hold the {sent.describe()}, got none"
+        assert record is not None, f"expected {where} to hold the {sent.describe()}, got none"
         wrong = sent.differences(record)
         assert not wrong, (
-            f"[{SAME}] expected {where} to show exactly the {kind} values the exchange sent, got: "
-            + "; ".join(wrong)
+            f"expected {where} to show exactly the {kind} values the exchange sent, got: " + "; ".join(wrong)
         )
 
 
@@ -303,11 +294,9 @@ def test_websocket_feed_shows_exactly_the_values_sent(full_stack: FullStackRun) 
     _require_started(full_stack, SAME)
     for kind in KINDS:
         sent = full_stack.sent.get(kind)
-        assert sent is not None, (
-            f"[{SAME}] expected a {kind} update triggered, got none (the run stopped early)"
-        )
+        assert sent is not None, f"expected a {kind} update triggered, got none (the run stopped early)"
         assert full_stack.pushed.get(kind) is not None, (
-            f"[{SAME}] expected live_server's WebSocket feed to push the {sent.describe()} within "
+            f"expected live_server's WebSocket feed to push the {sent.describe()} within "
             f"{UPDATE_WAIT_S:.0f} s, got {full_stack.feed}"
         )
     _check_same(full_stack, "live_server's WebSocket feed", full_stack.pushed)
@@ -319,21 +308,21 @@ def test_mock_exchange_sees_one_connection_and_one_subscription_per_topic(full_s
     run = full_stack
     for topic in TOPICS:
         assert run.subscriptions[topic] == 1, (
-            f"[{ONE_CONNECTION}] expected exactly ONE open {topic!r} subscription at the mock exchange "
+            f"expected exactly ONE open {topic!r} subscription at the mock exchange "
             f"with {len(CLIENTS)} clients running, got {run.subscriptions[topic]}"
         )
         assert run.total_subscriptions[topic] == 1, (
-            f"[{ONE_CONNECTION}] expected ONE {topic!r} subscription opened during the whole run, "
+            f"expected ONE {topic!r} subscription opened during the whole run, "
             f"got {run.total_subscriptions[topic]}"
         )
     assert len(run.active_peers) == 1, (
-        f"[{ONE_CONNECTION}] expected the open streams to come from ONE connection, got {run.active_peers}"
+        f"expected the open streams to come from ONE connection, got {run.active_peers}"
     )
     assert len(run.peers) == 1, (
-        f"[{ONE_CONNECTION}] expected ONE exchange connection during the run, got {len(run.peers)}: {run.peers}"
+        f"expected ONE exchange connection during the run, got {len(run.peers)}: {run.peers}"
     )
     assert not run.mock_violations, (
-        f"[{ONE_CONNECTION}] expected no protocol violation at the mock exchange, got {run.mock_violations}"
+        f"expected no protocol violation at the mock exchange, got {run.mock_violations}"
     )
 
 
@@ -341,14 +330,13 @@ def test_mock_exchange_sees_one_connection_and_one_subscription_per_topic(full_s
 def test_sigterm_ends_every_program_cleanly(full_stack: FullStackRun) -> None:
     _require_started(full_stack, SHUTDOWN)
     for name in SHUTDOWN_ORDER:
-        assert name not in full_stack.stop_failures, f"[{SHUTDOWN}] {full_stack.stop_failures[name]}"
+        assert name not in full_stack.stop_failures, f"{full_stack.stop_failures[name]}"
         code = full_stack.exit_codes.get(name)
-        assert code == 0, f"[{SHUTDOWN}] expected {name} to exit with code 0 after SIGTERM, got {code}"
+        assert code == 0, f"expected {name} to exit with code 0 after SIGTERM, got {code}"
     for name in SHUTDOWN_ORDER:
         errors = full_stack.errors_logged.get(name, [])
-        assert not errors, (
-            f"[{SHUTDOWN}] expected no error lines in {name}'s log, got {len(errors)}:\n"
-            + "\n".join(line[:400] for line in errors[:10])
+        assert not errors, f"expected no error lines in {name}'s log, got {len(errors)}:\n" + "\n".join(
+            line[:400] for line in errors[:10]
         )
 
 
@@ -356,7 +344,7 @@ def test_sigterm_ends_every_program_cleanly(full_stack: FullStackRun) -> None:
 def test_test_process_resources_back_to_baseline(full_stack: FullStackRun) -> None:
     _require_started(full_stack, NO_LEAKS)
     assert full_stack.leak is None, (
-        f"[{NO_LEAKS}] expected this process's threads and fds back to the baseline within "
+        f"expected this process's threads and fds back to the baseline within "
         f"{LEAK_SETTLE_S:.0f} s of the stop, got: {full_stack.leak}"
     )
 
@@ -366,7 +354,7 @@ def test_full_stack_flow_completes_in_under_30_s(full_stack: FullStackRun, metri
     _require_started(full_stack, QUICK)
     metrics.record("e2e_duration_s", full_stack.duration_s, "s")
     assert full_stack.duration_s < DURATION_LIMIT_S, (
-        f"[{QUICK}] expected the full-stack flow (start, updates, shutdown, leak check) to take under "
+        f"expected the full-stack flow (start, updates, shutdown, leak check) to take under "
         f"{DURATION_LIMIT_S:.0f} s, got {full_stack.duration_s:.1f} s (starts: "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in full_stack.ready_s.items())
         + ")"

@@ -60,7 +60,7 @@ def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack, metr
     with held_requests(live_stack.http_port, HELD_REQUESTS) as held:
         normal = quick_get(f"{live_stack.base_url}/api/account", timeout=HTTP_TIMEOUT_S)
         assert normal.status == 200, (
-            f"[{HEADER_TIMEOUT}] (rule L20): expected GET /api/account to answer 200 while "
+            f"expected GET /api/account to answer 200 while "
             f"{HELD_REQUESTS} unfinished requests are held, got {normal}"
         )
         deadline = held.opened_at + HEADER_TIMEOUT_BOUND_S
@@ -73,7 +73,7 @@ def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack, metr
         waited = time.monotonic() - held.opened_at
         metrics.record("unfinished_requests_closed_after_s", waited, "s")
         assert not held.open, (
-            f"[{HEADER_TIMEOUT}] (rule L20): expected all {HELD_REQUESTS} unfinished requests "
+            f"expected all {HELD_REQUESTS} unfinished requests "
             f"(a header line every {TRICKLE_EVERY_S:.0f} s, never the end of the head) closed within "
             f"{HEADER_TIMEOUT_BOUND_S:.0f} s, got {len(held.open)} still open after {waited:.1f} s"
         )
@@ -94,7 +94,7 @@ def test_connections_past_the_limit_are_refused_fast_and_logged(live_stack: Stac
             held.poll(0.05)
         refused = extra.status == 503 or extra.status is None
         assert (refused and took <= FAST_ANSWER_S) or held.closed >= OVER_LIMIT, (
-            f"[{CONNECTION_LIMIT}] (rule L21): with {count} connections open (the limit is at most "
+            f"with {count} connections open (the limit is at most "
             f"{MAX_CONNECTIONS_BOUND}), expected a new request to get 503 or be closed within "
             f"{FAST_ANSWER_S:.0f} s, or the excess connections closed; got {extra} after {took:.1f} s "
             f"and {held.closed} of {count} closed"
@@ -105,12 +105,12 @@ def test_connections_past_the_limit_are_refused_fast_and_logged(live_stack: Stac
             time.sleep(0.1)
             seen = live_stack.live_server.events("connection_limit")
         assert seen, (
-            f"[{CONNECTION_LIMIT}] (rule L21): expected a 'connection_limit' log event once the limit "
+            f"expected a 'connection_limit' log event once the limit "
             f"was reached, got none within {CLOSE_WAIT_S:.0f} s; {live_stack.live_server.tail()}"
         )
     ok, last = poll_http(url, lambda answer: answer.status == 200, FAST_ANSWER_S)
     assert ok, (
-        f"[{CONNECTION_LIMIT}] (rule L21): expected GET /api/account to answer 200 within "
+        f"expected GET /api/account to answer 200 within "
         f"{FAST_ANSWER_S:.0f} s of the held connections closing, got {last}"
     )
 
@@ -135,7 +135,7 @@ def test_oversized_websocket_message_closes_with_1009(live_stack: Stack) -> None
         except TimeoutError:
             pass
     assert code == MESSAGE_TOO_BIG, (
-        f"[{WS_MESSAGE_LIMIT}] (rule L22): expected a {WS_MESSAGE_BOUND + 1}-byte WebSocket message "
+        f"expected a {WS_MESSAGE_BOUND + 1}-byte WebSocket message "
         f"to close the socket with code {MESSAGE_TOO_BIG} within {CLOSE_WAIT_S:.0f} s, got "
         + ("no close" if code is None else f"close code {code}")
     )
@@ -161,14 +161,11 @@ def _feed_answer(url: str, origin: str) -> str:
 def test_foreign_origin_cannot_open_the_feed(live_stack: Stack) -> None:
     foreign = _feed_answer(live_stack.ws_url, f"http://{FOREIGN}")
     assert foreign != "data", (
-        f"[{ORIGIN_CHECK}] (rule L23): expected /ws to refuse Origin http://{FOREIGN} (403, or a close "
+        f"expected /ws to refuse Origin http://{FOREIGN} (403, or a close "
         f"before any data), got the feed's data"
     )
     own = _feed_answer(live_stack.ws_url, live_stack.base_url)
-    assert own == "data", (
-        f"[{ORIGIN_CHECK}] (rule L23): expected /ws to serve its own page's Origin {live_stack.base_url}, "
-        f"got {own}"
-    )
+    assert own == "data", f"expected /ws to serve its own page's Origin {live_stack.base_url}, got {own}"
 
 
 @pytest.mark.scenario(HOST_CHECK)
@@ -180,13 +177,12 @@ def test_foreign_host_gets_no_balances(live_stack: Stack) -> None:
     balance = (own.json() or {}).get("total_balance") if isinstance(own.json(), dict) else None
     foreign = quick_get(url, {"Host": f"{FOREIGN}:{live_stack.http_port}"}, timeout=HTTP_TIMEOUT_S)
     assert foreign.status in (400, 403, 421) and not (balance and str(balance) in foreign.text), (
-        f"[{HOST_CHECK}] (rule L24): expected GET /api/account with Host {FOREIGN} to answer 400, 403 "
+        f"expected GET /api/account with Host {FOREIGN} to answer 400, 403 "
         f"or 421 without the balances, got {foreign}"
     )
     named = quick_get(url, {"Host": f"localhost:{live_stack.http_port}"}, timeout=HTTP_TIMEOUT_S)
     assert own.status == 200 and named.status == 200, (
-        f"[{HOST_CHECK}] (rule L24): expected Host 127.0.0.1 and localhost to be served (200), "
-        f"got {own.status} and {named}"
+        f"expected Host 127.0.0.1 and localhost to be served (200), got {own.status} and {named}"
     )
 
 
@@ -198,13 +194,13 @@ def test_foreign_host_gets_no_balances(live_stack: Stack) -> None:
 def test_api_says_503_once_the_connector_is_gone(live_stack: Stack, metrics: MetricRecorder) -> None:
     account_url = f"{live_stack.base_url}/api/account"
     ok, answer = poll_http(account_url, lambda a: a.status == 200, HTTP_TIMEOUT_S)
-    assert ok, f"[{STALE_API}] (rule L25): expected /api/account to answer 200 at first, got {answer}"
+    assert ok, f"expected /api/account to answer 200 at first, got {answer}"
     live_stack.connector.stop()
     stopped = time.monotonic()
     for path in ("/api/account", "/api/positions"):
         ok, answer = poll_http(f"{live_stack.base_url}{path}", lambda a: a.status == 503, STALE_WITHIN_S)
         assert ok, (
-            f"[{STALE_API}] (rule L25): expected GET {path} to answer 503 within {STALE_WITHIN_S:.0f} s "
+            f"expected GET {path} to answer 503 within {STALE_WITHIN_S:.0f} s "
             f"of the connector stopping, got {answer}"
         )
         if path == "/api/account":
@@ -224,12 +220,12 @@ def test_log_stays_small_under_a_fast_feed(live_stack: Stack, metrics: MetricRec
         time.sleep(max(0.0, started + (seed + 1) / UPDATE_RATE - time.monotonic()))
     assert sent is not None
     ok, answer = poll_http(f"{live_stack.base_url}/api/account", carrying(sent), HTTP_TIMEOUT_S)
-    assert ok, f"[{LOG_VOLUME}] (rule L26): expected the last update served by /api/account, got {answer}"
+    assert ok, f"expected the last update served by /api/account, got {answer}"
     took = time.monotonic() - started
     lines = len(program.log_lines()) + len(program.output_lines()) - before
     allowed = int(LINES_PER_S * took) + LINES_SLACK
     metrics.record("log_lines_per_s_at_100_updates_per_s", lines / took, "lines/s")
     assert lines <= allowed, (
-        f"[{LOG_VOLUME}] (rule L26): expected at most {allowed} log lines for {UPDATES} updates at "
+        f"expected at most {allowed} log lines for {UPDATES} updates at "
         f"{UPDATE_RATE:.0f}/s ({LINES_PER_S:.0f} lines/s), got {lines} in {took:.1f} s"
     )

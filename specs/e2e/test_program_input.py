@@ -74,7 +74,7 @@ def _broken(case: str, program: str, config: Config) -> tuple[Config, str]:
 def _rendered_config(sut: Manifest, name: str, free_port: Callable[[], int], folder: Path) -> str:
     program = sut.program(name)
     if program.config is None:
-        pytest.fail(f"[{BAD_CONFIG}] expected the manifest to give {name} a config template, got none")
+        pytest.fail(f"expected the manifest to give {name} a config template, got none")
     values = {"connector": f"127.0.0.1:{free_port()}", "http_port": free_port(), "workdir": str(folder)}
     return program.render(program.config, {**values, "root": str(sut.path.parent), "python": sys.executable})
 
@@ -86,7 +86,7 @@ def _run_with_config(launcher: ProgramLauncher, name: str, path: Path) -> tuple[
         code = program.wait(EXIT_WAIT_S)
     except TimeoutError:
         pytest.fail(
-            f"[{BAD_CONFIG}] expected {name} to exit with code {CONFIG_ERROR_EXIT_CODE} on the bad config "
+            f"expected {name} to exit with code {CONFIG_ERROR_EXIT_CODE} on the bad config "
             f"{path.name}, got still running after {EXIT_WAIT_S:.0f} s; {program.tail()}"
         )
     return code, [line for line in program.log_lines() + program.output_lines() if line.strip()]
@@ -95,14 +95,10 @@ def _run_with_config(launcher: ProgramLauncher, name: str, path: Path) -> tuple[
 def _assert_rejected(name: str, case: str, code: int, lines: list[str], names: str) -> None:
     shown = "\n".join(lines[:10]) or "(nothing)"
     assert code == CONFIG_ERROR_EXIT_CODE, (
-        f"[{BAD_CONFIG}] {name}, {case}: expected exit code {CONFIG_ERROR_EXIT_CODE}, got {code}; it printed:\n{shown}"
+        f"{name}, {case}: expected exit code {CONFIG_ERROR_EXIT_CODE}, got {code}; it printed:\n{shown}"
     )
-    assert len(lines) == 1, (
-        f"[{BAD_CONFIG}] {name}, {case}: expected a one-line message, got {len(lines)} lines:\n{shown}"
-    )
-    assert names in lines[0], (
-        f"[{BAD_CONFIG}] {name}, {case}: expected the message to name {names!r}, got {lines[0]!r}"
-    )
+    assert len(lines) == 1, f"{name}, {case}: expected a one-line message, got {len(lines)} lines:\n{shown}"
+    assert names in lines[0], f"{name}, {case}: expected the message to name {names!r}, got {lines[0]!r}"
 
 
 @pytest.mark.scenario(BAD_CONFIG)
@@ -119,7 +115,7 @@ def test_bad_config_key_exits_2_naming_the_key(
 ) -> None:
     config = yaml.safe_load(_rendered_config(sut, name, free_port, tmp_path))
     assert isinstance(config, dict) and ADDRESS_KEY in config and KIND_KEY[name] in config, (
-        f"[{BAD_CONFIG}] expected {name}'s config template to hold {ADDRESS_KEY!r} and {KIND_KEY[name]!r} "
+        f"expected {name}'s config template to hold {ADDRESS_KEY!r} and {KIND_KEY[name]!r} "
         f"(the spec's keys), got {config!r}"
     )
     broken, names = _broken(case, name, config)
@@ -143,7 +139,7 @@ def test_malformed_yaml_exits_2_naming_the_file(
     _assert_rejected(name, "malformed YAML", code, lines, path.name)
     rest = lines[0].replace(str(path), "").replace(path.name, "").lower()
     assert any(word in rest for word in MALFORMED_WORDS), (
-        f"[{BAD_CONFIG}] {name}, malformed YAML: expected the message to say the file cannot be parsed, got {lines[0]!r}"
+        f"{name}, malformed YAML: expected the message to say the file cannot be parsed, got {lines[0]!r}"
     )
 
 
@@ -153,7 +149,7 @@ def test_malformed_yaml_exits_2_naming_the_file(
 def _json_error(answer: Answer, scenario: str, what: str) -> Any:
     body = answer.json()
     assert "json" in answer.content_type and isinstance(body, dict) and body, (
-        f"[{scenario}] {what}: expected a JSON object error body, got {answer.content_type!r}: {answer}"
+        f"{what}: expected a JSON object error body, got {answer.content_type!r}: {answer}"
     )
     return body
 
@@ -164,11 +160,11 @@ def test_unknown_api_path_gets_404_json(live_stack: Stack) -> None:
     path = "/api/no-such-thing"
     with httpx.Client(trust_env=False) as client:
         answer = http_get(client, f"{live_stack.base_url}{path}")
-    assert answer.status == 404, f"[{BAD_REQUEST}] GET {path}: expected 404, got {answer}"
+    assert answer.status == 404, f"GET {path}: expected 404, got {answer}"
     body = _json_error(answer, BAD_REQUEST, f"GET {path}")
     text = json.dumps(body).lower()
     assert path in text or "not found" in text, (
-        f"[{BAD_REQUEST}] GET {path}: expected the error to say the path is unknown, got {body}"
+        f"GET {path}: expected the error to say the path is unknown, got {body}"
     )
 
 
@@ -181,11 +177,11 @@ def test_bad_symbol_gets_4xx_json_naming_the_parameter(live_stack: Stack) -> Non
             answer = http_get(client, str(url))
             what = f"GET /api/positions?symbol={symbol[:20]!r}{'...' if len(symbol) > 20 else ''}"
             assert answer.status is not None and 400 <= answer.status < 500, (
-                f"[{BAD_REQUEST}] {what}: expected a 4xx error, got {answer}"
+                f"{what}: expected a 4xx error, got {answer}"
             )
             body = _json_error(answer, BAD_REQUEST, what)
             assert "symbol" in json.dumps(body).lower(), (
-                f"[{BAD_REQUEST}] {what}: expected the error to name the 'symbol' parameter, got {body}"
+                f"{what}: expected the error to name the 'symbol' parameter, got {body}"
             )
 
 
@@ -224,7 +220,7 @@ def _silent_websocket(port: int) -> socket.socket:
     status = head.split(b"\r\n", 1)[0].decode("latin-1")
     if " 101 " not in f"{status} ":
         sock.close()
-        pytest.fail(f"[{BAD_REQUEST}] expected a WebSocket handshake (101) on /ws, got {status!r}")
+        pytest.fail(f"expected a WebSocket handshake (101) on /ws, got {status!r}")
     return sock
 
 
@@ -274,7 +270,7 @@ def test_websocket_client_that_never_reads_does_not_stall_another(live_stack: St
         began = time.monotonic()
         got_last, read = _read_until(reader, lambda text: last_mark in text, FEED_WAIT_S)
         assert got_last, (
-            f"[{BAD_REQUEST}] expected a reading WebSocket client to receive the last of {count} position "
+            f"expected a reading WebSocket client to receive the last of {count} position "
             f"updates within {FEED_WAIT_S:.0f} s while another client never reads, got {read} message(s) "
             "and then no more (stalled?)"
         )
@@ -284,8 +280,8 @@ def test_websocket_client_that_never_reads_does_not_stall_another(live_stack: St
         stack.mock.trigger_account_update(account)
         got_after, _ = _read_until(reader, lambda text: sent.find(json.loads(text)) is not None, 10.0)
         assert got_after, (
-            f"[{BAD_REQUEST}] expected the reading client to receive the {sent.describe()} after the "
+            f"expected the reading client to receive the {sent.describe()} after the "
             f"flood ({count} updates in {flood_s:.1f} s), got none within 10 s"
         )
     ok, answer = poll_http(f"{stack.base_url}/health", lambda answer: answer.status == 200, 10.0)
-    assert ok, f"[{BAD_REQUEST}] expected live_server healthy after the flood, got {answer}"
+    assert ok, f"expected live_server healthy after the flood, got {answer}"

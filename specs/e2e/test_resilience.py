@@ -44,7 +44,7 @@ def _health_503_with_reason(answer: Answer) -> bool:
 def _assert_still_running(programs: list[RunningProgram], scenario: str, when: str) -> None:
     for program in programs:
         assert program.running, (
-            f"[{scenario}] expected {program.name} to keep running {when}, got {program.state}; {program.tail()}"
+            f"expected {program.name} to keep running {when}, got {program.state}; {program.tail()}"
         )
 
 
@@ -59,16 +59,14 @@ def _assert_fresh_data_served(stack: Stack, scenario: str, seed: int, when: str)
         ("position_update", sent_position, "/api/positions"),
     ):
         record, miss = logged_update(stack.market_maker, event, sent, RECOVERY_WAIT_S)
-        assert record is not None, (
-            f"[{scenario}] expected market_maker to log the {sent.describe()} {when}, got {miss}"
-        )
+        assert record is not None, f"expected market_maker to log the {sent.describe()} {when}, got {miss}"
         served, answer = poll_http(
             f"{stack.base_url}{path}",
             carrying(sent),
             RECOVERY_WAIT_S,
         )
         assert served, (
-            f"[{scenario}] expected live_server GET {path} to serve the {sent.describe()} {when} "
+            f"expected live_server GET {path} to serve the {sent.describe()} {when} "
             f"within {RECOVERY_WAIT_S:.0f} s, got {answer}"
         )
 
@@ -83,7 +81,7 @@ def test_clients_recover_after_the_connector_restarts_on_the_same_port(stack: St
     stack.connector.stop()
     down, answer = poll_http(health, lambda answer: answer.status == 503, RECOVERY_WAIT_S)
     assert down, (
-        f"[{RESTART}] expected live_server GET /health 503 while the connector is down, got {answer} "
+        f"expected live_server GET /health 503 while the connector is down, got {answer} "
         f"for {RECOVERY_WAIT_S:.0f} s"
     )
     _assert_still_running(clients, RESTART, "while the connector is down")
@@ -91,19 +89,17 @@ def test_clients_recover_after_the_connector_restarts_on_the_same_port(stack: St
     try:
         stack.start(CONNECTOR)  # same grpc_port and metrics_port as before
     except ProgramNotReady as exc:
-        pytest.fail(
-            f"[{RESTART}] expected the connector to start again on port {stack.grpc_port}, got: {exc}"
-        )
+        pytest.fail(f"expected the connector to start again on port {stack.grpc_port}, got: {exc}")
     up, answer = poll_http(health, lambda answer: answer.status == 200, RECOVERY_WAIT_S)
     assert up, (
-        f"[{RESTART}] expected live_server GET /health 200 again within {RECOVERY_WAIT_S:.0f} s of the "
+        f"expected live_server GET /health 200 again within {RECOVERY_WAIT_S:.0f} s of the "
         f"connector's restart, got {answer}"
     )
     _assert_fresh_data_served(stack, RESTART, seed=20, when="after the connector's restart")
 
     _assert_still_running(clients, RESTART, "through the connector's restart")
     now = {program.name: program.pid for program in clients}
-    assert now == pids, f"[{RESTART}] expected the clients never restarted (pids {pids}), got pids {now}"
+    assert now == pids, f"expected the clients never restarted (pids {pids}), got pids {now}"
 
 
 @pytest.mark.scenario(CLIENTS_FIRST)
@@ -115,40 +111,38 @@ def test_clients_started_before_the_connector_retry_and_then_become_ready(bare_s
     health = f"{stack.base_url}/health"
 
     answered, answer = poll_http(health, lambda answer: answer.status is not None, RECOVERY_WAIT_S)
-    assert answered, (
-        f"[{CLIENTS_FIRST}] expected live_server to answer GET /health with no connector, got {answer}"
-    )
+    assert answered, f"expected live_server to answer GET /health with no connector, got {answer}"
     try:
         market_maker.wait_for_event("not_ready", timeout=RECOVERY_WAIT_S)
     except EventNotSeen as exc:
-        pytest.fail(f"[{CLIENTS_FIRST}] expected market_maker to log that it is not ready, got: {exc}")
+        pytest.fail(f"expected market_maker to log that it is not ready, got: {exc}")
 
     # Watch them for a while: always not ready (with a reason), never ready, never gone.
     deadline = time.monotonic() + RETRYING_WINDOW_S
     while time.monotonic() < deadline:
         _, answer = poll_http(health, lambda answer: True, 0)
         assert _health_503_with_reason(answer), (
-            f"[{CLIENTS_FIRST}] expected live_server GET /health 503 with a JSON reason while no connector "
+            f"expected live_server GET /health 503 with a JSON reason while no connector "
             f"listens, got {answer}"
         )
         _assert_still_running(clients, CLIENTS_FIRST, "while no connector listens")
         time.sleep(0.2)
     ready_lines = market_maker.events("ready")
     assert not ready_lines, (
-        f"[{CLIENTS_FIRST}] expected market_maker not ready while no connector listens, got {ready_lines[0]}"
+        f"expected market_maker not ready while no connector listens, got {ready_lines[0]}"
     )
 
     try:
         stack.start(CONNECTOR)
     except ProgramNotReady as exc:
-        pytest.fail(f"[{CLIENTS_FIRST}] expected the connector to start, got: {exc}")
+        pytest.fail(f"expected the connector to start, got: {exc}")
     try:
         market_maker.wait_for_event("ready", timeout=RECOVERY_WAIT_S)
     except EventNotSeen as exc:
-        pytest.fail(f"[{CLIENTS_FIRST}] expected market_maker ready once the connector runs, got: {exc}")
+        pytest.fail(f"expected market_maker ready once the connector runs, got: {exc}")
     up, answer = poll_http(health, lambda answer: answer.status == 200, RECOVERY_WAIT_S)
     assert up, (
-        f"[{CLIENTS_FIRST}] expected live_server GET /health 200 within {RECOVERY_WAIT_S:.0f} s of the "
+        f"expected live_server GET /health 200 within {RECOVERY_WAIT_S:.0f} s of the "
         f"connector's start, got {answer}"
     )
     _assert_fresh_data_served(stack, CLIENTS_FIRST, seed=30, when="once the connector runs")

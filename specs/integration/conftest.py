@@ -85,7 +85,7 @@ class ConnectorUnderTest:
         while (held := await self.subscribers(topic)) != count:
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"[{scenario}] (rule C15): expected the connector's subscriber gauge to show {count} "
+                    f"under rule C15, expected the connector's subscriber gauge to show {count} "
                     f"{topic} subscriber(s) within {timeout:.0f} s, got {held}"
                 )
             await asyncio.sleep(0.02)
@@ -160,7 +160,7 @@ async def start_connector(
                 await mock_exchange.wait_for_subscriptions_async(topic, 1, timeout=STARTUP_SUBSCRIPTIONS_S)
             except TimeoutError as error:
                 pytest.fail(
-                    f"(rule C3) expected the connector to open its upstream {topic!r} subscription when it "
+                    f"under rule C3, expected the connector to open its upstream {topic!r} subscription when it "
                     f"starts, before any client subscribes: {error}"
                 )
         return target
@@ -174,7 +174,7 @@ async def start_connector(
             if target.program.running:
                 exit_codes.append(await asyncio.to_thread(target.program.stop))
         assert all(code == 0 for code in exit_codes), (
-            f"(rule C10) expected the connector program to exit 0 on SIGTERM, got exit code(s) {exit_codes}"
+            f"under rule C10, expected the connector program to exit 0 on SIGTERM, got exit code(s) {exit_codes}"
         )
         if started:
             await _upstream_closed(mock_exchange)
@@ -214,7 +214,7 @@ async def read_stream(
         while len(messages) < count:
             message = await call.read()
             if message is grpc.aio.EOF:
-                pytest.fail(f"{scenario}: expected {count} {noun}, the stream ended after {len(messages)}")
+                pytest.fail(f"expected {count} {noun}, the stream ended after {len(messages)}")
             messages.append(message)
 
     try:
@@ -222,4 +222,4 @@ async def read_stream(
         return messages
     except asyncio.TimeoutError:
         pass  # fail outside the handler: the report's reason is then this message, not the timeout
-    pytest.fail(f"{scenario}: expected {count} {noun} within {timeout} s, got {len(messages)}")
+    pytest.fail(f"expected {count} {noun} within {timeout} s, got {len(messages)}")

@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires("client_library")]
 
 
 def fail(expected: str, got: object) -> str:
-    return f"[{SCENARIO}] (rule {RULE}): expected {expected}, got {got}"
+    return f"expected {expected}, got {got}"
 
 
 def account(number: int) -> pb.Account:
@@ -64,13 +64,13 @@ def start_connector(
 
 
 def call(driver: DriverSession, cmd: str, doing: str, **fields: Any) -> dict[str, Any]:
-    return driver.expect(driver.call(cmd, 15.0, RULE, **fields), "result", RULE, f"[{SCENARIO}] {doing}")
+    return driver.expect(driver.call(cmd, 15.0, RULE, **fields), "result", RULE, f"{doing}")
 
 
 def subscribe(driver: DriverSession, cmd: str, **fields: Any) -> str:
     stream = driver.send(cmd, **fields)
     outcome = driver.outcome(stream, 15.0, RULE, kinds=("subscribed", "error"))
-    driver.expect(outcome, "subscribed", RULE, f"[{SCENARIO}] to {cmd} on the connector")
+    driver.expect(outcome, "subscribed", RULE, f"to {cmd} on the connector")
     return stream
 
 
@@ -84,9 +84,7 @@ def stream_updates(
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
     number, next_at = 0, 0.0
     while True:
-        received = [
-            to_message(e.get(field), message_type, f"[{SCENARIO}]") for e in driver.of(stream, "update")
-        ]
+        received = [to_message(e.get(field), message_type, "an update") for e in driver.of(stream, "update")]
         if len(received) > UPDATES:
             break
         now = time.monotonic()
@@ -106,7 +104,7 @@ def stream_updates(
             next_at = now + (BRISK_INTERVAL_S if received else SLOW_INTERVAL_S)
         time.sleep(0.01)
     time.sleep(0.2)  # anything still on its way (a duplicate, a stray symbol) arrives meanwhile
-    received = [to_message(e.get(field), message_type, f"[{SCENARIO}]") for e in driver.of(stream, "update")]
+    received = [to_message(e.get(field), message_type, "an update") for e in driver.of(stream, "update")]
     return sent, received
 
 
@@ -156,9 +154,7 @@ def test_client_library_interoperates_with_the_connector(
         tls={"ca": str(tls.ca_pem)} if tls else None,
         token=TOKEN if tls else None,
     )
-    client_driver.expect(
-        outcome, "connected", RULE, f"[{SCENARIO}] connecting to the connector ({transport})"
-    )
+    client_driver.expect(outcome, "connected", RULE, f"connecting to the connector ({transport})")
 
     got_account = to_message(
         call(client_driver, "get_account", "from get_account").get("account"), pb.Account, ""
@@ -167,7 +163,7 @@ def test_client_library_interoperates_with_the_connector(
         f"get_account to return the exchange's account {initial}", got_account
     )
     listed = call(client_driver, "get_positions", "from get_positions", symbol="BTCUSDT").get("positions")
-    got_positions = [to_message(p, pb.Position, f"[{SCENARIO}]") for p in listed or []]
+    got_positions = [to_message(p, pb.Position, "a position of get_positions") for p in listed or []]
     assert got_positions == held[:1], fail(
         "get_positions(BTCUSDT) to return only the BTCUSDT position", got_positions
     )

@@ -43,12 +43,12 @@ async def test_streams_send_their_headers_once_subscribed(connector: ConnectorUn
         except asyncio.TimeoutError:
             took = float("inf")
         except grpc.aio.AioRpcError as error:
-            pytest.fail(f"[4.2.1.x7] (rule C7): {name} failed: {error.code()} {error.details()!r}")
+            pytest.fail(f"{name} failed: {error.code()} {error.details()!r}")
         if took > HEADERS_WITHIN_S:
             late.append(f"{name} after {took:.2f} s" if took != float("inf") else f"{name}: none")
         call.cancel()
     assert not late, (
-        f"[4.2.1.x7] (rule C7): expected response headers within {HEADERS_WITHIN_S:.0f} s of subscribing, "
+        f"expected response headers within {HEADERS_WITHIN_S:.0f} s of subscribing, "
         f"with no update sent; got {', '.join(late)}: clients cannot tell when their subscription is live"
     )
 
@@ -69,9 +69,9 @@ async def test_get_account_is_answered_from_the_connectors_view(connector: Conne
     )
     upstream = connector.mock.calls["GetAccount"] - before
     assert all(answer.total_balance == first.total_balance for answer in answers), (
-        "[4.2.1.x8] (rule C8): expected every answer to carry the account the exchange holds"
+        "expected every answer to carry the account the exchange holds"
     )
     assert upstream <= UPSTREAM_CALLS_ALLOWED, (
-        f"[4.2.1.x8] (rule C8): expected {VIEW_CALLS} GetAccount calls to be answered from the connector's "
+        f"expected {VIEW_CALLS} GetAccount calls to be answered from the connector's "
         f"view (at most {UPSTREAM_CALLS_ALLOWED} calls to the exchange), got {upstream} upstream GetAccount calls"
     )

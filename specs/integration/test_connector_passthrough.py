@@ -48,6 +48,6 @@ async def test_concurrent_get_positions_for_one_symbol_share_one_upstream_call(
         await channel.close()
     metrics.record("get_positions_upstream_calls_per_burst", upstream, "calls")
     assert upstream == 1, (
-        f"[4.2.1.x26] (rule C37): expected {CLIENTS} concurrent GetPositions for BTCUSDT to cost the exchange "
+        f"expected {CLIENTS} concurrent GetPositions for BTCUSDT to cost the exchange "
         f"one call, got {upstream}"
     )

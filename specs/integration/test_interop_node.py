@@ -199,7 +199,7 @@ def deliver_until_received(client: NodeClient, send: Callable[[int], None], even
         now = time.monotonic()
         if now >= deadline:
             raise AssertionError(
-                f"{scenario}: expected the Node client to receive {UPDATES} updates within {DELIVERY_TIMEOUT_S} s "
+                f"expected the Node client to receive {UPDATES} updates within {DELIVERY_TIMEOUT_S} s "
                 f"of {sent} sent, got {len(client.named(event))}; {client.describe()}"
             )
         if now >= next_at:
@@ -257,18 +257,16 @@ def assert_received_in_order(received: list[Event], sent: list[Event], key: str,
     Updates sent before the client's subscription was registered reach nobody, so the run may
     start anywhere in what was sent; from there on nothing may be lost, added or reordered."""
     starts = [index for index, update in enumerate(sent) if update[key] == received[0][key]]
-    assert starts, (
-        f"{scenario}: expected the Node client to receive updates the exchange sent, got {received[0]}"
-    )
+    assert starts, f"expected the Node client to receive updates the exchange sent, got {received[0]}"
     expected = sent[starts[0] : starts[0] + len(received)]
     assert len(expected) == len(received), (
-        f"{scenario}: expected the Node client to receive at most the {len(expected)} updates sent from the first "
+        f"expected the Node client to receive at most the {len(expected)} updates sent from the first "
         f"one it got, got {len(received)}"
     )
     for position, (want, got) in enumerate(zip(expected, received, strict=True)):
         changed = {name: (want[name], got.get(name)) for name in want if want[name] != got.get(name)}
         assert not changed, (
-            f"{scenario}: update {position + 1} received by the Node client differs from what the exchange sent "
+            f"update {position + 1} received by the Node client differs from what the exchange sent "
             f"(field: (expected, got)): {changed}"
         )
 
@@ -333,22 +331,20 @@ def test_node_client_receives_account_updates_unchanged(
         client.wait_for("subscribing", timeout=20.0)
         deliver_until_received(client, send, "account_update", scenario)
         code = client.finish(timeout=10.0)
-        assert code == 0, f"{scenario}: expected the Node client to exit 0, got {code}; {client.describe()}"
+        assert code == 0, f"expected the Node client to exit 0, got {code}; {client.describe()}"
 
         health = client.named("health")[0]
-        assert health["status"] == "SERVING", f"{scenario}: expected health SERVING, got {health['status']}"
+        assert health["status"] == "SERVING", f"expected health SERVING, got {health['status']}"
         account = client.named("account")[0]["account"]
         assert account == as_node_json(initial), (
-            f"{scenario}: expected GetAccount to return {as_node_json(initial)}, got {account}"
+            f"expected GetAccount to return {as_node_json(initial)}, got {account}"
         )
         listed = client.named("positions")[0]["positions"]
         assert listed == [as_node_json(p) for p in positions], (
-            f"{scenario}: expected GetPositions to return both positions unchanged, got {listed}"
+            f"expected GetPositions to return both positions unchanged, got {listed}"
         )
         received = [event["account"] for event in client.named("account_update")]
-        assert len(received) == UPDATES, (
-            f"{scenario}: expected {UPDATES} account updates, got {len(received)}"
-        )
+        assert len(received) == UPDATES, f"expected {UPDATES} account updates, got {len(received)}"
         assert_received_in_order(received, [as_node_json(a) for a in sent], "total_balance", scenario)
 
 
@@ -379,20 +375,18 @@ def test_node_client_receives_only_its_symbol(
         client.wait_for("subscribing", timeout=20.0)
         deliver_until_received(client, send, "position_update", scenario)
         code = client.finish(timeout=10.0)
-        assert code == 0, f"{scenario}: expected the Node client to exit 0, got {code}; {client.describe()}"
+        assert code == 0, f"expected the Node client to exit 0, got {code}; {client.describe()}"
 
         listed = client.named("positions")[0]["positions"]
         assert listed == [as_node_json(positions[0])], (
-            f"{scenario}: expected GetPositions(BTCUSDT) to return only the BTCUSDT position, got {listed}"
+            f"expected GetPositions(BTCUSDT) to return only the BTCUSDT position, got {listed}"
         )
         received = [event["position"] for event in client.named("position_update")]
         symbols = sorted({position["symbol"] for position in received})
         assert symbols == ["BTCUSDT"], (
-            f"{scenario}: expected only BTCUSDT updates on a stream filtered by BTCUSDT, got symbols {symbols}"
+            f"expected only BTCUSDT updates on a stream filtered by BTCUSDT, got symbols {symbols}"
         )
         btc_sent = [as_node_json(p) for p in sent if p.symbol == "BTCUSDT"]
         assert_received_in_order(received, btc_sent, "mark_price", scenario)
         done = client.named("stream_done")[0]
-        assert done["symbols"] == ["BTCUSDT"], (
-            f"{scenario}: expected the client to report BTCUSDT only, got {done}"
-        )
+        assert done["symbols"] == ["BTCUSDT"], f"expected the client to report BTCUSDT only, got {done}"

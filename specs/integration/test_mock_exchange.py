@@ -41,13 +41,11 @@ async def test_a_subscription_runs_until_the_client_cancels_it(
     call = stub.SubscribeAccount(pb.SubscribeAccountRequest())
     await mock_exchange.wait_for_subscriptions_async("account", 1)
     await asyncio.sleep(0.3)
-    assert not call.done(), (
-        "[4.3.1.a] (spec §4.3): expected the mock's stream to stay open while not cancelled"
-    )
+    assert not call.done(), "expected the mock's stream to stay open while not cancelled"
     call.cancel()
     await asyncio.to_thread(mock_exchange.wait_until, lambda mock: mock.subscriptions("account") == 0, 5.0)
     assert mock_exchange.subscriptions("account") == 0, (
-        f"[4.3.1.a] (spec §4.3): expected the cancelled stream unregistered, got {mock_exchange.subscriptions('account')}"
+        f"expected the cancelled stream unregistered, got {mock_exchange.subscriptions('account')}"
     )
 
 
@@ -63,14 +61,10 @@ async def test_trigger_account_update_reaches_every_subscriber(
         mock_exchange.trigger_account_update(update)
     for index, call in enumerate(calls):
         got = await read(call, len(updates))
-        assert got == updates, (
-            f"[4.3.1.b] (spec §4.3): subscriber {index}: expected the 3 updates in order, got {got}"
-        )
+        assert got == updates, f"subscriber {index}: expected the 3 updates in order, got {got}"
         call.cancel()
     current = await stub.GetAccount(pb.GetAccountRequest(), timeout=5)
-    assert current == updates[-1], (
-        f"[4.3.1.b] (spec §4.3): expected GetAccount to return the last update, got {current}"
-    )
+    assert current == updates[-1], f"expected GetAccount to return the last update, got {current}"
 
 
 @pytest.mark.scenario("4.3.1.c")
@@ -85,9 +79,7 @@ async def test_trigger_position_update_reaches_every_subscriber_and_the_mock_fai
     moved.mark_price = "2950.00"
     mock_exchange.trigger_position_update(moved)
     for call in calls:
-        assert await read(call, 1) == [moved], (
-            "[4.3.1.c] (spec §4.3): expected both subscribers to get the ETHUSDT update"
-        )
+        assert await read(call, 1) == [moved], "expected both subscribers to get the ETHUSDT update"
 
     mock_exchange.end_streams(grpc.StatusCode.UNAVAILABLE, "exchange down for the test")
     mock_exchange.fail_calls(grpc.StatusCode.UNAVAILABLE, "exchange down for the test")
@@ -97,15 +89,11 @@ async def test_trigger_position_update_reaches_every_subscriber_and_the_mock_fai
         assert (ended.value.code(), ended.value.details()) == (
             grpc.StatusCode.UNAVAILABLE,
             "exchange down for the test",
-        ), (
-            f"[4.3.1.c] (spec §4.3): expected the streams ended with the status asked for, got {ended.value.code()}"
-        )
+        ), f"expected the streams ended with the status asked for, got {ended.value.code()}"
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.GetAccount(pb.GetAccountRequest(), timeout=5)
-    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE, (
-        f"[4.3.1.c] (spec §4.3): GetAccount: got {failed.value.code()}"
-    )
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE, f"GetAccount: got {failed.value.code()}"
     mock_exchange.fail_calls(None)
     assert (await stub.GetAccount(pb.GetAccountRequest(), timeout=5)).total_balance, (
-        "[4.3.1.c] (spec §4.3): expected the mock to answer again once its failure is lifted"
+        "expected the mock to answer again once its failure is lifted"
     )

@@ -68,7 +68,7 @@ async def test_symbol_filter_forwards_only_that_symbol(connector: ConnectorUnder
     received = await read(call, 3, "4.2.2.a")
     expected = [p for p in sent if p.symbol == "BTCUSDT"]
     assert received == expected, (
-        f"[4.2.2.a] (rule C5): expected only the BTCUSDT updates {described(expected)}, got {described(received)}"
+        f"expected only the BTCUSDT updates {described(expected)}, got {described(received)}"
     )
 
 
@@ -86,7 +86,7 @@ async def test_without_filter_every_symbol_is_forwarded(connector: ConnectorUnde
     for update in sent:
         connector.mock.trigger_position_update(update)
     received = await read(call, len(sent), "4.2.2.b")
-    assert received == sent, f"[4.2.2.b] (rule C5): expected {described(sent)}, got {described(received)}"
+    assert received == sent, f"expected {described(sent)}, got {described(received)}"
 
 
 @pytest.mark.scenario("4.2.2.ac1")
@@ -112,19 +112,19 @@ async def test_filter_is_exact_and_happens_in_the_server(connector: ConnectorUnd
         expected = [p for p in sent if p.symbol == symbol]
         received = await read(call, len(expected), f"4.2.2.ac1 ({symbol})")
         assert received == expected, (
-            f"[4.2.2.ac1] (rule C5): subscriber of {symbol!r}: expected exactly {described(expected)} "
+            f"under rule C5, subscriber of {symbol!r}: expected exactly {described(expected)} "
             f"(no prefix or look-alike matches), got {described(received)}"
         )
     mock = connector.mock
     assert mock.subscriptions("positions") == 1, (
-        f"[4.2.2.ac1] (rule C5): expected the connector to filter itself over ONE upstream positions subscription, "
+        f"under rule C5, expected the connector to filter itself over ONE upstream positions subscription, "
         f"got {mock.subscriptions('positions')}"
     )
     call = subscribe(connector, "btcusdt")
     with pytest.raises(grpc.aio.AioRpcError) as lower:
         await read(call, 1, "4.2.2.ac1")
     assert lower.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (
-        f"[4.2.2.ac1] (rule C5): expected a lower-case symbol rejected (no case-insensitive match), got {lower.value.code()}"
+        f"under rule C5, expected a lower-case symbol rejected (no case-insensitive match), got {lower.value.code()}"
     )
 
 
@@ -139,13 +139,11 @@ async def test_empty_symbol_forwards_every_update_of_every_symbol(connector: Con
     for update in sent:
         connector.mock.trigger_position_update(update)
     received = await read(everything, len(sent), "4.2.2.ac2")
-    assert received == sent, (
-        f"[4.2.2.ac2] (rule C5): expected all {len(sent)} updates in order, got {described(received)}"
-    )
+    assert received == sent, f"expected all {len(sent)} updates in order, got {described(received)}"
     eth = [p for p in sent if p.symbol == "ETHUSDT"]
     got_eth = await read(only_eth, len(eth), "4.2.2.ac2")
     assert got_eth == eth, (
-        f"[4.2.2.ac2] (rule C5): expected the ETHUSDT subscriber to get its own {described(eth)}, got {described(got_eth)}"
+        f"expected the ETHUSDT subscriber to get its own {described(eth)}, got {described(got_eth)}"
     )
 
     stub = connector.stub()
@@ -153,11 +151,11 @@ async def test_empty_symbol_forwards_every_update_of_every_symbol(connector: Con
         pb.GetPositionsRequest(symbol=""), timeout=5, metadata=connector.metadata
     )
     assert sorted(p.symbol for p in listed.positions) == sorted(symbols), (
-        f"[4.2.2.ac2] (rule C5): expected GetPositions('') to list every symbol, got {[p.symbol for p in listed.positions]}"
+        f"expected GetPositions('') to list every symbol, got {[p.symbol for p in listed.positions]}"
     )
     one = await stub.GetPositions(
         pb.GetPositionsRequest(symbol="SOLUSDT"), timeout=5, metadata=connector.metadata
     )
     assert [p.symbol for p in one.positions] == ["SOLUSDT"], (
-        f"[4.2.2.ac2] (rule C5): expected GetPositions('SOLUSDT') to list SOLUSDT only, got {[p.symbol for p in one.positions]}"
+        f"expected GetPositions('SOLUSDT') to list SOLUSDT only, got {[p.symbol for p in one.positions]}"
     )

@@ -66,11 +66,11 @@ def test_get_account_latency_p50_and_p99_over_loopback(
     assert measured.count == CALLS[run_mode], f"expected {CALLS[run_mode]} timed calls, got {measured.count}"
     with verdicts.check("6.1.1.a"):
         assert p50 < P50_TARGET_MS, (
-            f"[6.1.1.a] (spec §6.1): expected GetAccount p50 below {P50_TARGET_MS} ms over {measured.count} "
+            f"expected GetAccount p50 below {P50_TARGET_MS} ms over {measured.count} "
             f"calls, got {p50:.3f} ms (bare grpcio baseline: {bare.p_ms(50):.3f} ms)"
         )
     with verdicts.check("6.1.1.b"):
         assert p99 < P99_TARGET_MS, (
-            f"[6.1.1.b] (spec §6.1): expected GetAccount p99 below {P99_TARGET_MS} ms over {measured.count} "
+            f"expected GetAccount p99 below {P99_TARGET_MS} ms over {measured.count} "
             f"calls, got {p99:.3f} ms (bare grpcio baseline: {bare.p_ms(99):.3f} ms)"
         )

@@ -136,7 +136,7 @@ async def _run_load(
     worst = max(reports, key=lambda report: report.counts.lost)
     with verdicts.check("6.3.1.a"):
         assert not (lost or reordered or latency.count != expected), (
-            f"[6.3.1.a] (spec §6.3: 0 % message loss): expected all {count} updates delivered once and in "
+            f"0 % message loss: expected all {count} updates delivered once and in "
             f"order to each of {len(reports)} clients ({expected} deliveries), got {latency.count} with {lost} "
             f"lost and {reordered} reordered/duplicated (e.g. {worst.name} missing {worst.missing}, "
             f"{reconnects} reconnects)"
@@ -151,14 +151,14 @@ async def _run_load(
             machine += f"; on this machine {steadiness.describe()}"
         with verdicts.check("6.3.1.b"):
             assert p99 < P99_TARGET_MS, (
-                f"[6.3.1.b] (spec §6.3): expected update latency p99 below {P99_TARGET_MS} ms, got {p99:.2f} ms{machine}"
+                f"expected update latency p99 below {P99_TARGET_MS} ms, got {p99:.2f} ms{machine}"
             )
     with verdicts.check("6.3.1.c"):
         assert cpu < CPU_TARGET_PCT, (
-            f"[6.3.1.c] (spec §6.3): expected the connector's CPU below {CPU_TARGET_PCT:.0f} % of a core over the "
+            f"expected the connector's CPU below {CPU_TARGET_PCT:.0f} % of a core over the "
             f"run, got {cpu:.1f} % (peak {server.cpu_peak_pct:.1f} %)"
         )
     with verdicts.check("6.3.1.d"):
         assert rss < RSS_TARGET_MB, (
-            f"[6.3.1.d] (spec §6.3): expected the connector's RSS below {RSS_TARGET_MB:.0f} MB, got {rss:.1f} MB"
+            f"expected the connector's RSS below {RSS_TARGET_MB:.0f} MB, got {rss:.1f} MB"
         )

@@ -49,7 +49,7 @@ async def _stream(mock: Any, clients: list[SimulatedClient], first: int, seconds
     last = first + report.sent - 1
     delivered = await wait_delivered(clients, last, timeout=15.0)
     assert delivered, (
-        f"6.2.1.a: expected every client to get all {last} account updates, got "
+        f"expected every client to get all {last} account updates, got "
         f"{[c.accounts.received for c in clients]} (lost {[c.accounts.lost(last) for c in clients]})"
     )
     return last
@@ -110,12 +110,12 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
 
         with verdicts.check("6.2.1.a"):
             assert server_growth < GROWTH_LIMIT_MB, (
-                f"[6.2.1.a] (spec §6.2): expected the connector's RSS to grow by less than {GROWTH_LIMIT_MB} MB "
+                f"expected the connector's RSS to grow by less than {GROWTH_LIMIT_MB} MB "
                 f"over {DURATION_S[run_mode]:.0f} s of streaming ({last - warmed} updates to 2 clients), got "
                 f"{server_before.rss_mb:.1f} -> {server_after.rss_mb:.1f} MB (+{server_growth:.1f} MB)"
             )
             assert client_growth < GROWTH_LIMIT_MB, (
-                f"[6.2.1.a] (spec §6.2): expected the clients' process RSS to grow by less than "
+                f"expected the clients' process RSS to grow by less than "
                 f"{GROWTH_LIMIT_MB} MB over {DURATION_S[run_mode]:.0f} s of streaming, got "
                 f"{client_before.rss_mb:.1f} -> {client_after.rss_mb:.1f} MB (+{client_growth:.1f} MB)"
             )
@@ -125,10 +125,8 @@ async def test_streaming_grows_neither_memory_nor_threads_tasks_or_fds(
                 server_before,
                 server_after,
                 settle_s=THREAD_POOL_SETTLE_S,
-                label="[6.2.1.b] (spec §6.2) connector (threads, fds)",
+                label="connector (threads, fds)",
             )
-            await assert_no_growth_async(
-                client_before, client_after, label="[6.2.1.b] (spec §6.2) clients (threads, tasks, fds)"
-            )
+            await assert_no_growth_async(client_before, client_after, label="clients (threads, tasks, fds)")
     finally:
         await stop_all(clients)

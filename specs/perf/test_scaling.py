@@ -63,7 +63,7 @@ async def test_scaling_curve_of_subscribers_against_the_relay_baseline(
 
     lost = [(p["subscribers"], name, p[name]["lost"]) for p in points for name in targets if p[name]["lost"]]
     assert not lost, (
-        f"[6.1.2.x2] (spec §6.1): expected every update delivered at every busy point and every idle stream "
+        f"expected every update delivered at every busy point and every idle stream "
         f"registered, for the connector and the relay baseline; got (subscribers, target, lost): {lost}"
     )
 

@@ -123,11 +123,11 @@ async def test_one_subscriber_receives_over_1000_updates_per_second(
         f"relay baseline lost updates (the measurement itself is broken): {relay.problems[:3]}"
     )
     assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
-        f"6.1.2.a: expected all {plan.count} updates once and in order, got {sut.lost} lost, "
+        f"expected all {plan.count} updates once and in order, got {sut.lost} lost, "
         f"{sut.reordered} reordered, {sut.duplicates} duplicated: {sut.problems[:3]}"
     )
     assert rate > THROUGHPUT_TARGET, (
-        f"6.1.2.a: expected more than {THROUGHPUT_TARGET:.0f} msg/s to one subscriber, got {rate:.0f} msg/s "
+        f"expected more than {THROUGHPUT_TARGET:.0f} msg/s to one subscriber, got {rate:.0f} msg/s "
         f"(bare grpcio baseline: {bare.deliveries_per_s:.0f} msg/s)"
     )
 
@@ -178,7 +178,7 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
         f"relay baseline lost updates (the measurement itself is broken): {relay.problems[:3]}"
     )
     assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
-        f"6.1.2.x1: expected each of {plan.count} updates at {fanout.rate}/s delivered once and in order to "
+        f"expected each of {plan.count} updates at {fanout.rate}/s delivered once and in order to "
         f"each of {SUBSCRIBERS} subscribers, got {sut.lost} lost, {sut.reordered} reordered, "
         f"{sut.duplicates} duplicated (streams: {sut.statuses}): {sut.problems[:3]}"
     )

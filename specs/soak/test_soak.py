@@ -80,7 +80,7 @@ async def test_soak_runs_its_duration_with_restarts_and_stays_stable(
     finally:
         await run.stop()
     snapshots = run.snapshots
-    assert snapshots, "7.1.1.a: expected at least one snapshot of the soak run, got none"
+    assert snapshots, "expected at least one snapshot of the soak run, got none"
 
     rate = 100.0 * run.tally.errors / run.tally.operations if run.tally.operations else 100.0
     growth = snapshots[-1]["server_rss_mb"] - snapshots[0]["server_rss_mb"]
@@ -125,25 +125,24 @@ async def test_soak_runs_its_duration_with_restarts_and_stays_stable(
     down = [(s["t_s"], n) for s in snapshots for n, up in s["programs_running"].items() if not up]
     with verdicts.check("7.1.1.a"):
         assert not (snapshots[-1]["t_s"] < soak_duration - 1.0 or crashed or down or run.program_exits), (
-            f"[7.1.1.a] (spec §7.1): expected {soak_duration:.0f} s with no crash, got {snapshots[-1]['t_s']:.0f} s; "
+            f"expected {soak_duration:.0f} s with no crash, got {snapshots[-1]['t_s']:.0f} s; "
             f"connector down at {crashed[:3]}, programs down at {down[:3]}, exits: {run.program_exits[:3]}"
         )
     with verdicts.check("7.1.1.b"):
         assert rate < ERROR_RATE_TARGET_PCT, (
-            f"[7.1.1.b] (spec §7.1): expected an error rate below {ERROR_RATE_TARGET_PCT} %, got {rate:.4f} % "
+            f"expected an error rate below {ERROR_RATE_TARGET_PCT} %, got {rate:.4f} % "
             f"({run.tally.errors} of {run.tally.operations}: {run.tally.errors_by_kind})"
         )
     with verdicts.check("7.1.1.c"):
         assert growth < MEMORY_GROWTH_TARGET_MB, (
-            f"[7.1.1.c] (spec §7.1): expected connector RSS growth below {MEMORY_GROWTH_TARGET_MB} MB, "
-            f"got {growth:.1f} MB"
+            f"expected connector RSS growth below {MEMORY_GROWTH_TARGET_MB} MB, got {growth:.1f} MB"
         )
     with verdicts.check("7.1.1.d"):
         assert drift <= DRIFT_TARGET, (
-            f"[7.1.1.d] (spec §7.1): expected thread/task counts within ±{DRIFT_TARGET}, got a drift of {drift}"
+            f"expected thread/task counts within ±{DRIFT_TARGET}, got a drift of {drift}"
         )
     with verdicts.check("7.1.1.e"):
         assert ratio <= P99_RATIO_TARGET, (
-            f"[7.1.1.e] (spec §7.1: latency stable): expected the last interval's p99 within {P99_RATIO_TARGET}x "
+            f"the latency stays stable: expected the last interval's p99 within {P99_RATIO_TARGET}x "
             f"of the first's, got {ratio:.2f}x ({first_p99:.2f} -> {last_p99:.2f} ms)"
         )

@@ -54,7 +54,7 @@ def compose_table(sut: Manifest) -> Compose:
 def compose(compose_table: Compose) -> dict[str, Any]:
     raw = yaml.safe_load(compose_table.file.read_text(encoding="utf-8"))
     assert isinstance(raw, dict), (
-        f"[{SID}] (rule S1): expected a mapping in {compose_table.file.name}, got {type(raw).__name__}"
+        f"under rule S1, expected a mapping in {compose_table.file.name}, got {type(raw).__name__}"
     )
     return dict(_with_defaults(raw))
 
@@ -71,16 +71,16 @@ def _argv(value: Any) -> list[str]:
 
 
 def test_compose_file_is_the_compose_specification(compose: dict[str, Any]) -> None:
-    assert "version" not in compose, f"[{SID}] expected no `version:` key (Compose Specification), got one"
+    assert "version" not in compose, "expected no `version:` key (Compose Specification), got one"
     assert set(compose) <= {"services", "networks", "volumes", "configs", "secrets"} | {
         key for key in compose if str(key).startswith("x-")
-    }, f"[{SID}] expected only Compose Specification top-level keys, got {sorted(compose)}"
+    }, f"expected only Compose Specification top-level keys, got {sorted(compose)}"
 
 
 def test_three_services(services: dict[str, dict[str, Any]], compose_table: Compose) -> None:
     wanted = compose_table.services
     missing = sorted(f"{program} ({name})" for program, name in wanted.items() if program not in services)
-    assert not missing, f"[{SID}] (rule S1): expected a service for every program, missing {missing}"
+    assert not missing, f"under rule S1, expected a service for every program, missing {missing}"
 
 
 @pytest.mark.parametrize("name", ["exchange_connector", "market_maker", "live_server"])
@@ -88,12 +88,10 @@ def test_every_service_has_a_health_check(services: dict[str, dict[str, Any]], n
     check = (services.get(name) or {}).get("healthcheck") or {}
     test = _argv(check.get("test", []))
     assert test[:1] in (["CMD"], ["CMD-SHELL"]), (
-        f"[{SID}] (rule S2): {name}: expected a healthcheck test, got {test}"
+        f"under rule S2, {name}: expected a healthcheck test, got {test}"
     )
     for key in ("interval", "timeout", "retries"):
-        assert key in check, (
-            f"[{SID}] (rule S2): {name}: expected healthcheck.{key}, got keys {sorted(check)}"
-        )
+        assert key in check, f"under rule S2, {name}: expected healthcheck.{key}, got keys {sorted(check)}"
 
 
 def test_clients_start_after_a_healthy_connector(
@@ -103,11 +101,11 @@ def test_clients_start_after_a_healthy_connector(
     for name in ("market_maker", "live_server"):
         depends = services[name].get("depends_on")
         assert isinstance(depends, dict), (
-            f"[{SID}] (rule S3): {name}: expected depends_on in long form (with conditions), got {depends!r}"
+            f"under rule S3, {name}: expected depends_on in long form (with conditions), got {depends!r}"
         )
         condition = (depends.get(connector) or {}).get("condition")
         assert condition == "service_healthy", (
-            f"[{SID}] (rule S3): {name}: expected depends_on {connector} condition service_healthy, "
+            f"under rule S3, {name}: expected depends_on {connector} condition service_healthy, "
             f"got {condition!r}"
         )
 
@@ -141,24 +139,20 @@ def test_live_server_port_published_on_loopback_only(
     raw = yaml.safe_load(compose_table.file.read_text(encoding="utf-8"))
     raw_ports = str((raw["services"][compose_table.services["live_server"]] or {}).get("ports", []))
     assert "${" + compose_table.http_port_env in raw_ports, (
-        f"[{SID}] (rule S4): live_server: expected its host port set by ${{{compose_table.http_port_env}}} "
+        f"under rule S4, live_server: expected its host port set by ${{{compose_table.http_port_env}}} "
         f"(the manifest's compose.http_port_env), got ports {raw_ports}"
     )
     published = _published(services["live_server"])
-    assert len(published) == 1, (
-        f"[{SID}] (rule S4): live_server: expected one published port, got {published}"
-    )
+    assert len(published) == 1, f"under rule S4, live_server: expected one published port, got {published}"
     host_ip, host_port, _ = published[0]
     assert host_ip in LOOPBACK, (
-        f"[{SID}] (rule S4): live_server: expected the port bound to 127.0.0.1, got {host_ip or 'all'}"
+        f"under rule S4, live_server: expected the port bound to 127.0.0.1, got {host_ip or 'all'}"
     )
-    assert host_port.isdigit(), (
-        f"[{SID}] (rule S4): live_server: expected a default host port, got {host_port!r}"
-    )
+    assert host_port.isdigit(), f"under rule S4, live_server: expected a default host port, got {host_port!r}"
     for name, service in services.items():
         for ip, _, _ in _published(service):
             assert ip in LOOPBACK, (
-                f"[{SID}] (rule S4): {name}: expected ports published on loopback only, got {ip or 'all'}"
+                f"under rule S4, {name}: expected ports published on loopback only, got {ip or 'all'}"
             )
 
 
@@ -166,5 +160,5 @@ def test_compose_reads_no_variable_without_a_default(compose_table: Compose) -> 
     text = compose_table.file.read_text(encoding="utf-8")
     bare = [match.group(0) for match in _VARIABLE.finditer(text) if match.group("default") is None]
     assert not bare, (
-        f"[{SID}] (rule S5): expected every ${{VAR}} with a default (the stack runs with no .env), got {bare}"
+        f"under rule S5, expected every ${{VAR}} with a default (the stack runs with no .env), got {bare}"
     )

@@ -107,12 +107,10 @@ async def streams_flowing(
         for _, reader in streams:
             if reader.done():
                 pytest.fail(
-                    f"[{scenario}] (rule C4): expected every stream to stay open, one ended: {reader.result()}"
+                    f"under rule C4, expected every stream to stay open, one ended: {reader.result()}"
                 )
         if time.monotonic() > deadline:
-            pytest.fail(
-                f"[{scenario}] (rule C4): expected an update on every stream within {FIRST_UPDATE_WAIT_S} s"
-            )
+            pytest.fail(f"under rule C4, expected an update on every stream within {FIRST_UPDATE_WAIT_S} s")
         n += 1
         mock.trigger_account_update(account(n))
         position = pb.Position(symbol="BTCUSDT", side="LONG", size=f"0.{n}", entry_price="1.00")
@@ -133,7 +131,7 @@ async def test_start_binds_the_port_and_accepts_calls_at_once(
     connector = await start(launcher, mock_exchange, port, free_port)
     taken = bind_error(port, reuse_address=True)
     assert taken is not None, (
-        f"[3.2.1.a] (rule C60): expected 127.0.0.1:{port} held by the connector once it is ready, "
+        f"expected 127.0.0.1:{port} held by the connector once it is ready, "
         f"but another socket could bind and listen on it"
     )
     async with grpc.aio.insecure_channel(connector.address) as channel:
@@ -141,15 +139,15 @@ async def test_start_binds_the_port_and_accepts_calls_at_once(
             got = await pb_grpc.ExchangeServiceStub(channel).GetAccount(pb.GetAccountRequest(), timeout=5)
         except grpc.aio.AioRpcError as error:
             pytest.fail(
-                f"[3.2.1.a] (rule C60): expected GetAccount answered at once after start, "
+                f"expected GetAccount answered at once after start, "
                 f"got {error.code().name} {error.details()!r}"
             )
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert got.total_balance == "10000.00", (
-        f"[3.2.1.a] (rule C60): expected the exchange's account (10000.00), got {got.total_balance!r}"
+        f"expected the exchange's account (10000.00), got {got.total_balance!r}"
     )
     assert reply.status == health_pb2.HealthCheckResponse.SERVING, (
-        f"[3.2.1.a] (rule C60): expected health SERVING, got {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+        f"expected health SERVING, got {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
     )
 
 
@@ -170,16 +168,13 @@ async def test_exit_releases_the_port(
         code = await asyncio.to_thread(connector.stop)
         await asyncio.wait({reader}, timeout=STREAM_END_WAIT_S)
         reader.cancel()
-    assert code == 0, (
-        f"[3.2.1.b] (rule C61): expected exit code 0 after SIGTERM, got {code}; {connector.tail()}"
-    )
+    assert code == 0, f"expected exit code 0 after SIGTERM, got {code}; {connector.tail()}"
     error = await asyncio.to_thread(released, port, RELEASE_WAIT_S)
     assert error is None, (
-        f"[3.2.1.b] (rule C61): expected 127.0.0.1:{port} free within {RELEASE_WAIT_S} s of the exit, "
-        f"binding it failed: {error}"
+        f"expected 127.0.0.1:{port} free within {RELEASE_WAIT_S} s of the exit, binding it failed: {error}"
     )
     again = await start(launcher, mock_exchange, port, free_port)
-    assert again.running, f"[3.2.1.b] (rule C61): expected a new connector to serve on port {port}"
+    assert again.running, f"expected a new connector to serve on port {port}"
 
 
 # ---------------------------------------------------------------------------------------------- 3.2.1.c
@@ -235,12 +230,10 @@ async def test_shutdown_tells_every_active_client(
             )
     wrong = [entry for entry in seen if entry[1] != "UNAVAILABLE" or SHUTTING_DOWN not in entry[2]]
     assert not wrong, (
-        f"[3.2.1.c] (rule C62): expected every open stream to end with UNAVAILABLE {SHUTTING_DOWN!r} "
+        f"expected every open stream to end with UNAVAILABLE {SHUTTING_DOWN!r} "
         f"sent by the connector; the clients saw {seen}"
     )
-    assert code == 0, (
-        f"[3.2.1.c] (rule C62): expected exit code 0 after SIGTERM, got {code}; {connector.tail()}"
-    )
+    assert code == 0, f"expected exit code 0 after SIGTERM, got {code}; {connector.tail()}"
 
 
 # ---------------------------------------------------------------------------------------------- 3.2.1.d
@@ -264,13 +257,13 @@ async def test_more_sigterms_during_shutdown_are_harmless(
             code = await asyncio.to_thread(connector.wait, connector.stop_timeout_s)
         except TimeoutError:
             pytest.fail(
-                f"[3.2.1.d] (rule C63): expected an exit within {connector.stop_timeout_s} s of {sent} SIGTERMs, "
+                f"expected an exit within {connector.stop_timeout_s} s of {sent} SIGTERMs, "
                 f"the connector kept running; {connector.tail()}"
             )
         await asyncio.wait({reader}, timeout=STREAM_END_WAIT_S)
         reader.cancel()
     assert code == 0, (
-        f"[3.2.1.d] (rule C63): expected exit code 0 after {sent} SIGTERMs {SIGNAL_EVERY_S * 1000:g} ms apart, got {code}; {connector.tail()}"
+        f"expected exit code 0 after {sent} SIGTERMs {SIGNAL_EVERY_S * 1000:g} ms apart, got {code}; {connector.tail()}"
     )
 
 
@@ -307,16 +300,16 @@ async def test_start_on_a_port_in_use_fails_and_names_the_port(
             except TimeoutError:
                 connector.kill()
                 pytest.fail(
-                    f"[3.2.1.x2] (rule C64): expected the connector to exit with a non-zero code within "
+                    f"expected the connector to exit with a non-zero code within "
                     f"{BUSY_PORT_EXIT_WAIT_S:g} s when 127.0.0.1:{port} is held by {holder}, it kept running "
                     f"(sharing or waiting for the port); {connector.tail()}"
                 )
         assert code > 0, (
-            f"[3.2.1.x2] (rule C64): expected a non-zero exit code when 127.0.0.1:{port} is held by {holder}, "
+            f"expected a non-zero exit code when 127.0.0.1:{port} is held by {holder}, "
             f"got {code}; {connector.tail()}"
         )
         said = "\n".join(connector.log_lines() + connector.output_lines())
         assert str(port) in said, (
-            f"[3.2.1.x2] (rule C64): expected the connector's log to name the port {port} it could not "
+            f"expected the connector's log to name the port {port} it could not "
             f"listen on (held by {holder}), it does not; {connector.tail()}"
         )

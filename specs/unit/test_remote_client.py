@@ -33,15 +33,15 @@ def test_client_with_valid_address_connects_and_is_usable(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
     outcome = client_driver.connect(mock_exchange.address, connect_timeout_ms=5000)
-    client_driver.expect(outcome, "connected", "D10", f"[3.1.1.a] connecting to {mock_exchange.address}")
+    client_driver.expect(outcome, "connected", "D10", f"connecting to {mock_exchange.address}")
     assert outcome["took_ms"] < 5000, (
-        f"[3.1.1.a] (rule D10): expected connected well inside the 5 s connect timeout, got {outcome['took_ms']} ms"
+        f"expected connected well inside the 5 s connect timeout, got {outcome['took_ms']} ms"
     )
     answer = client_driver.call("get_account", 5.0, "D10", deadline_ms=2000)
-    client_driver.expect(answer, "result", "D10", "[3.1.1.a] from get_account right after connecting")
-    got = to_message(answer.get("account"), pb.Account, "[3.1.1.a]")
+    client_driver.expect(answer, "result", "D10", "from get_account right after connecting")
+    got = to_message(answer.get("account"), pb.Account, "the account of get_account")
     assert isinstance(got, pb.Account) and got.total_balance == "10000.00", (
-        f"[3.1.1.a] (rule D10): expected the mock's account (total_balance 10000.00) at once, got {got}"
+        f"expected the mock's account (total_balance 10000.00) at once, got {got}"
     )
 
 
@@ -52,17 +52,17 @@ MALFORMED = ["localhost", "host:notaport", "host:99999", "http://x", "::1:50051"
 def test_client_with_malformed_address_fails_at_once(client_driver: DriverSession) -> None:
     for address in MALFORMED:
         outcome = client_driver.connect(address, connect_timeout_ms=5000, timeout=5.0, rule="D11")
-        client_driver.expect(outcome, "error", "D11", f"[3.1.1.b] for the malformed address {address!r}")
+        client_driver.expect(outcome, "error", "D11", f"for the malformed address {address!r}")
         assert outcome.get("kind") == "invalid_address", (
-            f"[3.1.1.b] (rule D11): expected error kind invalid_address for {address!r}, got {outcome.get('kind')!r} "
+            f"expected error kind invalid_address for {address!r}, got {outcome.get('kind')!r} "
             f"({outcome.get('message')!r})"
         )
         assert outcome["took_ms"] < AT_ONCE_MS, (
-            f"[3.1.1.b] (rule D11): expected the error at once (no network I/O) for {address!r}, "
+            f"expected the error at once (no network I/O) for {address!r}, "
             f"got it after {outcome['took_ms']} ms"
         )
         assert address.strip() in str(outcome.get("message")), (
-            f"[3.1.1.b] (rule D11): expected the error to name {address!r}, got {outcome.get('message')!r}"
+            f"expected the error to name {address!r}, got {outcome.get('message')!r}"
         )
 
 
@@ -70,13 +70,13 @@ def test_client_with_malformed_address_fails_at_once(client_driver: DriverSessio
 def test_client_with_empty_address_fails_at_once(client_driver: DriverSession) -> None:
     for address in ("", "   "):
         outcome = client_driver.connect(address, connect_timeout_ms=5000, timeout=7.0, rule="D12")
-        client_driver.expect(outcome, "error", "D12", f"[3.1.1.c] for the address {address!r}")
+        client_driver.expect(outcome, "error", "D12", f"for the address {address!r}")
         assert outcome.get("kind") == "empty_address", (
-            f"[3.1.1.c] (rule D12): expected error kind empty_address for {address!r}, got {outcome.get('kind')!r} "
+            f"expected error kind empty_address for {address!r}, got {outcome.get('kind')!r} "
             f"({outcome.get('message')!r})"
         )
         assert outcome["took_ms"] < AT_ONCE_MS, (
-            f"[3.1.1.c] (rule D12): expected the error at once for {address!r}, got it after {outcome['took_ms']} ms"
+            f"expected the error at once for {address!r}, got it after {outcome['took_ms']} ms"
         )
 
 
@@ -92,16 +92,16 @@ def test_client_with_tls_ca_connects_to_tls_server(
         tls |= {"cert": str(tls_material.client_cert_pem), "key": str(tls_material.client_key_pem)}
     with MockExchangeServer(credentials=credentials) as server:
         outcome = client_driver.connect(server.address, tls=tls, connect_timeout_ms=5000)
-        client_driver.expect(outcome, "connected", "D13", f"[3.1.1.d] over TLS to {server.address}")
+        client_driver.expect(outcome, "connected", "D13", f"over TLS to {server.address}")
         assert outcome.get("tls") is True, (
-            f"[3.1.1.d] (rule D13): expected `connected` to report a TLS channel, got tls={outcome.get('tls')!r}"
+            f"under rule D13, expected `connected` to report a TLS channel, got tls={outcome.get('tls')!r}"
         )
         answer = client_driver.call("get_account", 5.0, "D13", deadline_ms=2000)
-        client_driver.expect(answer, "result", "D13", "[3.1.1.d] from get_account over TLS")
-        client_driver.expect(client_driver.call("close", 5.0, "D13"), "closed", "D13", "[3.1.1.d] to close")
-    got = to_message(answer.get("account"), pb.Account, "[3.1.1.d]")
+        client_driver.expect(answer, "result", "D13", "from get_account over TLS")
+        client_driver.expect(client_driver.call("close", 5.0, "D13"), "closed", "D13", "to close")
+    got = to_message(answer.get("account"), pb.Account, "the account of get_account")
     assert isinstance(got, pb.Account) and got.total_balance == "10000.00", (
-        f"[3.1.1.d] (rule D13): expected the account over TLS (total_balance 10000.00), got {got}"
+        f"under rule D13, expected the account over TLS (total_balance 10000.00), got {got}"
     )
 
 
@@ -114,16 +114,14 @@ def test_client_with_wrong_tls_ca_fails_with_clear_error(
         outcome = client_driver.connect(
             server.address, tls={"ca": str(tls_material.wrong_ca_pem)}, connect_timeout_ms=1000, rule="D14"
         )
-    client_driver.expect(
-        outcome, "error", "D14", "[3.1.1.d] when the CA did not sign the server's certificate"
-    )
+    client_driver.expect(outcome, "error", "D14", "when the CA did not sign the server's certificate")
     message = str(outcome.get("message"))
     assert outcome.get("kind") in ("tls", "connect_timeout"), (
-        f"[3.1.1.d] (rule D14): expected error kind tls or connect_timeout for an untrusted server certificate, "
+        f"under rule D14, expected error kind tls or connect_timeout for an untrusted server certificate, "
         f"got {outcome.get('kind')!r} ({message!r})"
     )
     assert "certificate" in message.lower() or "tls" in message.lower(), (
-        f"[3.1.1.d] (rule D14): expected the error to say the certificate (or TLS) failed, got {message!r}"
+        f"under rule D14, expected the error to say the certificate (or TLS) failed, got {message!r}"
     )
 
 
@@ -136,9 +134,7 @@ def test_client_for_unreachable_address_times_out(
 
     def attempt(address: str) -> dict[str, Any]:
         outcome = client_driver.connect(address, connect_timeout_ms=timeout_ms, timeout=5.0, rule="D15")
-        return client_driver.expect(
-            outcome, "error", "D15", f"[3.1.1.e] connecting to the {peer} peer {address}"
-        )
+        return client_driver.expect(outcome, "error", "D15", f"connecting to the {peer} peer {address}")
 
     if peer == "refused":
         address = f"127.0.0.1:{free_port()}"
@@ -151,16 +147,14 @@ def test_client_for_unreachable_address_times_out(
     metrics.record("connect_timeout_overrun_s", overrun, "s")
     message = str(outcome.get("message"))
     assert outcome.get("kind") == "connect_timeout", (
-        f"[3.1.1.e] (rule D15): expected error kind connect_timeout, got {outcome.get('kind')!r} ({message!r})"
+        f"expected error kind connect_timeout, got {outcome.get('kind')!r} ({message!r})"
     )
-    assert address in message, f"[3.1.1.e] (rule D15): expected the error to name {address}, got {message!r}"
+    assert address in message, f"expected the error to name {address}, got {message!r}"
     assert took_s >= timeout_ms / 1000.0 * 0.95, (
-        f"[3.1.1.e] (rule D15): expected to wait the full {timeout_ms:g} ms connect timeout, gave up after "
-        f"{outcome['took_ms']} ms"
+        f"expected to wait the full {timeout_ms:g} ms connect timeout, gave up after {outcome['took_ms']} ms"
     )
     assert overrun < 1.0, (
-        f"[3.1.1.e] (rule D15): expected to give up within 1 s after the {timeout_ms:g} ms timeout, took "
-        f"{outcome['took_ms']} ms"
+        f"expected to give up within 1 s after the {timeout_ms:g} ms timeout, took {outcome['took_ms']} ms"
     )
 
 
@@ -169,9 +163,9 @@ def test_driver_answers_bad_commands_and_keeps_running(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
     early = client_driver.call("get_account", 5.0, "D4")
-    client_driver.expect(early, "error", "D4", "[3.1.1.x1] for get_account before connect")
+    client_driver.expect(early, "error", "D4", "for get_account before connect")
     unknown = client_driver.call("fly_to_the_moon", 5.0, "D4")
-    client_driver.expect(unknown, "error", "D4", "[3.1.1.x1] for an unknown command")
+    client_driver.expect(unknown, "error", "D4", "for an unknown command")
     client_driver.send_raw("this is not json")
     client_driver.wait_for(
         lambda e: e["event"] == "error" and "id" not in e,
@@ -181,13 +175,13 @@ def test_driver_answers_bad_commands_and_keeps_running(
     )
     for outcome, doing in ((early, "a call before connect"), (unknown, "an unknown command")):
         assert outcome.get("kind") == "bad_command", (
-            f"[3.1.1.x1] (rule D4): expected error kind bad_command for {doing}, got {outcome.get('kind')!r}"
+            f"under rule D4, expected error kind bad_command for {doing}, got {outcome.get('kind')!r}"
         )
     connected(client_driver, mock_exchange, "3.1.1.x1")
     answer = client_driver.call("get_account", 5.0, "D4", deadline_ms=2000)
-    client_driver.expect(answer, "result", "D4", "[3.1.1.x1] from get_account after the bad commands")
+    client_driver.expect(answer, "result", "D4", "from get_account after the bad commands")
     times = [float(e["t_ms"]) for e in client_driver.events]
-    assert times == sorted(times), f"[3.1.1.x1] (rule D2): expected t_ms never to decrease, got {times}"
+    assert times == sorted(times), f"under rule D2, expected t_ms never to decrease, got {times}"
 
 
 # ---------------------------------------------------------------------------------------------- 3.1.2
@@ -201,13 +195,11 @@ def test_get_account_returns_the_servers_account(
     mock_exchange.set_account(sent)
     connected(client_driver, mock_exchange, "3.1.2.a")
     answer = client_driver.call("get_account", 5.0, "D20", deadline_ms=2000)
-    client_driver.expect(answer, "result", "D20", "[3.1.2.a] from get_account")
-    received = to_message(answer.get("account"), pb.Account, "[3.1.2.a]")
+    client_driver.expect(answer, "result", "D20", "from get_account")
+    received = to_message(answer.get("account"), pb.Account, "the account of get_account")
     for field in pb.Account.DESCRIPTOR.fields:
         expected, got = getattr(sent, field.name), getattr(received, field.name)
-        assert got == expected, (
-            f"[3.1.2.a] (rule D20): field {field.name}: expected {expected!r}, got {got!r}"
-        )
+        assert got == expected, f"field {field.name}: expected {expected!r}, got {got!r}"
 
 
 @pytest.mark.scenario("3.1.2.b")
@@ -219,10 +211,10 @@ def test_get_account_surfaces_server_errors(
         details = f"upstream said no ({code.name.lower()})"
         mock_exchange.fail_calls(code, details)
         outcome = client_driver.call("get_account", 5.0, "D21", deadline_ms=2000)
-        client_driver.expect(outcome, "error", "D21", f"[3.1.2.b] when the server answers {code.name}")
+        client_driver.expect(outcome, "error", "D21", f"when the server answers {code.name}")
         seen = (outcome.get("kind"), outcome.get("code"), outcome.get("details"))
         assert seen == ("rpc", code.name, details), (
-            f"[3.1.2.b] (rule D21): expected (kind, code, details) {('rpc', code.name, details)}, got {seen} "
+            f"expected (kind, code, details) {('rpc', code.name, details)}, got {seen} "
             f"(message {outcome.get('message')!r})"
         )
     mock_exchange.fail_calls(None)
@@ -236,19 +228,19 @@ def test_get_account_cancelled_cancels_the_rpc(
     mock_exchange.stall_calls()
     call = client_driver.send("get_account", deadline_ms=30000)
     assert mock_exchange.wait_until(lambda m: m.stalled_calls() >= 1, 5.0), (
-        f"[3.1.2.c] (rule D22): expected the GetAccount call to reach the server within 5 s; {client_driver.describe()}"
+        f"under rule D22, expected the GetAccount call to reach the server within 5 s; {client_driver.describe()}"
     )
     cancel = client_driver.send("cancel", target=call)
     ended = client_driver.outcome(call, 5.0, "D22")
-    client_driver.expect(ended, "error", "D22", "[3.1.2.c] as the cancelled call's outcome")
+    client_driver.expect(ended, "error", "D22", "as the cancelled call's outcome")
     assert (ended.get("kind"), ended.get("code")) == ("cancelled", "CANCELLED"), (
-        f"[3.1.2.c] (rule D22): expected the call to end with kind cancelled, code CANCELLED, got "
+        f"under rule D22, expected the call to end with kind cancelled, code CANCELLED, got "
         f"{ended.get('kind')!r}, {ended.get('code')!r} ({ended.get('message')!r})"
     )
     done = client_driver.outcome(cancel, 5.0, "D22")
-    client_driver.expect(done, "cancelled", "D22", "[3.1.2.c] to the cancel command")
+    client_driver.expect(done, "cancelled", "D22", "to the cancel command")
     assert mock_exchange.wait_until(lambda m: m.ended_stalls() >= 1, 2.0), (
-        "[3.1.2.c] (rule D22): expected the server to see the RPC cancelled within 2 s, it kept running"
+        "under rule D22, expected the server to see the RPC cancelled within 2 s, it kept running"
     )
     mock_exchange.stall_calls(False)
 
@@ -268,15 +260,15 @@ def test_get_account_timeout_is_deadline_exceeded(
     )
     waited = time.monotonic() - started
     client_driver.expect(
-        outcome, "error", "D23", f"[3.1.2.d] from a call that outlives its {deadline_ms:g} ms deadline"
+        outcome, "error", "D23", f"from a call that outlives its {deadline_ms:g} ms deadline"
     )
     assert (outcome.get("kind"), outcome.get("code")) == ("rpc", "DEADLINE_EXCEEDED"), (
-        f"[3.1.2.d] (rule D23): expected kind rpc, code DEADLINE_EXCEEDED, got {outcome.get('kind')!r}, "
+        f"expected kind rpc, code DEADLINE_EXCEEDED, got {outcome.get('kind')!r}, "
         f"{outcome.get('code')!r} ({outcome.get('message')!r})"
     )
     took = float(outcome["took_ms"])
     assert deadline_ms * 0.9 <= took < deadline_ms + 1000.0 and waited < deadline_ms / 1000.0 + 2.0, (
-        f"[3.1.2.d] (rule D23): expected to fail after ~{deadline_ms:g} ms, took {took} ms (seen after {waited:.2f} s)"
+        f"expected to fail after ~{deadline_ms:g} ms, took {took} ms (seen after {waited:.2f} s)"
     )
     mock_exchange.stall_calls(False)
 
@@ -290,10 +282,13 @@ def test_get_positions_returns_the_servers_positions(
     connected(client_driver, mock_exchange, "3.1.2.x1")
     for symbol, expected in (("", sent), ("BTCUSDT", [p for p in sent if p.symbol == "BTCUSDT"])):
         answer = client_driver.call("get_positions", 5.0, "D24", symbol=symbol, deadline_ms=2000)
-        client_driver.expect(answer, "result", "D24", f"[3.1.2.x1] from get_positions({symbol!r})")
+        client_driver.expect(answer, "result", "D24", f"from get_positions({symbol!r})")
         listed = answer.get("positions")
-        got = [to_message(p, pb.Position, "[3.1.2.x1]") for p in (listed if isinstance(listed, list) else [])]
+        got = [
+            to_message(p, pb.Position, "a position of get_positions")
+            for p in (listed if isinstance(listed, list) else [])
+        ]
         assert got == expected, (
-            f"[3.1.2.x1] (rule D24): expected get_positions({symbol!r}) to return {[p.symbol for p in expected]} "
+            f"expected get_positions({symbol!r}) to return {[p.symbol for p in expected]} "
             f"field for field, got {got}"
         )
