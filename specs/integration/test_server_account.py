@@ -264,9 +264,13 @@ async def test_abrupt_disconnects_are_logged_and_cleaned_up(connector: Connector
     account_now = await connector.stub().GetAccount(
         pb.GetAccountRequest(), timeout=5, metadata=connector.metadata
     )
-    assert account_now.total_balance, "expected the server to keep answering after the disconnects"
+    assert account_now.total_balance, (
+        "[4.2.1.c] (rule C14): expected the server to keep answering after the disconnects"
+    )
     removed = connector.events("subscriber_removed")[removed_before:]
-    assert len(removed) == 18, f"expected 18 logged disconnects, got {len(removed)}: {removed[-3:]}"
+    assert len(removed) == 18, (
+        f"[4.2.1.c] (rule C14): expected 18 logged disconnects, got {len(removed)}: {removed[-3:]}"
+    )
     await assert_no_growth_async(
         before, connector.snapshot(), threads=0, tasks=0, fds=0, settle_s=10.0, label="4.2.1.ac3"
     )
