@@ -22,7 +22,12 @@ from harness.report.results import RunResults
 from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, RESULTS_KEY, VERDICTS_KEY
 from harness.sut.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
 
-pytest_plugins = ["harness.fixtures", "harness.perf.fixtures", "harness.sut.driver_fixtures"]
+pytest_plugins = [
+    "harness.fixtures",
+    "harness.perf.fixtures",
+    "harness.sut.driver_fixtures",
+    "harness.sut.connector_fixtures",
+]
 LOG_TAIL_LINES = 30
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,30 @@ class ProgramLog:
                         if isinstance(record, dict):
                             self._records.append(record)
             return list(self._records)
+
+
+# Rule H4: what counts as an error line of a program's log
+ERROR_LEVELS = frozenset({"error", "critical", "fatal"})
+# a Python traceback, or a line of gRPC core's own log at level E ("E1126 13:16:03.123 ...")
+TRACEBACK = "Traceback (most recent call last)"
+GRPC_CORE_ERROR = re.compile(r"^E\d{4} \d{2}:\d{2}:\d{2}")
+
+
+def is_error_line(line: str) -> bool:
+    """Rule H4: a JSON line whose `level` (or `severity`) is error, critical or fatal, a traceback,
+    or a gRPC core `E...` line."""
+    if TRACEBACK in line:
+        return True
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if isinstance(record, dict):
+        level = record.get("level", record.get("severity", ""))
+        return str(level).lower() in ERROR_LEVELS
+    return GRPC_CORE_ERROR.match(line) is not None
+
+
+def error_lines(lines: Iterable[str]) -> list[str]:
+    """The error lines (rule H4) among `lines`, in order."""
+    return [line for line in lines if is_error_line(line)]

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
 
 import grpc
 import pytest
 
-from harness.doubles.mock_exchange import MockExchangeServer
 from harness.fixtures import MetricRecorder
-from harness.sut.launch import ProgramLauncher
+from harness.sut.connector import ConnectorUnderTest
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
-from specs.integration.connector_program import Connector
 
 BURST = 3000  # new calls at once, as a fleet reconnecting after a restart
 CHANNELS = 20
@@ -30,16 +27,10 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESO
 @pytest.mark.timeout(60)
 @pytest.mark.asyncio
 async def test_a_burst_of_calls_is_admitted_or_refused_with_a_contract_status(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any, metrics: MetricRecorder
+    connector: ConnectorUnderTest, metrics: MetricRecorder
 ) -> None:
-    values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
-    program = await launcher.start_async("exchange_connector", values)
-    connector = Connector(program, mock_exchange, values["metrics_port"])
     # channels of their own (no shared subchannel): twenty clients, not one
-    channels = [
-        grpc.aio.insecure_channel(program.address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
-    ]
+    channels = [connector.channel([("grpc.use_local_subchannel_pool", 1)]) for _ in range(CHANNELS)]
     codes: Counter[grpc.StatusCode] = Counter()
     started = 0
     all_started = asyncio.Event()
@@ -56,18 +47,14 @@ async def test_a_burst_of_calls_is_admitted_or_refused_with_a_contract_status(
         except grpc.aio.AioRpcError as exc:
             codes[exc.code()] += 1
 
-    try:
-        await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), CONNECT_TIMEOUT_S) for c in channels))
-        # The burst is sent while the connector is paused, so it is read all at once on resume: on a
-        # slow or busy host a client cannot otherwise send faster than the connector takes calls.
-        with program.paused():
-            calls = [asyncio.ensure_future(call(n)) for n in range(BURST)]
-            await asyncio.wait_for(all_started.wait(), CALL_TIMEOUT_S)
-            await asyncio.sleep(SENT_SETTLE_S)  # the last calls' frames leave the client
-        await asyncio.gather(*calls)
-    finally:
-        for channel in channels:
-            await channel.close()
+    await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), CONNECT_TIMEOUT_S) for c in channels))
+    # The burst is sent while the connector is paused, so it is read all at once on resume: on a
+    # slow or busy host a client cannot otherwise send faster than the connector takes calls.
+    with connector.program.paused():
+        calls = [asyncio.ensure_future(call(n)) for n in range(BURST)]
+        await asyncio.wait_for(all_started.wait(), CALL_TIMEOUT_S)
+        await asyncio.sleep(SENT_SETTLE_S)  # the last calls' frames leave the client
+    await asyncio.gather(*calls)
     seen = {code.name: count for code, count in codes.items()}
     metrics.record("burst_calls_ok", codes[grpc.StatusCode.OK], "calls")
     assert set(codes) <= ALLOWED, (
@@ -85,4 +72,3 @@ async def test_a_burst_of_calls_is_admitted_or_refused_with_a_contract_status(
         f"expected exchange_connector_calls_refused_total to count the {refused} "
         f"refused calls, got {counted} ({seen})"
     )
-    await connector.close()

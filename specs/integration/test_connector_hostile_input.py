@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 
-from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.launch import ProgramLauncher
-from specs.integration.connector_program import Connector
+from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
 
 TOKEN = "conformance-token-hostile"
 # Request bodies no ExchangeService request parses from: a length running past the end, and a
@@ -23,22 +20,8 @@ LOG_LINES_ALLOWED = 5  # for GUESSES refused calls in a second or two (rule C36)
 
 
 @pytest_asyncio.fixture
-async def token_connector(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any
-) -> AsyncIterator[Connector]:
-    values = {
-        "upstream": mock_exchange.address,
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
-        "token": TOKEN,
-    }
-    program = await launcher.start_async("exchange_connector", values, token=True)
-    target = Connector(program, mock_exchange, values["metrics_port"])
-    try:
-        await mock_exchange.wait_for_subscriptions_async("account", 1, timeout=10.0)
-        yield target
-    finally:
-        await target.close()
+async def token_connector(connectors: ConnectorFactory) -> ConnectorUnderTest:
+    return await connectors.start(token=TOKEN, subscriptions=("account",))
 
 
 def _raw(channel: grpc.aio.Channel, method: str, streaming: bool) -> Any:
@@ -64,7 +47,7 @@ async def _code(call: Any, streaming: bool) -> grpc.StatusCode:
 @pytest.mark.timeout(60)
 @pytest.mark.asyncio
 async def test_malformed_requests_get_invalid_argument_without_a_traceback(
-    token_connector: Connector,
+    token_connector: ConnectorUnderTest,
 ) -> None:
     connector = token_connector
     channel = connector.channel()
@@ -90,8 +73,7 @@ async def test_malformed_requests_get_invalid_argument_without_a_traceback(
         f"a token, got {wrong}"
     )
     await asyncio.sleep(0.3)
-    logged = connector.program.log_lines()[lines_before:]
-    traced = [line for line in logged if "Traceback" in line or '"level": "error"' in line.lower()]
+    traced = connector.error_lines(since=lines_before)  # rule H4's error lines
     assert not traced, (
         f"under rule C35, expected no traceback or error line for malformed requests, got "
         f"{len(traced)}, e.g. {traced[0][:300]!r}"
@@ -114,7 +96,7 @@ async def test_malformed_requests_get_invalid_argument_without_a_traceback(
 @pytest.mark.requires("token_auth", "metrics")
 @pytest.mark.timeout(60)
 @pytest.mark.asyncio
-async def test_rejected_tokens_are_counted_and_logged_sparingly(token_connector: Connector) -> None:
+async def test_rejected_tokens_are_counted_and_logged_sparingly(token_connector: ConnectorUnderTest) -> None:
     connector = token_connector
     stub = connector.stub()
     from opensqt.exchange.v1 import exchange_pb2 as pb

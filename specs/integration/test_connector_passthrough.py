@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import grpc
 import pytest
 
-from harness.doubles.mock_exchange import MockExchangeServer
 from harness.fixtures import MetricRecorder
-from harness.sut.launch import ProgramLauncher
+from harness.sut.connector import ConnectorUnderTest
 from opensqt.exchange.v1 import exchange_pb2 as pb
-from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 CLIENTS = 20
 HELD_FOR_S = 1.0  # the mock holds the upstream call this long before the suite counts
@@ -23,16 +19,13 @@ HELD_FOR_S = 1.0  # the mock holds the upstream call this long before the suite 
 @pytest.mark.timeout(60)
 @pytest.mark.asyncio
 async def test_concurrent_get_positions_for_one_symbol_share_one_upstream_call(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any, metrics: MetricRecorder
+    connector: ConnectorUnderTest, metrics: MetricRecorder
 ) -> None:
-    values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
-    program = await launcher.start_async("exchange_connector", values)
-    await mock_exchange.wait_for_subscriptions_async("positions", 1, timeout=10.0)
+    mock_exchange = connector.mock
     before = mock_exchange.calls["GetPositions"]
     mock_exchange.stall_calls(True)  # the exchange holds every GetPositions: the burst overlaps for sure
-    channel = grpc.aio.insecure_channel(program.address)
+    stub = connector.stub()
     try:
-        stub = pb_grpc.ExchangeServiceStub(channel)
         calls = [
             stub.GetPositions(pb.GetPositionsRequest(symbol="BTCUSDT"), timeout=15.0) for _ in range(CLIENTS)
         ]
@@ -45,7 +38,6 @@ async def test_concurrent_get_positions_for_one_symbol_share_one_upstream_call(
         await asyncio.gather(*calls, return_exceptions=True)
     finally:
         mock_exchange.stall_calls(False)
-        await channel.close()
     metrics.record("get_positions_upstream_calls_per_burst", upstream, "calls")
     assert upstream == 1, (
         f"expected {CLIENTS} concurrent GetPositions for BTCUSDT to cost the exchange "

@@ -15,11 +15,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import httpx
 import pytest
 from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.perf.probes import assert_no_growth_async
 from harness.tls import TlsMaterial
@@ -29,7 +27,7 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.integration.conftest import read_stream
 
 if TYPE_CHECKING:
-    from specs.integration.conftest import ConnectorUnderTest, StartConnector
+    from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
 
 # every test reads the connector's subscriber gauge (rule C15), so the section needs `metrics`
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90), pytest.mark.requires("metrics")]
@@ -226,14 +224,7 @@ async def program_tasks(connector: ConnectorUnderTest) -> int | None:
     """The connector program's task gauge (None in-process: the snapshot counts the tasks there)."""
     if connector.program is None:
         return None
-    async with httpx.AsyncClient(trust_env=False) as client:
-        response = await client.get(f"http://127.0.0.1:{connector.metrics_port}/metrics", timeout=5.0)
-    response.raise_for_status()
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name == TASKS_GAUGE:
-                return int(sample.value)
-    raise AssertionError(f"the connector's /metrics has no {TASKS_GAUGE} (docs/sut-manifest.md, metrics)")
+    return int(await connector.required_metric(TASKS_GAUGE))
 
 
 async def assert_tasks_back(connector: ConnectorUnderTest, baseline: int | None, scenario: str) -> None:
@@ -476,11 +467,11 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
 @pytest.mark.scenario("4.2.1.x4")
 @pytest.mark.requires("token_auth")
 @pytest.mark.asyncio
-async def test_bearer_token_is_required_except_for_health(start_connector: StartConnector) -> None:
+async def test_bearer_token_is_required_except_for_health(connectors: ConnectorFactory) -> None:
     """Rule C16: a call without the token, or with a wrong one, gets UNAUTHENTICATED with a message
     about the bearer token (its wording is the implementation's); health stays open; the right
     token is served. Every part is checked, and all problems are reported together."""
-    connector = await start_connector(token=TOKEN)
+    connector = await connectors.start(token=TOKEN)
     stub = connector.stub()
     problems: list[str] = []
     for metadata, case in ((None, "no token"), ((("authorization", "Bearer wrong"),), "a wrong token")):
@@ -516,9 +507,9 @@ async def test_bearer_token_is_required_except_for_health(start_connector: Start
 @pytest.mark.requires("tls")
 @pytest.mark.asyncio
 async def test_tls_connector_serves_tls_clients_only(
-    start_connector: StartConnector, tls_material: TlsMaterial
+    connectors: ConnectorFactory, tls_material: TlsMaterial
 ) -> None:
-    connector = await start_connector(tls=tls_material)
+    connector = await connectors.start(tls=tls_material)
     answered = await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5)
     assert answered.total_balance, "a TLS client trusting the CA must be served"
     call = subscribe(connector)

@@ -1,0 +1,56 @@
+"""Fixtures of the connector under test (harness.sut.connector): the factory, for async and for
+sync tests, a plain started connector, and a mock exchange the test may freeze."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+import pytest_asyncio
+
+from harness.doubles.mock_exchange import MockExchangeServer
+from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
+from harness.sut.launch import ProgramLauncher
+
+
+@pytest_asyncio.fixture
+async def connectors(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> AsyncIterator[ConnectorFactory]:
+    """await connectors.start(...): the SUT's connector in the form the test asks, fed by the mock
+    exchange unless told otherwise; every one still running is stopped and checked after the test."""
+    factory = ConnectorFactory(launcher, free_port, mock_exchange)
+    try:
+        yield factory
+    finally:
+        await factory.finish()
+
+
+@pytest.fixture
+def sync_connectors(
+    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+) -> Iterator[ConnectorFactory]:
+    """connectors for a test without an event loop: sync_connectors.start_sync(...)."""
+    factory = ConnectorFactory(launcher, free_port, mock_exchange)
+    try:
+        yield factory
+    finally:
+        factory.finish_sync()
+
+
+@pytest_asyncio.fixture
+async def connector(connectors: ConnectorFactory) -> ConnectorUnderTest:
+    """A started connector: plaintext, no token, on the mock exchange, both upstream subscriptions open."""
+    return await connectors.start()
+
+
+@pytest.fixture
+def freezable_mock() -> Iterator[MockExchangeServer]:
+    """A started mock exchange whose freeze() stops it answering anything (as SIGSTOP would)."""
+    server = MockExchangeServer(freezable=True)
+    with server:
+        yield server
+    server.raise_violations()
+
+
+__all__ = ["connector", "connectors", "freezable_mock", "sync_connectors"]
