@@ -21,7 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer, spec_account
-from harness.sut.launch import ProgramLauncher, ProgramStopFailed, RunningProgram
+from harness.sut.connector import ConnectorFactory
+from harness.sut.launch import ProgramStopFailed, RunningProgram
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -141,13 +142,11 @@ def looks_like_transport_error(details: str) -> bool:
 @pytest.mark.scenario(SCENARIO)
 @pytest.mark.asyncio
 async def test_sigterm_goes_not_serving_ends_streams_with_a_status_and_exits_zero(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Any
+    mock_exchange: MockExchangeServer, connectors: ConnectorFactory
 ) -> None:
     # the mock exchange is set up first, so it is stopped last: a connector left running by a
     # failure is stopped while its upstream still answers
-    values = {"upstream": mock_exchange.address, "grpc_port": free_port(), "metrics_port": free_port()}
-    connector: RunningProgram = await launcher.start_async("exchange_connector", values)
-    await mock_exchange.wait_for_subscriptions_async("account", 1, timeout=10.0)
+    connector = (await connectors.start(subscriptions=("account",))).program
     health = HealthLog()
     received: list[pb.Account] = []
     async with (

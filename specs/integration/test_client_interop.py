@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.sut.client_driver import DriverSession, to_message
-from harness.sut.launch import ProgramLauncher, RunningProgram
+from harness.sut.connector import ConnectorFactory
 from harness.tls import TlsMaterial
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
@@ -51,16 +51,6 @@ def position(symbol: str, number: int) -> pb.Position:
     changed.CopyFrom(template)
     changed.symbol, changed.mark_price = symbol, f"{41000 + number}.25"
     return changed
-
-
-def start_connector(
-    launcher: ProgramLauncher, mock: MockExchangeServer, free_port: Callable[[], int], tls: TlsMaterial | None
-) -> RunningProgram:
-    values: dict[str, Any] = {"upstream": mock.address, "grpc_port": free_port(), "metrics_port": free_port()}
-    if tls is None:
-        return launcher.start("exchange_connector", values)
-    values.update(tls.launch_values(), token=TOKEN)
-    return launcher.start("exchange_connector", values, tls=True, token=True)
 
 
 def call(driver: DriverSession, cmd: str, doing: str, **fields: Any) -> dict[str, Any]:
@@ -136,8 +126,7 @@ def assert_consecutive(sent: list[Message], received: list[Message], what: str) 
 def test_client_library_interoperates_with_the_connector(
     transport: str,
     mock_exchange: MockExchangeServer,
-    launcher: ProgramLauncher,
-    free_port: Callable[[], int],
+    sync_connectors: ConnectorFactory,
     client_driver: DriverSession,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -146,7 +135,7 @@ def test_client_library_interoperates_with_the_connector(
     mock_exchange.set_account(initial)
     mock_exchange.set_positions(held)
     tls: TlsMaterial | None = request.getfixturevalue("tls_material") if transport == "tls+token" else None
-    connector = start_connector(launcher, mock_exchange, free_port, tls)
+    connector = sync_connectors.start_sync(tls=tls, token=TOKEN if tls else None)
 
     outcome = client_driver.connect(
         connector.address,
@@ -157,7 +146,9 @@ def test_client_library_interoperates_with_the_connector(
     client_driver.expect(outcome, "connected", RULE, f"connecting to the connector ({transport})")
 
     got_account = to_message(
-        call(client_driver, "get_account", "from get_account").get("account"), pb.Account, ""
+        call(client_driver, "get_account", "from get_account").get("account"),
+        pb.Account,
+        "the account of get_account",
     )
     assert got_account == initial, fail(
         f"get_account to return the exchange's account {initial}", got_account

@@ -28,7 +28,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.launch import ProgramLauncher, RunningProgram
+from harness.sut.connector import ConnectorFactory
 from harness.tls import TlsMaterial
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
@@ -271,24 +271,6 @@ def assert_received_in_order(received: list[Event], sent: list[Event], key: str,
         )
 
 
-def start_connector(
-    launcher: ProgramLauncher,
-    mock_exchange: MockExchangeServer,
-    free_port: Callable[[], int],
-    tls: TlsMaterial | None = None,
-) -> RunningProgram:
-    """The SUT's exchange_connector fed by the mock exchange; with `tls`, over TLS with token auth."""
-    values: dict[str, Any] = {
-        "upstream": mock_exchange.address,
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
-    }
-    if tls is None:
-        return launcher.start("exchange_connector", values)
-    values.update(tls.launch_values(), token=TOKEN)
-    return launcher.start("exchange_connector", values, tls=True, token=True)
-
-
 # ---------------------------------------------------------------------------------------------- scenarios
 
 
@@ -303,8 +285,7 @@ def test_node_client_receives_account_updates_unchanged(
     transport: str,
     node_runtime: NodeRuntime,
     mock_exchange: MockExchangeServer,
-    launcher: ProgramLauncher,
-    free_port: Callable[[], int],
+    sync_connectors: ConnectorFactory,
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
@@ -316,10 +297,10 @@ def test_node_client_receives_account_updates_unchanged(
     client_args = ["--account-updates", str(UPDATES), "--position-updates", "0"]
     if transport == "tls+token":
         tls: TlsMaterial = request.getfixturevalue("tls_material")
-        connector = start_connector(launcher, mock_exchange, free_port, tls)
+        connector = sync_connectors.start_sync(tls=tls, token=TOKEN)
         client_args += ["--ca", str(tls.ca_pem), "--token", TOKEN]
     else:
-        connector = start_connector(launcher, mock_exchange, free_port)
+        connector = sync_connectors.start_sync()
 
     sent: list[pb.Account] = []
 
@@ -354,14 +335,13 @@ def test_node_client_receives_account_updates_unchanged(
 def test_node_client_receives_only_its_symbol(
     node_runtime: NodeRuntime,
     mock_exchange: MockExchangeServer,
-    launcher: ProgramLauncher,
-    free_port: Callable[[], int],
+    sync_connectors: ConnectorFactory,
     tmp_path: Path,
 ) -> None:
     scenario = "4.2.2.a (grpc-js client)"
     positions = [numbered_position("BTCUSDT", 900), numbered_position("ETHUSDT", 900)]
     mock_exchange.set_positions(positions)
-    connector = start_connector(launcher, mock_exchange, free_port)
+    connector = sync_connectors.start_sync()
 
     sent: list[pb.Position] = []
 

@@ -24,7 +24,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer, spec_account
-from harness.sut.launch import ProgramLauncher, RunningProgram
+from harness.sut.connector import ConnectorFactory
+from harness.sut.launch import RunningProgram
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -75,11 +76,9 @@ def released(port: int, timeout: float) -> OSError | None:
     return error
 
 
-async def start(
-    launcher: ProgramLauncher, mock: MockExchangeServer, port: int, free_port: Any
-) -> RunningProgram:
-    values = {"upstream": mock.address, "grpc_port": port, "metrics_port": free_port()}
-    return await launcher.start_async("exchange_connector", values)
+async def started(connectors: ConnectorFactory, port: int) -> RunningProgram:
+    """The SUT's connector on 127.0.0.1:`port`, fed by the mock exchange, once ready."""
+    return (await connectors.start(grpc_port=port, subscriptions=())).program
 
 
 def account(n: int) -> pb.Account:
@@ -125,10 +124,10 @@ async def streams_flowing(
 
 @pytest.mark.scenario("3.2.1.a")
 async def test_start_binds_the_port_and_accepts_calls_at_once(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer, connectors: ConnectorFactory, free_port: Callable[[], int]
 ) -> None:
     port = free_port()
-    connector = await start(launcher, mock_exchange, port, free_port)
+    connector = await started(connectors, port)
     taken = bind_error(port, reuse_address=True)
     assert taken is not None, (
         f"expected 127.0.0.1:{port} held by the connector once it is ready, "
@@ -156,10 +155,10 @@ async def test_start_binds_the_port_and_accepts_calls_at_once(
 
 @pytest.mark.scenario("3.2.1.b")
 async def test_exit_releases_the_port(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer, connectors: ConnectorFactory, free_port: Callable[[], int]
 ) -> None:
     port = free_port()
-    connector = await start(launcher, mock_exchange, port, free_port)
+    connector = await started(connectors, port)
     async with grpc.aio.insecure_channel(connector.address) as channel:
         received: list[Any] = []
         call = pb_grpc.ExchangeServiceStub(channel).SubscribeAccount(pb.SubscribeAccountRequest())
@@ -173,7 +172,7 @@ async def test_exit_releases_the_port(
     assert error is None, (
         f"expected 127.0.0.1:{port} free within {RELEASE_WAIT_S} s of the exit, binding it failed: {error}"
     )
-    again = await start(launcher, mock_exchange, port, free_port)
+    again = await started(connectors, port)
     assert again.running, f"expected a new connector to serve on port {port}"
 
 
@@ -182,9 +181,9 @@ async def test_exit_releases_the_port(
 
 @pytest.mark.scenario("3.2.1.c")
 async def test_shutdown_tells_every_active_client(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer, connectors: ConnectorFactory, free_port: Callable[[], int]
 ) -> None:
-    connector = await start(launcher, mock_exchange, free_port(), free_port)
+    connector = await started(connectors, free_port())
     async with (
         grpc.aio.insecure_channel(connector.address) as first,
         grpc.aio.insecure_channel(
@@ -241,9 +240,9 @@ async def test_shutdown_tells_every_active_client(
 
 @pytest.mark.scenario("3.2.1.d")
 async def test_more_sigterms_during_shutdown_are_harmless(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer, connectors: ConnectorFactory, free_port: Callable[[], int]
 ) -> None:
-    connector = await start(launcher, mock_exchange, free_port(), free_port)
+    connector = await started(connectors, free_port())
     async with grpc.aio.insecure_channel(connector.address) as channel:
         stub = pb_grpc.ExchangeServiceStub(channel)
         received: list[Any] = []
@@ -283,18 +282,17 @@ def holding(port: int, *, reuse_port: bool) -> Iterator[socket.socket]:
 
 @pytest.mark.scenario("3.2.1.x2")
 async def test_start_on_a_port_in_use_fails_and_names_the_port(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer, connectors: ConnectorFactory, free_port: Callable[[], int]
 ) -> None:
     for reuse_port, holder in (
         (False, "a listener"),
         (True, "a listener with SO_REUSEPORT (grpc's default)"),
     ):
         port = free_port()
-        values = {"upstream": mock_exchange.address, "grpc_port": port, "metrics_port": free_port()}
         with holding(port, reuse_port=reuse_port):
-            connector = await launcher.start_async(
-                "exchange_connector", values, wait_ready=False, check_ports=False
-            )
+            connector = (
+                await connectors.start(grpc_port=port, subscriptions=(), wait_ready=False, check_ports=False)
+            ).program
             try:
                 code = await asyncio.to_thread(connector.wait, BUSY_PORT_EXIT_WAIT_S)
             except TimeoutError:
