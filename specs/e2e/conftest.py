@@ -31,6 +31,7 @@ from websockets.sync.client import ClientConnection
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.sut.launch import EventNotSeen, ProgramLauncher, RunningProgram
+from harness.sut.program_log import error_lines
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
 CONNECTOR, MARKET_MAKER, LIVE_SERVER = "exchange_connector", "market_maker", "live_server"
@@ -39,11 +40,6 @@ CLIENTS = (MARKET_MAKER, LIVE_SERVER)
 TOPICS = ("account", "positions")
 UPDATE_WAIT_S = 10.0  # an update crosses three processes in milliseconds; this is margin for a busy host
 HTTP_TIMEOUT_S = 5.0
-ERROR_LEVELS = frozenset({"error", "err", "critical", "fatal", "panic", "exception", "alert", "emergency"})
-# Text lines that are errors too: Python tracebacks, gRPC core's own "E1126 13:16:03.1 ..." lines, "ERROR ...".
-ERROR_TEXT = re.compile(
-    r"Traceback \(most recent call last\)|^E\d{4} \d{2}:\d{2}:\d{2}|\b(ERROR|CRITICAL|FATAL)\b"
-)
 RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
 )
@@ -376,22 +372,6 @@ class FeedReader:
         )
 
 
-def error_lines(lines: list[str]) -> list[str]:
-    """Log lines at error level or above: JSON records by their level, other lines by their text."""
-    errors = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            level = str(record.get("level", record.get("severity", ""))).lower()
-            if level in ERROR_LEVELS:
-                errors.append(line)
-        elif ERROR_TEXT.search(line):
-            errors.append(line)
-    return errors
-
-
 def program_error_lines(program: RunningProgram) -> list[str]:
+    """The error lines (rule H4) of a program's stderr and stdout."""
     return error_lines(program.log_lines() + program.output_lines())

@@ -38,6 +38,7 @@ from docker.models.containers import Container
 from harness.fixtures import MetricRecorder
 from harness.ports import free_port
 from harness.sut.manifest import Compose, Manifest
+from harness.sut.program_log import error_lines
 
 PROGRAMS = ("exchange_connector", "market_maker", "live_server")
 HEALTHY_WITHIN_S = 60.0
@@ -54,8 +55,6 @@ ACCOUNT_DECIMALS = (
 )
 POSITION_DECIMALS = ("size", "entry_price", "mark_price", "leverage", "unrealized_pnl", "liquidation")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-ERROR_LEVELS = {"error", "critical", "fatal", "exception"}
-ERROR_TEXT = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|Traceback \(most recent call last\)")
 START, HEALTHY, DATA, SHUTDOWN = "5.2.1.a", "5.2.1.b", "5.2.1.c", "5.2.1.d"
 
 # The first run builds the image (minutes without a cache); later runs take about 20 s.
@@ -126,21 +125,6 @@ def _text(value: bytes | str | None) -> str:
 def _log_lines(container: Container) -> list[str]:
     raw = container.logs(stdout=True, stderr=True, timestamps=False)
     return _text(raw).splitlines()
-
-
-def _error_lines(lines: list[str]) -> list[str]:
-    errors = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict):
-            if str(record.get("level", "")).lower() in ERROR_LEVELS:
-                errors.append(line)
-        elif ERROR_TEXT.search(line):
-            errors.append(line)
-    return errors
 
 
 class Stack:
@@ -358,7 +342,7 @@ def _stop_and_inspect(stack: Stack, run: ComposeRun, say: Callable[[str], None])
             oom_killed=bool(state.get("OOMKilled")),
             restarts=int(container.attrs.get("RestartCount") or 0),
             log_lines=lines,
-            error_lines=_error_lines(lines),
+            error_lines=error_lines(lines),  # rule H4
         )
     say(
         f"stopped in {run.stop_s:.1f} s: "
