@@ -60,6 +60,7 @@ class Scenario:
     derived_from: dict[str, Any] = field(default_factory=dict)
     rules: tuple[str, ...] = ()  # the numbered rules of docs/sut-manifest.md it checks
     exclusive: bool = False  # judges timing or resources, or stops processes: runs alone
+    timing: bool = False  # has a time bound a starved host can break: measured beside (harness.timing)
     budget_s: float | None = None  # past this the scenario is HUNG (default: by level)
 
     @property
@@ -158,6 +159,7 @@ def parse(data: Any) -> Catalogue:
                 derived_from=dict(raw.get("from") or {}),
                 rules=rules,
                 exclusive=bool(raw.get("exclusive", False)),
+                timing=bool(raw.get("timing", False)),
                 budget_s=None if budget is None else float(budget),
             )
         )

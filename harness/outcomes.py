@@ -90,6 +90,8 @@ EXIT_INCONCLUSIVE = 6
 NOT_APPLICABLE_KEY = "not-applicable"
 INCONCLUSIVE_KEY = "inconclusive"
 HUNG_KEY = "hung"
+HOST_KEY = "host"  # the host's figures during a timing-bounded test, per attempt (harness.timing)
+TIMING_MISS_KEY = "timing-miss"  # the test failed on a time bound a starved host can break
 MESSAGE_LIMIT = 4000  # characters of a failure message kept in the reports
 
 
@@ -124,6 +126,18 @@ def not_applicable(item: pytest.Item, reason: NotApplicable) -> None:
     pytest.skip(f"not applicable: {reason}")
 
 
+class TimingMiss(AssertionError):
+    """A time bound missed: what a host starved of CPU can cause as well as the implementation.
+    Only these failures are retried on an unsteady host and can end INCONCLUSIVE (harness.timing);
+    every other assertion is plainly the implementation's."""
+
+
+def within(measured: float, bound: float, message: str) -> None:
+    """Fails with a TimingMiss unless `measured` <= `bound`."""
+    if not measured <= bound:
+        raise TimingMiss(message)
+
+
 class Inconclusive(Exception):
     """The harness or the host could not measure what the scenario judges. Raised by a test (or a
     check) instead of failing; `figures` say what was measured (the host's steadiness, the
@@ -156,12 +170,16 @@ def decide(report: pytest.TestReport, ids: Sequence[str]) -> dict[str, Outcome] 
     whole = _whole_test(report)
     if whole is None:
         return None
+    host = [json.loads(str(v)) for k, v in report.user_properties if k == HOST_KEY]
     checked = checks_recorded(report.user_properties)
-    if not checked:
-        return {sid: whole for sid in ids}
     # one verdict per ID: each check's own; an ID with no check takes what the rest of the test did
-    rest = Outcome(Status.PASSED) if _only_checks_failed(report) else whole
-    return {sid: checked.get(sid, rest) for sid in ids}
+    rest = Outcome(Status.PASSED) if checked and _only_checks_failed(report) else whole
+    decided = {sid: checked.get(sid, rest) for sid in ids}
+    if host:  # the host's figures of a timing-bounded test go with each of its IDs
+        decided = {
+            sid: Outcome(o.status, o.reason, {**o.figures, "host": host[-1]}) for sid, o in decided.items()
+        }
+    return decided
 
 
 def _whole_test(report: pytest.TestReport) -> Outcome | None:
@@ -230,12 +248,13 @@ CHECK_KEY = "verdict"  # user property: one check's outcome (harness.verdicts)
 ONLY_CHECKS_FAILED = "only-checks-failed"  # user property: the test failed through its checks alone
 
 
-def record_check(item: pytest.Item, scenario_id: str, outcome: Outcome) -> None:
+def record_check(item: pytest.Item, scenario_id: str, outcome: Outcome, timing_miss: bool = False) -> None:
     record = {
         "id": scenario_id,
         "status": outcome.status.value,
         "reason": outcome.reason,
         "figures": outcome.figures,
+        "timing_miss": timing_miss,  # a FAILED check on a time bound: harness.timing may retry it
     }
     item.user_properties.append((CHECK_KEY, json.dumps(record, default=str)))
 

@@ -15,12 +15,21 @@ import pytest
 from harness import catalogue as catalogue_module
 from harness import markers, options, selection
 from harness.failure_prefix import prefix_exception
-from harness.outcomes import INCONCLUSIVE_KEY, ONLY_CHECKS_FAILED, Inconclusive, Status, run_exit_status
+from harness.outcomes import (
+    INCONCLUSIVE_KEY,
+    ONLY_CHECKS_FAILED,
+    TIMING_MISS_KEY,
+    Inconclusive,
+    Status,
+    TimingMiss,
+    run_exit_status,
+)
 from harness.recorder import Recorder
 from harness.report import coverage
 from harness.report.results import RunResults
 from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, RESULTS_KEY, VERDICTS_KEY
 from harness.sut.manifest import DEFAULT_MANIFEST, ManifestError, load_manifest
+from harness.timing import is_timing_bounded, run_with_host_watch
 
 pytest_plugins = [
     "harness.fixtures",
@@ -53,6 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     results = RunResults(sut_name=manifest.name, sut_digest=manifest.digest)
     config.stash[RESULTS_KEY] = results
     config.pluginmanager.register(Recorder(config, results), "conformance-recorder")
+    config.pluginmanager.register(TimingBounded(), "conformance-timing")
     if config.getoption("grpc_trace"):
         from harness import trace
 
@@ -112,6 +122,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     unmeasured = call.excinfo.value if call.excinfo is not None else None
+    if report.when == "call" and isinstance(unmeasured, TimingMiss):
+        report.user_properties.append((TIMING_MISS_KEY, str(unmeasured)))
     if report.when == "call" and isinstance(unmeasured, Inconclusive):
         # not a verdict on the implementation: neither a pass nor a failure (see harness.outcomes)
         report.outcome = "skipped"
@@ -158,3 +170,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     statuses = [Status(outcome.outcome) for outcome in results.outcomes]
     session.exitstatus = run_exit_status(statuses, int(session.exitstatus))
+
+
+class TimingBounded:
+    """Runs each timing-bounded test under a host watch, with its retries (harness.timing)."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        if not is_timing_bounded(item):
+            return None
+        run_with_host_watch(item, nextitem)
+        return True

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import pytest
 
 from harness.failure_prefix import prefixed
-from harness.outcomes import Inconclusive, Outcome, Status, message_of, record_check
+from harness.outcomes import Inconclusive, Outcome, Status, TimingMiss, message_of, record_check
 
 Failure = (Exception, pytest.fail.Exception)  # pytest.fail() raises an exception outside Exception
 
@@ -50,7 +50,8 @@ class Verdicts:
                 known = f"known failure {scenario_id}: {self._known[scenario_id]}"
                 record_check(self._item, scenario_id, Outcome(Status.KNOWN_FAILURE, known))
             else:
-                record_check(self._item, scenario_id, Outcome(Status.FAILED, reason))
+                timing = isinstance(error, TimingMiss)
+                record_check(self._item, scenario_id, Outcome(Status.FAILED, reason), timing_miss=timing)
                 self.failures[scenario_id] = reason
         else:
             if scenario_id in self._known:
