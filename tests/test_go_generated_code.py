@@ -28,4 +28,6 @@ def test_go_generated_code_is_fresh() -> None:
         text=True,
         timeout=390,
     )
+    if done.returncode == 2:
+        pytest.skip(f"environment: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, f"the Go contract package interop/go/exchangev1 is stale:\n{done.stderr}"

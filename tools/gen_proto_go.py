@@ -4,7 +4,7 @@ Usage: python tools/gen_proto_go.py [--check]
 The plugins are built from interop/go's module (its go.mod pins them as tools), so the output
 depends only on committed versions; protoc is the one of grpcio-tools, as in tools/gen_proto.py.
 --check generates into a temporary folder and exits 1 if anything differs from what is committed
-(2 when Go is missing).
+(2 when Go is missing or cannot build the plugins).
 """
 
 from __future__ import annotations
@@ -88,7 +88,11 @@ def main() -> int:
         plugins, fresh = Path(tmp) / "bin", Path(tmp) / "out"
         plugins.mkdir()
         fresh.mkdir()
-        build_plugins(go, plugins)
+        try:
+            build_plugins(go, plugins)
+        except subprocess.CalledProcessError as exc:
+            print(f"cannot build the protoc plugins with {go}: {exc}", file=sys.stderr)
+            return 2
         generate(go, fresh, plugins)
         committed = MODULE_DIR / GENERATED_DIR
         if options.check:
