@@ -59,10 +59,6 @@ class ConnectorUnderTest:
     def address(self) -> str:
         return self.program.address
 
-    @property
-    def pid(self) -> int:
-        return self.program.pid
-
     # -------------------------------------------------------------- clients
 
     def channel(
@@ -210,7 +206,7 @@ class ConnectorFactory:
             values["token"] = token
         return values
 
-    async def start(
+    def start_sync(
         self,
         *,
         upstream: MockExchangeServer | None = None,
@@ -222,11 +218,17 @@ class ConnectorFactory:
         check_ports: bool = True,
     ) -> ConnectorUnderTest:
         """A started connector fed by `upstream` (default: the mock exchange), serving TLS with
-        `tls`, requiring `token`; once ready (unless not `wait_ready`), holding the upstream
-        `subscriptions` (rule C3; () waits for none)."""
+        `tls`, requiring `token`, on `grpc_port` (default: a free one); once ready (unless not
+        `wait_ready`), holding the upstream `subscriptions` (rule C3; () waits for none)."""
         exchange = upstream or self.upstream
-        values = self._values(exchange, tls, token, grpc_port)
-        program = await self.launcher.start_async(
+        values: dict[str, Any] = {
+            "upstream": exchange.address,
+            "grpc_port": grpc_port if grpc_port is not None else self.free_port(),
+            "metrics_port": self.free_port(),
+        }
+        values.update(tls.launch_values() if tls is not None else {})
+        values.update({"token": token} if token is not None else {})
+        program = self.launcher.start(
             PROGRAM,
             values,
             tls=tls is not None,
@@ -238,34 +240,21 @@ class ConnectorFactory:
         self.started.append(target)
         for topic in subscriptions:
             try:
-                await exchange.wait_for_subscriptions_async(topic, 1, timeout=STARTUP_SUBSCRIPTIONS_S)
-            except TimeoutError as error:
-                _fail_subscription(topic, error)
-        return target
-
-    def start_sync(
-        self,
-        *,
-        upstream: MockExchangeServer | None = None,
-        tls: TlsMaterial | None = None,
-        token: str | None = None,
-        subscriptions: Sequence[str] = TOPICS,
-    ) -> ConnectorUnderTest:
-        """start() for a test that runs no event loop (its clients are other programs)."""
-        exchange = upstream or self.upstream
-        values = self._values(exchange, tls, token, None)
-        program = self.launcher.start(PROGRAM, values, tls=tls is not None, token=token is not None)
-        target = ConnectorUnderTest(program, exchange, values["metrics_port"], tls, token)
-        self.started.append(target)
-        for topic in subscriptions:
-            try:
                 exchange.wait_for_subscriptions(topic, 1, timeout=STARTUP_SUBSCRIPTIONS_S)
             except TimeoutError as error:
-                _fail_subscription(topic, error)
+                pytest.fail(
+                    f"expected the connector to open its upstream {topic!r} subscription when it starts, "
+                    f"before any client subscribes, and hold it (rule C3): {error}"
+                )
         return target
 
-    def _stop_all(self) -> list[str]:
-        """SIGTERM to every connector still running; what went wrong (rule C10)."""
+    async def start(self, **form: Any) -> ConnectorUnderTest:
+        """start_sync() for async tests (the same keywords): the event loop runs on meanwhile."""
+        return await asyncio.to_thread(lambda: self.start_sync(**form))
+
+    def finish_sync(self) -> None:
+        """Teardown: every connector still running gets SIGTERM and must exit 0 (rule C10), and
+        must leave no upstream subscription open."""
         problems = []
         for target in reversed(self.started):
             if not target.program.running or target.program.exit_observed:
@@ -275,38 +264,13 @@ class ConnectorFactory:
                 problems.append(
                     f"expected the connector to exit 0 on SIGTERM (rule C10), got exit code {code}; {target.tail()}"
                 )
-        return problems
-
-    def _upstreams_open(self) -> dict[str, dict[str, int]]:
-        exchanges = {id(t.mock): t.mock for t in self.started}
-        still = {
-            exchange.address: {topic: n for topic in TOPICS if (n := exchange.subscriptions(topic))}
-            for exchange in exchanges.values()
-        }
-        return {address: open_ for address, open_ in still.items() if open_}
-
-    async def finish(self) -> None:
-        """Teardown: channels closed, every connector still running stopped and checked (exit 0,
-        rule C10), and no upstream subscription left open."""
-        for target in self.started:
-            await target.close()
-        problems = await asyncio.to_thread(self._stop_all)
+        exchanges = {id(t.mock): t.mock for t in self.started}.values()
         deadline = time.monotonic() + UPSTREAM_CLOSED_S
-        while self.started and (still := self._upstreams_open()):
-            if time.monotonic() > deadline:
-                problems.append(
-                    f"expected the stopped connector to close its upstream subscriptions, still open: {still}"
-                )
-                break
-            await asyncio.sleep(0.02)
-        if problems:
-            pytest.fail("; ".join(problems))
-
-    def finish_sync(self) -> None:
-        """finish() for a test that runs no event loop (it opened no aio channel)."""
-        problems = self._stop_all()
-        deadline = time.monotonic() + UPSTREAM_CLOSED_S
-        while self.started and (still := self._upstreams_open()):
+        while still := {
+            exchange.address: opened
+            for exchange in exchanges
+            if (opened := {topic: n for topic in TOPICS if (n := exchange.subscriptions(topic))})
+        }:
             if time.monotonic() > deadline:
                 problems.append(
                     f"expected the stopped connector to close its upstream subscriptions, still open: {still}"
@@ -316,12 +280,11 @@ class ConnectorFactory:
         if problems:
             pytest.fail("; ".join(problems))
 
-
-def _fail_subscription(topic: str, error: TimeoutError) -> None:
-    pytest.fail(
-        f"expected the connector to open its upstream {topic!r} subscription when it starts, before "
-        f"any client subscribes, and hold it (rule C3): {error}"
-    )
+    async def finish(self) -> None:
+        """finish_sync() for async tests, after closing the channels the test opened."""
+        for target in self.started:
+            await target.close()
+        await asyncio.to_thread(self.finish_sync)
 
 
 __all__ = ["TOPICS", "ConnectorFactory", "ConnectorUnderTest", "health_name"]

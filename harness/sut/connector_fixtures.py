@@ -1,5 +1,5 @@
 """Fixtures of the connector under test (harness.sut.connector): the factory, for async and for
-sync tests, a plain started connector, and a mock exchange the test may freeze."""
+sync tests, and a mock exchange the test may freeze."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
+from harness.sut.connector import ConnectorFactory
 from harness.sut.launch import ProgramLauncher
 
 
@@ -38,12 +38,6 @@ def sync_connectors(
         factory.finish_sync()
 
 
-@pytest_asyncio.fixture
-async def connector(connectors: ConnectorFactory) -> ConnectorUnderTest:
-    """A started connector: plaintext, no token, on the mock exchange, both upstream subscriptions open."""
-    return await connectors.start()
-
-
 @pytest.fixture
 def freezable_mock() -> Iterator[MockExchangeServer]:
     """A started mock exchange whose freeze() stops it answering anything (as SIGSTOP would)."""
@@ -53,4 +47,4 @@ def freezable_mock() -> Iterator[MockExchangeServer]:
     server.raise_violations()
 
 
-__all__ = ["connector", "connectors", "freezable_mock", "sync_connectors"]
+__all__ = ["connectors", "freezable_mock", "sync_connectors"]

@@ -1,7 +1,8 @@
 """The §4.2 ExchangeServer scenarios' shared pieces. The connector under test is the harness's
-(harness.sut.connector: the `connector` and `connectors` fixtures): the SUT's exchange_connector,
-started by the launcher, with the harness's mock exchange as its upstream, so a test triggers
-updates there, and read through its Prometheus endpoint, its JSON log and its pid.
+(harness.sut.connector, through its `connectors` fixture; `connector` here is the plain one): the
+SUT's exchange_connector, started by the launcher, with the harness's mock exchange as its
+upstream, so a test triggers updates there, and read through its Prometheus endpoint, its JSON log
+and its pid.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from typing import Any
 
 import grpc
 import pytest
+import pytest_asyncio
 
-from harness.sut.connector import ConnectorUnderTest
+from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
 
 __all__ = ["ConnectorUnderTest", "read_stream"]
+
+
+@pytest_asyncio.fixture
+async def connector(connectors: ConnectorFactory) -> ConnectorUnderTest:
+    """A started connector: plaintext, no token, on the mock exchange, both upstream subscriptions open."""
+    return await connectors.start()
 
 
 async def read_stream(
