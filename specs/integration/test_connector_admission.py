@@ -13,6 +13,13 @@ from harness.sut.connector import ConnectorUnderTest
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio,
+    pytest.mark.timeout(60),
+    pytest.mark.requires("metrics"),
+]
+
 BURST = 3000  # new calls at once, as a fleet reconnecting after a restart
 CHANNELS = 20
 CONNECT_TIMEOUT_S = 10.0
@@ -22,10 +29,6 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESO
 
 
 @pytest.mark.scenario("4.2.1.x29")
-@pytest.mark.integration
-@pytest.mark.requires("metrics")
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_a_burst_of_calls_is_admitted_or_refused_with_a_contract_status(
     connector: ConnectorUnderTest, metrics: MetricRecorder
 ) -> None:

@@ -16,14 +16,18 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 if TYPE_CHECKING:
     from specs.integration.conftest import ConnectorUnderTest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.requires("metrics")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio,
+    pytest.mark.timeout(60),
+    pytest.mark.requires("metrics"),
+]
 HEADERS_WITHIN_S = 1.0
 VIEW_CALLS = 50
 UPSTREAM_CALLS_ALLOWED = 5  # a connector may refresh its view now and then, never once per call
 
 
 @pytest.mark.scenario("4.2.1.x7")
-@pytest.mark.asyncio
 async def test_streams_send_their_headers_once_subscribed(connector: ConnectorUnderTest) -> None:
     """With no update flowing, each stream's response headers arrive within a second of the call:
     a client can tell its subscription is live before the first update (rule C7)."""
@@ -54,7 +58,6 @@ async def test_streams_send_their_headers_once_subscribed(connector: ConnectorUn
 
 
 @pytest.mark.scenario("4.2.1.x8")
-@pytest.mark.asyncio
 async def test_get_account_is_answered_from_the_connectors_view(connector: ConnectorUnderTest) -> None:
     """While its account subscription is live, the connector answers GetAccount from its own current
     view: client calls do not each become a call to the exchange (rule C8)."""

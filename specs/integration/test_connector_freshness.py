@@ -24,10 +24,22 @@ from specs.integration.connector_program import (  # noqa: F401 - fixtures
     stamped_account,
 )
 
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(60)]
+
 HUNG_DETECTED_WITHIN_S = 10.0  # rule C31
 MAX_DATA_AGE_MS = 5000  # rule C30
 AGE_SLACK_MS = 600  # the connector rounds and checks on a tick; the suite reads on its own clock
 QUIET_FOR_S = 8.0  # rule C33: longer than the bound, so a connector that counts silence as age fails
+
+
+async def flowing_stream(connector: Connector) -> Any:
+    """A SubscribeAccount stream that has delivered its first update."""
+    stream = connector.stub().SubscribeAccount(pb.SubscribeAccountRequest())
+    await stream.initial_metadata()
+    connector.mock.trigger_account_update(stamped_account(1))
+    first = cast(pb.Account, await stream.read())
+    assert first.total_balance == "10001.00", f"expected the first update (10001.00) to arrive, got {first}"
+    return stream
 
 
 async def _stream_status(call: Any, within: float) -> tuple[int, grpc.StatusCode | str]:
@@ -50,20 +62,12 @@ async def _stream_status(call: Any, within: float) -> tuple[int, grpc.StatusCode
 
 
 @pytest.mark.scenario("4.2.1.x20")
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_hung_upstream_is_detected_and_streams_end(
     program_connector: Connector, metrics: MetricRecorder
 ) -> None:
     connector = program_connector
     stub = connector.stub()
-    stream = stub.SubscribeAccount(pb.SubscribeAccountRequest())
-    await stream.initial_metadata()
-    connector.mock.trigger_account_update(stamped_account(1))
-    assert cast(pb.Account, await stream.read()).total_balance == "10001.00", (
-        "the first update did not arrive"
-    )
+    stream = await flowing_stream(connector)
     assert await connector.health() == "SERVING", "expected SERVING before the freeze"
 
     frozen_at = time.monotonic()
@@ -97,9 +101,6 @@ async def test_hung_upstream_is_detected_and_streams_end(
 
 
 @pytest.mark.scenario("4.2.1.x21")
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_get_account_never_serves_a_frozen_view_as_current(program_connector: Connector) -> None:
     connector = program_connector
     stub = connector.stub()
@@ -142,18 +143,10 @@ async def test_get_account_never_serves_a_frozen_view_as_current(program_connect
 
 @pytest.mark.scenario("4.2.1.x22")
 @pytest.mark.requires("metrics")
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_quiet_upstream_keeps_health_and_a_small_data_age(program_connector: Connector) -> None:
     connector = program_connector
     stub = connector.stub()
-    stream = stub.SubscribeAccount(pb.SubscribeAccountRequest())
-    await stream.initial_metadata()
-    connector.mock.trigger_account_update(stamped_account(1))
-    assert cast(pb.Account, await stream.read()).total_balance == "10001.00", (
-        "the first update did not arrive"
-    )
+    stream = await flowing_stream(connector)
     started = time.monotonic()
     worst = 0
     while time.monotonic() - started < QUIET_FOR_S:

@@ -11,6 +11,13 @@ import pytest_asyncio
 
 from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
 
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio,
+    pytest.mark.timeout(60),
+    pytest.mark.requires("token_auth", "metrics"),
+]
+
 TOKEN = "conformance-token-hostile"
 # Request bodies no ExchangeService request parses from: a length running past the end, and a
 # string field (symbol) that is not UTF-8.
@@ -42,10 +49,6 @@ async def _code(call: Any, streaming: bool) -> grpc.StatusCode:
 
 
 @pytest.mark.scenario("4.2.1.x24")
-@pytest.mark.integration
-@pytest.mark.requires("token_auth", "metrics")
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_malformed_requests_get_invalid_argument_without_a_traceback(
     token_connector: ConnectorUnderTest,
 ) -> None:
@@ -92,10 +95,6 @@ async def test_malformed_requests_get_invalid_argument_without_a_traceback(
 
 
 @pytest.mark.scenario("4.2.1.x25")
-@pytest.mark.integration
-@pytest.mark.requires("token_auth", "metrics")
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_rejected_tokens_are_counted_and_logged_sparingly(token_connector: ConnectorUnderTest) -> None:
     connector = token_connector
     stub = connector.stub()

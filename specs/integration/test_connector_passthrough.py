@@ -10,14 +10,13 @@ from harness.fixtures import MetricRecorder
 from harness.sut.connector import ConnectorUnderTest
 from opensqt.exchange.v1 import exchange_pb2 as pb
 
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(60)]
+
 CLIENTS = 20
 HELD_FOR_S = 1.0  # the mock holds the upstream call this long before the suite counts
 
 
 @pytest.mark.scenario("4.2.1.x26")
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_concurrent_get_positions_for_one_symbol_share_one_upstream_call(
     connector: ConnectorUnderTest, metrics: MetricRecorder
 ) -> None:

@@ -30,7 +30,12 @@ if TYPE_CHECKING:
     from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
 
 # every test reads the connector's subscriber gauge (rule C15), so the section needs `metrics`
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90), pytest.mark.requires("metrics")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio,
+    pytest.mark.timeout(90),
+    pytest.mark.requires("metrics"),
+]
 TOKEN = "conformance-token-4.2"
 # A client whose transport buffers almost nothing: it really stops reading when the test stops.
 SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
@@ -108,7 +113,6 @@ def subscribe(connector: ConnectorUnderTest, channel: grpc.aio.Channel | None = 
 
 
 @pytest.mark.scenario("4.2.1.a", "4.2.1.ac1")
-@pytest.mark.asyncio
 async def test_single_client_receives_account_updates(connector: ConnectorUnderTest) -> None:
     call = subscribe(connector)
     await connector.wait_subscribers("account", 1, "4.2.1.a")
@@ -126,7 +130,6 @@ async def test_single_client_receives_account_updates(connector: ConnectorUnderT
 
 
 @pytest.mark.scenario("4.2.1.b", "4.2.1.ac2")
-@pytest.mark.asyncio
 async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscription(
     connector: ConnectorUnderTest,
 ) -> None:
@@ -290,7 +293,6 @@ async def test_hundred_clients_connecting_and_vanishing_leave_no_growth(
 
 
 @pytest.mark.scenario("4.2.1.d", "4.2.1.ac4")
-@pytest.mark.asyncio
 async def test_exchange_errors_reach_clients_as_unavailable_then_service_recovers(
     connector: ConnectorUnderTest, verdicts: Verdicts
 ) -> None:
@@ -339,7 +341,6 @@ async def test_exchange_errors_reach_clients_as_unavailable_then_service_recover
 
 
 @pytest.mark.scenario("4.2.1.x1")
-@pytest.mark.asyncio
 async def test_slow_consumer_is_dropped_with_resource_exhausted_others_unaffected(
     connector: ConnectorUnderTest,
 ) -> None:
@@ -384,7 +385,6 @@ INVALID_SYMBOLS = {
 
 
 @pytest.mark.scenario("4.2.1.x2")
-@pytest.mark.asyncio
 @pytest.mark.parametrize("symbol", INVALID_SYMBOLS.values(), ids=INVALID_SYMBOLS.keys())
 async def test_invalid_symbols_are_rejected_with_invalid_argument(
     connector: ConnectorUnderTest, symbol: str
@@ -404,7 +404,6 @@ async def test_invalid_symbols_are_rejected_with_invalid_argument(
 
 
 @pytest.mark.scenario("4.2.1.x2")
-@pytest.mark.asyncio
 async def test_empty_symbol_and_unknown_fields_are_accepted(connector: ConnectorUnderTest) -> None:
     """Proto3 parsers keep unknown fields and ignore them, so a newer client's request that carries
     a field this contract does not know is served as if the field were absent (not rejected)."""
@@ -434,7 +433,6 @@ async def test_empty_symbol_and_unknown_fields_are_accepted(connector: Connector
 
 
 @pytest.mark.scenario("4.2.1.x3")
-@pytest.mark.asyncio
 async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
     connector: ConnectorUnderTest,
 ) -> None:
@@ -466,7 +464,6 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
 
 @pytest.mark.scenario("4.2.1.x4")
 @pytest.mark.requires("token_auth")
-@pytest.mark.asyncio
 async def test_bearer_token_is_required_except_for_health(connectors: ConnectorFactory) -> None:
     """Rule C16: a call without the token, or with a wrong one, gets UNAUTHENTICATED with a message
     about the bearer token (its wording is the implementation's); health stays open; the right
@@ -505,7 +502,6 @@ async def test_bearer_token_is_required_except_for_health(connectors: ConnectorF
 
 @pytest.mark.scenario("4.2.1.x5")
 @pytest.mark.requires("tls")
-@pytest.mark.asyncio
 async def test_tls_connector_serves_tls_clients_only(
     connectors: ConnectorFactory, tls_material: TlsMaterial
 ) -> None:

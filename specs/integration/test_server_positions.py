@@ -19,7 +19,12 @@ from specs.integration.conftest import read_stream
 if TYPE_CHECKING:
     from specs.integration.conftest import ConnectorUnderTest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.requires("metrics")]  # rule C15
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio,
+    pytest.mark.timeout(60),
+    pytest.mark.requires("metrics"),
+]  # rule C15
 
 
 def position(symbol: str, mark: str) -> pb.Position:
@@ -37,6 +42,19 @@ def subscribe(connector: ConnectorUnderTest, symbol: str) -> Any:
     )
 
 
+async def subscribed(connector: ConnectorUnderTest, *symbols: str) -> list[Any]:
+    """One SubscribePositions call per symbol, each held by the connector (its gauge, rule C15)."""
+    calls = [subscribe(connector, symbol) for symbol in symbols]
+    await connector.wait_subscribers("positions", len(symbols))
+    return calls
+
+
+def triggered(connector: ConnectorUnderTest, sent: list[pb.Position]) -> list[pb.Position]:
+    for update in sent:
+        connector.mock.trigger_position_update(update)
+    return sent
+
+
 async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> list[pb.Position]:
     return await read_stream(call, count, scenario, noun="positions", timeout=timeout)
 
@@ -51,20 +69,19 @@ def described(positions: list[pb.Position]) -> list[str]:
 
 
 @pytest.mark.scenario("4.2.2.a")
-@pytest.mark.asyncio
 async def test_symbol_filter_forwards_only_that_symbol(connector: ConnectorUnderTest) -> None:
-    call = subscribe(connector, "BTCUSDT")
-    await connector.wait_subscribers("positions", 1, "4.2.2.a")
-    sent = [
-        position("BTCUSDT", "41100.00"),
-        position("ETHUSDT", "2910.00"),
-        position("ETHUSDT", "2920.00"),
-        position("BTCUSDT", "41200.00"),
-        position("ETHUSDT", "2930.00"),
-        position("BTCUSDT", "41300.00"),  # the fence
-    ]
-    for update in sent:
-        connector.mock.trigger_position_update(update)
+    (call,) = await subscribed(connector, "BTCUSDT")
+    sent = triggered(
+        connector,
+        [
+            position("BTCUSDT", "41100.00"),
+            position("ETHUSDT", "2910.00"),
+            position("ETHUSDT", "2920.00"),
+            position("BTCUSDT", "41200.00"),
+            position("ETHUSDT", "2930.00"),
+            position("BTCUSDT", "41300.00"),  # the fence
+        ],
+    )
     received = await read(call, 3, "4.2.2.a")
     expected = [p for p in sent if p.symbol == "BTCUSDT"]
     assert received == expected, (
@@ -73,27 +90,20 @@ async def test_symbol_filter_forwards_only_that_symbol(connector: ConnectorUnder
 
 
 @pytest.mark.scenario("4.2.2.b")
-@pytest.mark.asyncio
 async def test_without_filter_every_symbol_is_forwarded(connector: ConnectorUnderTest) -> None:
-    call = subscribe(connector, "")
-    await connector.wait_subscribers("positions", 1, "4.2.2.b")
-    sent = [
-        position("BTCUSDT", "41100.00"),
-        position("ETHUSDT", "2910.00"),
-        position("SOLUSDT", "151.00"),
-        position("BTCUSDT", "41200.00"),
-    ]
-    for update in sent:
-        connector.mock.trigger_position_update(update)
+    (call,) = await subscribed(connector, "")
+    marks = {"BTCUSDT": "41100.00", "ETHUSDT": "2910.00", "SOLUSDT": "151.00"}
+    sent = triggered(
+        connector, [*(position(s, m) for s, m in marks.items()), position("BTCUSDT", "41200.00")]
+    )
     received = await read(call, len(sent), "4.2.2.b")
     assert received == sent, f"expected {described(sent)}, got {described(received)}"
 
 
 @pytest.mark.scenario("4.2.2.ac1")
-@pytest.mark.asyncio
 async def test_filter_is_exact_and_happens_in_the_server(connector: ConnectorUnderTest) -> None:
-    subscribers = {symbol: subscribe(connector, symbol) for symbol in ("BTCUSDT", "BTC", "ETHUSDT")}
-    await connector.wait_subscribers("positions", 3, "4.2.2.ac1")
+    watched = ("BTCUSDT", "BTC", "ETHUSDT")
+    subscribers = dict(zip(watched, await subscribed(connector, *watched), strict=True))
     symbols = [
         "BTCUSDT",
         "BTC",
@@ -105,9 +115,7 @@ async def test_filter_is_exact_and_happens_in_the_server(connector: ConnectorUnd
         "BTC",
         "ETHUSDT",
     ]
-    sent = [position(symbol, f"{100 + n}.00") for n, symbol in enumerate(symbols)]
-    for update in sent:
-        connector.mock.trigger_position_update(update)
+    sent = triggered(connector, [position(symbol, f"{100 + n}.00") for n, symbol in enumerate(symbols)])
     for symbol, call in subscribers.items():
         expected = [p for p in sent if p.symbol == symbol]
         received = await read(call, len(expected), f"4.2.2.ac1 ({symbol})")
@@ -129,15 +137,10 @@ async def test_filter_is_exact_and_happens_in_the_server(connector: ConnectorUnd
 
 
 @pytest.mark.scenario("4.2.2.ac2")
-@pytest.mark.asyncio
 async def test_empty_symbol_forwards_every_update_of_every_symbol(connector: ConnectorUnderTest) -> None:
-    everything = subscribe(connector, "")
-    only_eth = subscribe(connector, "ETHUSDT")
-    await connector.wait_subscribers("positions", 2, "4.2.2.ac2")
+    everything, only_eth = await subscribed(connector, "", "ETHUSDT")
     symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT"]
-    sent = [position(symbols[n % len(symbols)], f"{200 + n}.00") for n in range(25)]
-    for update in sent:
-        connector.mock.trigger_position_update(update)
+    sent = triggered(connector, [position(symbols[n % len(symbols)], f"{200 + n}.00") for n in range(25)])
     received = await read(everything, len(sent), "4.2.2.ac2")
     assert received == sent, f"expected all {len(sent)} updates in order, got {described(received)}"
     eth = [p for p in sent if p.symbol == "ETHUSDT"]
