@@ -44,6 +44,17 @@ def health_name(status: int) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
 
+async def read_to_end(call: Any, received: list[Any]) -> grpc.aio.AioRpcError | None:
+    """Reads a server stream into `received` to its end: the error status that ended it, or None
+    when it ended OK."""
+    try:
+        async for message in call:
+            received.append(message)
+    except grpc.aio.AioRpcError as error:
+        return error
+    return None
+
+
 @dataclass
 class ConnectorUnderTest:
     """A started connector program, its upstream, and the questions a test asks of it."""
@@ -287,4 +298,4 @@ class ConnectorFactory:
         await asyncio.to_thread(self.finish_sync)
 
 
-__all__ = ["TOPICS", "ConnectorFactory", "ConnectorUnderTest", "health_name"]
+__all__ = ["TOPICS", "ConnectorFactory", "ConnectorUnderTest", "health_name", "read_to_end"]

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer, spec_account
-from harness.sut.connector import ConnectorFactory
+from harness.sut.connector import ConnectorFactory, read_to_end
 from harness.sut.launch import ProgramStopFailed, RunningProgram
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -91,16 +91,6 @@ async def poll_health(channel: grpc.aio.Channel, log: HealthLog) -> None:
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def read_until_end(call: Any, received: list[pb.Account]) -> grpc.aio.AioRpcError | None:
-    """Read the stream to its end: the error status that ended it, or None when it ended OK."""
-    try:
-        async for message in call:
-            received.append(message)
-    except grpc.aio.AioRpcError as error:
-        return error
-    return None
-
-
 def account(n: int) -> pb.Account:
     """The spec's account with a balance of its own."""
     update = spec_account()
@@ -154,7 +144,7 @@ async def test_sigterm_goes_not_serving_ends_streams_with_a_status_and_exits_zer
         grpc.aio.insecure_channel(connector.address) as health_channel,
     ):
         call = pb_grpc.ExchangeServiceStub(stream_channel).SubscribeAccount(pb.SubscribeAccountRequest())
-        reader = asyncio.create_task(read_until_end(call, received))
+        reader = asyncio.create_task(read_to_end(call, received))
         watcher = asyncio.create_task(watch_health(health_channel, health))
         poller = asyncio.create_task(poll_health(health_channel, health))
         try:

@@ -16,7 +16,11 @@ import pytest_asyncio
 
 from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
 
-__all__ = ["ConnectorUnderTest", "read_stream"]
+# A §4.2 module's marks: every test reads the connector's subscriber gauge (rule C15), so the
+# section needs `metrics`; a module adds its own timeout.
+SERVER_TESTS = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.requires("metrics")]
+
+__all__ = ["SERVER_TESTS", "ConnectorUnderTest", "read_stream"]
 
 
 @pytest_asyncio.fixture

@@ -6,22 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from specs.integration.conftest import SERVER_TESTS, ConnectorUnderTest
 
-if TYPE_CHECKING:
-    from specs.integration.conftest import ConnectorUnderTest
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.asyncio,
-    pytest.mark.timeout(60),
-    pytest.mark.requires("metrics"),
-]
+pytestmark = [*SERVER_TESTS, pytest.mark.timeout(60)]
 HEADERS_WITHIN_S = 1.0
 VIEW_CALLS = 50
 UPSTREAM_CALLS_ALLOWED = 5  # a connector may refresh its view now and then, never once per call

@@ -12,7 +12,7 @@ import json
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -20,22 +20,14 @@ from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.perf.probes import assert_no_growth_async
+from harness.sut.connector import ConnectorFactory
 from harness.tls import TlsMaterial
 from harness.verdicts import Verdicts
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
-from specs.integration.conftest import read_stream
+from specs.integration.conftest import SERVER_TESTS, ConnectorUnderTest, read_stream
 
-if TYPE_CHECKING:
-    from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
-
-# every test reads the connector's subscriber gauge (rule C15), so the section needs `metrics`
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.asyncio,
-    pytest.mark.timeout(90),
-    pytest.mark.requires("metrics"),
-]
+pytestmark = [*SERVER_TESTS, pytest.mark.timeout(90)]
 TOKEN = "conformance-token-4.2"
 # A client whose transport buffers almost nothing: it really stops reading when the test stops.
 SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]

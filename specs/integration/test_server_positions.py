@@ -7,24 +7,16 @@ subscription for every symbol and filters for each client itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import pytest
 
 from opensqt.exchange.testdata import spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
-from specs.integration.conftest import read_stream
+from specs.integration.conftest import SERVER_TESTS, ConnectorUnderTest, read_stream
 
-if TYPE_CHECKING:
-    from specs.integration.conftest import ConnectorUnderTest
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.asyncio,
-    pytest.mark.timeout(60),
-    pytest.mark.requires("metrics"),
-]  # rule C15
+pytestmark = [*SERVER_TESTS, pytest.mark.timeout(60)]
 
 
 def position(symbol: str, mark: str) -> pb.Position:

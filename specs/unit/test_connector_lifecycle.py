@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer, spec_account
-from harness.sut.connector import ConnectorFactory
+from harness.sut.connector import ConnectorFactory, read_to_end
 from harness.sut.launch import RunningProgram
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
@@ -87,15 +87,6 @@ def account(n: int) -> pb.Account:
     return update
 
 
-async def read_to_end(call: Any, received: list[Any]) -> grpc.aio.AioRpcError | None:
-    try:
-        async for message in call:
-            received.append(message)
-    except grpc.aio.AioRpcError as error:
-        return error
-    return None
-
-
 async def streams_flowing(
     mock: MockExchangeServer, streams: list[tuple[list[Any], asyncio.Task[Any]]], scenario: str
 ) -> None:
@@ -124,7 +115,7 @@ async def streams_flowing(
 
 @pytest.mark.scenario("3.2.1.a")
 async def test_start_binds_the_port_and_accepts_calls_at_once(
-    mock_exchange: MockExchangeServer, connectors: ConnectorFactory, free_port: Callable[[], int]
+    connectors: ConnectorFactory, free_port: Callable[[], int]
 ) -> None:
     port = free_port()
     connector = await started(connectors, port)
