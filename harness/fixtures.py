@@ -19,7 +19,7 @@ from harness.ports import free_port as allocate_port
 from harness.report.results import Metric
 from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, VERDICTS_KEY
 from harness.sut.launch import ProgramLauncher
-from harness.sut.manifest import Manifest
+from harness.sut.manifest import Compose, Manifest
 from harness.tls import TlsMaterial, make_tls_material
 from harness.verdicts import Verdicts
 
@@ -88,6 +88,17 @@ def mock_exchange() -> Iterator[MockExchangeServer]:
     with server:
         yield server
     server.raise_violations()
+
+
+@pytest.fixture(scope="module")
+def compose_table(sut: Manifest) -> Compose:
+    """The SUT's [compose] table (for a module that requires the `compose` capability), once its
+    file is on this host; the test is skipped, as an environment limit, when it is not."""
+    compose = sut.compose
+    assert compose is not None, "the module requires the `compose` capability"
+    if not compose.file.is_file():
+        pytest.skip(f"environment: the SUT's compose file {compose.file} is not on this host")
+    return compose
 
 
 @pytest.fixture

@@ -37,23 +37,21 @@ from docker.models.containers import Container
 
 from harness.fixtures import MetricRecorder
 from harness.ports import free_port
-from harness.sut.manifest import Compose, Manifest
+from harness.sut.manifest import Compose
 from harness.sut.program_log import error_lines
+from opensqt.exchange.v1 import exchange_pb2 as pb
 
 PROGRAMS = ("exchange_connector", "market_maker", "live_server")
 HEALTHY_WITHIN_S = 60.0
 BUILD_TIMEOUT_S = 420.0
 STEP_TIMEOUT_S = 120.0
-ACCOUNT_DECIMALS = (
-    "total_balance",
-    "available_balance",
-    "equity",
-    "unrealized_pnl",
-    "margin_used",
-    "margin_level",
-    "leverage",
+# the contract's decimal strings (docs/sut-manifest.md, C18): every string field but the names
+ACCOUNT_DECIMALS = tuple(f.name for f in pb.Account.DESCRIPTOR.fields if f.type == f.TYPE_STRING)
+POSITION_DECIMALS = tuple(
+    f.name
+    for f in pb.Position.DESCRIPTOR.fields
+    if f.type == f.TYPE_STRING and f.name not in ("symbol", "side", "margin_type")
 )
-POSITION_DECIMALS = ("size", "entry_price", "mark_price", "leverage", "unrealized_pnl", "liquidation")
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 START, HEALTHY, DATA, SHUTDOWN = "5.2.1.a", "5.2.1.b", "5.2.1.c", "5.2.1.d"
 
@@ -238,18 +236,8 @@ def engine() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="module")
-def compose_file(sut: Manifest) -> Compose:
-    """The SUT's [compose] table, once its file is there."""
-    compose = sut.compose
-    assert compose is not None  # the module requires the `compose` capability
-    if not compose.file.is_file():
-        pytest.skip(f"environment: the SUT's compose file {compose.file} is not on this host")
-    return compose
-
-
-@pytest.fixture(scope="module")
 def compose_run(
-    engine: docker.DockerClient, compose_file: Compose, pytestconfig: pytest.Config
+    engine: docker.DockerClient, compose_table: Compose, pytestconfig: pytest.Config
 ) -> Iterator[ComposeRun]:
     """Runs the stack once, start to finish, recording what it saw; always removes the project."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
@@ -259,7 +247,7 @@ def compose_run(
             print(f"[5.2 compose] {text}", flush=True)
 
     try:
-        stack = Stack(engine, free_port(), compose_file)
+        stack = Stack(engine, free_port(), compose_table)
     except StepFailed as exc:
         yield ComposeRun("", 0, start_error=str(exc))
         return

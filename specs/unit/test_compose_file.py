@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.sut.manifest import Compose, Manifest
+from harness.sut.manifest import Compose
 
 SID = "5.2.1.x1"
 LOOPBACK = {"127.0.0.1", "::1"}
@@ -39,15 +39,6 @@ def _with_defaults(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _with_defaults(item) for key, item in value.items()}
     return value
-
-
-@pytest.fixture(scope="module")
-def compose_table(sut: Manifest) -> Compose:
-    compose = sut.compose
-    assert compose is not None  # the module requires the `compose` capability
-    if not compose.file.is_file():
-        pytest.skip(f"environment: the SUT's compose file {compose.file} is not on this host")
-    return compose
 
 
 @pytest.fixture(scope="module")
