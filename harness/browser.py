@@ -21,6 +21,15 @@ CHROMIUM_ARGS = [
 LAUNCH_TIMEOUT_MS = 60_000
 
 
+def require_chromium() -> Path:
+    """The system's Chromium; the test is skipped, as an environment limit, when it is missing."""
+    import pytest
+
+    if not CHROMIUM.is_file():
+        pytest.skip(f"environment: no Chromium at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
 @contextmanager
 def open_page(width: int, height: int) -> Iterator[Any]:
     """A new page of a fresh headless Chromium, closed (browser and all) on the way out."""

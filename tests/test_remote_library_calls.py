@@ -14,10 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.perf.probes import LeakProbe
 from harness.tls import TlsMaterial
 from implementation.client_library.remote_exchange import (
     ConnectTimeout,
@@ -119,16 +117,6 @@ async def silent_peer() -> AsyncIterator[str]:
         for writer in held:
             writer.close()
         await server.wait_closed()
-
-
-@pytest_asyncio.fixture
-async def no_leaks(leak_probe: LeakProbe) -> AsyncIterator[None]:
-    """Fails the test when a task, thread or fd it created outlives it (gRPC warmed up first)."""
-    warm = grpc.aio.insecure_channel("127.0.0.1:1")
-    await warm.close()
-    leak_probe.start()
-    yield
-    await leak_probe.check_async(threads=0, tasks=0, fds=0, settle_s=5.0)
 
 
 # ---------------------------------------------------------------------------------------------- 3.1.1

@@ -18,15 +18,15 @@ import pytest
 import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.perf.probes import LeakProbe
 from implementation.client_library.remote_exchange import (
     LOGGER_NAME,
     ReconnectPolicy,
     RemoteExchange,
     StreamHandle,
 )
-from opensqt.exchange.testdata import spec_account, spec_positions
+from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from specs.client_steps import account, position
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -35,16 +35,6 @@ QUICK_RETRY = ReconnectPolicy(initial_backoff=0.05, max_backoff=0.5)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-@pytest_asyncio.fixture
-async def no_leaks(leak_probe: LeakProbe) -> AsyncIterator[None]:
-    """Fails the test when a task, thread or fd it created outlives it (gRPC warmed up first)."""
-    warm = grpc.aio.insecure_channel("127.0.0.1:1")
-    await warm.close()
-    leak_probe.start()
-    yield
-    await leak_probe.check_async(threads=0, tasks=0, fds=0, settle_s=5.0)
 
 
 @pytest_asyncio.fixture
@@ -76,19 +66,6 @@ async def eventually(condition: Callable[[], bool], timeout: float, expectation:
             pytest.fail(f"{expectation} within {timeout} s")
         await asyncio.sleep(0.005)
     return time.monotonic() - started
-
-
-def account(number: int) -> pb.Account:
-    """A distinct, valid account: total_balance 10000.<number>."""
-    return spec_account(total_balance=f"10000.{number:02d}")
-
-
-def position(symbol: str, size: str) -> pb.Position:
-    template = {p.symbol: p for p in spec_positions()}.get(symbol, spec_positions()[0])
-    changed = pb.Position()
-    changed.CopyFrom(template)
-    changed.symbol, changed.size = symbol, size
-    return changed
 
 
 def events(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:

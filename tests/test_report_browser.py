@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.browser import CHROMIUM, open_page
+from harness.browser import open_page, require_chromium
 from tests.report_samples import write_sample_run
 
 # each image drawn on a canvas: its size, and how many distinct colours a sample of its pixels has
@@ -29,14 +29,8 @@ MEASURE_IMAGES = """() => Array.from(document.images).map(img => {
 
 
 @pytest.fixture
-def chromium() -> Path:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"environment: no Chromium at {CHROMIUM} (apt-get install chromium)")
-    return CHROMIUM
-
-
-@pytest.fixture
-def page(chromium: Path) -> Iterator[object]:
+def page() -> Iterator[object]:
+    require_chromium()
     with open_page(1280, 900) as opened:
         yield opened
 

@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Request, expect
 
-from harness.browser import CHROMIUM, open_page
+from harness.browser import open_page, require_chromium
 from harness.doubles.mock_exchange import spec_account, spec_positions
 from specs.e2e.conftest import Stack, account_update, position_update
 
@@ -33,9 +33,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def chromium() -> Path:
-    if not CHROMIUM.is_file():
-        pytest.skip(f"environment: no Chromium at {CHROMIUM} (apt-get install chromium)")
-    return CHROMIUM
+    return require_chromium()
 
 
 @pytest.fixture
