@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest_asyncio
 
 from harness.perf.probes import LeakProbe
+from implementation.adapters.mock import MockExchange
+from implementation.connector_core.hub import Hub
+
+
+@pytest_asyncio.fixture
+async def mock() -> MockExchange:
+    """The reference's in-process mock exchange adapter."""
+    return MockExchange()
+
+
+@asynccontextmanager
+async def serving(hub: Hub) -> AsyncIterator[Hub]:
+    """The hub started and serving (within 2 s); stopped on the way out."""
+    await hub.start()
+    await hub.wait_serving(2.0)
+    try:
+        yield hub
+    finally:
+        await hub.stop()
 
 
 @pytest_asyncio.fixture

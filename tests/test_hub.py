@@ -19,6 +19,7 @@ from implementation.contract.backoff import ReconnectPolicy
 from implementation.contract.errors import ExchangeUnavailable
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from tests.conftest import serving
 
 pytestmark = pytest.mark.timeout(10)
 FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
@@ -48,19 +49,9 @@ class Recorder:
 
 
 @pytest_asyncio.fixture
-async def mock() -> MockExchange:
-    return MockExchange()
-
-
-@pytest_asyncio.fixture
 async def hub(mock: MockExchange) -> AsyncIterator[Hub]:
-    hub = Hub(mock, queue_size=8, backoff=FAST_BACKOFF)
-    await hub.start()
-    await hub.wait_serving(2.0)
-    try:
-        yield hub
-    finally:
-        await hub.stop()
+    async with serving(Hub(mock, queue_size=8, backoff=FAST_BACKOFF)) as started:
+        yield started
 
 
 @pytest.mark.asyncio

@@ -20,6 +20,7 @@ from implementation.connector_core.stall import STALL_AFTER_S
 from implementation.contract.backoff import ReconnectPolicy
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from tests.conftest import serving
 
 pytestmark = pytest.mark.timeout(20)
 FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
@@ -45,24 +46,14 @@ class Health:
 
 
 @pytest_asyncio.fixture
-async def mock() -> MockExchange:
-    return MockExchange()
-
-
-@pytest_asyncio.fixture
 async def health() -> Health:
     return Health()
 
 
 @pytest_asyncio.fixture
 async def hub(mock: MockExchange, health: Health) -> AsyncIterator[Hub]:
-    hub = Hub(mock, backoff=FAST_BACKOFF, freshness=POLICY, on_serving=health)
-    await hub.start()
-    await hub.wait_serving(2.0)
-    try:
-        yield hub
-    finally:
-        await hub.stop()
+    async with serving(Hub(mock, backoff=FAST_BACKOFF, freshness=POLICY, on_serving=health)) as started:
+        yield started
 
 
 @pytest.mark.asyncio

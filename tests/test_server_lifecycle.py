@@ -32,11 +32,6 @@ FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.02, max_backoff=0.1, jitter=0.0
 
 
 @pytest_asyncio.fixture
-async def mock() -> MockExchange:
-    return MockExchange()
-
-
-@pytest_asyncio.fixture
 async def server(mock: MockExchange) -> AsyncIterator[ExchangeServer]:
     server = ExchangeServer(mock, grace_period=5.0, backoff=FAST_BACKOFF)
     try:
