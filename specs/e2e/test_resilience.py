@@ -71,6 +71,11 @@ def _assert_fresh_data_served(stack: Stack, scenario: str, seed: int, when: str)
         )
 
 
+def _assert_healthy_again(health: str, since: str) -> None:
+    up, answer = poll_http(health, lambda answer: answer.status == 200, RECOVERY_WAIT_S)
+    assert up, f"expected live_server GET /health 200 within {RECOVERY_WAIT_S:.0f} s of {since}, got {answer}"
+
+
 @pytest.mark.scenario(RESTART)
 def test_clients_recover_after_the_connector_restarts_on_the_same_port(stack: Stack) -> None:
     clients = [stack.market_maker, stack.live_server]
@@ -90,11 +95,7 @@ def test_clients_recover_after_the_connector_restarts_on_the_same_port(stack: St
         stack.start(CONNECTOR)  # same grpc_port and metrics_port as before
     except ProgramNotReady as exc:
         pytest.fail(f"expected the connector to start again on port {stack.grpc_port}, got: {exc}")
-    up, answer = poll_http(health, lambda answer: answer.status == 200, RECOVERY_WAIT_S)
-    assert up, (
-        f"expected live_server GET /health 200 again within {RECOVERY_WAIT_S:.0f} s of the "
-        f"connector's restart, got {answer}"
-    )
+    _assert_healthy_again(health, "the connector's restart")
     _assert_fresh_data_served(stack, RESTART, seed=20, when="after the connector's restart")
 
     _assert_still_running(clients, RESTART, "through the connector's restart")
@@ -140,10 +141,6 @@ def test_clients_started_before_the_connector_retry_and_then_become_ready(bare_s
         market_maker.wait_for_event("ready", timeout=RECOVERY_WAIT_S)
     except EventNotSeen as exc:
         pytest.fail(f"expected market_maker ready once the connector runs, got: {exc}")
-    up, answer = poll_http(health, lambda answer: answer.status == 200, RECOVERY_WAIT_S)
-    assert up, (
-        f"expected live_server GET /health 200 within {RECOVERY_WAIT_S:.0f} s of the "
-        f"connector's start, got {answer}"
-    )
+    _assert_healthy_again(health, "the connector's start")
     _assert_fresh_data_served(stack, CLIENTS_FIRST, seed=30, when="once the connector runs")
     _assert_still_running(clients, CLIENTS_FIRST, "after the connector started")

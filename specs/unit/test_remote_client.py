@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.client_driver import DriverSession, to_message
+from harness.sut.client_driver import DriverSession, Event, to_message
 from harness.tls import TlsMaterial
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
@@ -48,19 +48,23 @@ def test_client_with_valid_address_connects_and_is_usable(
 MALFORMED = ["localhost", "host:notaport", "host:99999", "http://x", "::1:50051", "bad host:50051"]
 
 
+def refused_at_once(driver: DriverSession, address: str, kind: str, rule: str, timeout: float) -> Event:
+    """connect to `address` must fail with `kind` at once (no network I/O); the error event."""
+    outcome = driver.connect(address, connect_timeout_ms=5000, timeout=timeout, rule=rule)
+    driver.expect(outcome, "error", rule, f"for the address {address!r}")
+    assert outcome.get("kind") == kind, (
+        f"expected error kind {kind} for {address!r}, got {outcome.get('kind')!r} ({outcome.get('message')!r})"
+    )
+    assert outcome["took_ms"] < AT_ONCE_MS, (
+        f"expected the error at once (no network I/O) for {address!r}, got it after {outcome['took_ms']} ms"
+    )
+    return outcome
+
+
 @pytest.mark.scenario("3.1.1.b")
 def test_client_with_malformed_address_fails_at_once(client_driver: DriverSession) -> None:
     for address in MALFORMED:
-        outcome = client_driver.connect(address, connect_timeout_ms=5000, timeout=5.0, rule="D11")
-        client_driver.expect(outcome, "error", "D11", f"for the malformed address {address!r}")
-        assert outcome.get("kind") == "invalid_address", (
-            f"expected error kind invalid_address for {address!r}, got {outcome.get('kind')!r} "
-            f"({outcome.get('message')!r})"
-        )
-        assert outcome["took_ms"] < AT_ONCE_MS, (
-            f"expected the error at once (no network I/O) for {address!r}, "
-            f"got it after {outcome['took_ms']} ms"
-        )
+        outcome = refused_at_once(client_driver, address, "invalid_address", "D11", timeout=5.0)
         assert address.strip() in str(outcome.get("message")), (
             f"expected the error to name {address!r}, got {outcome.get('message')!r}"
         )
@@ -69,15 +73,7 @@ def test_client_with_malformed_address_fails_at_once(client_driver: DriverSessio
 @pytest.mark.scenario("3.1.1.c")
 def test_client_with_empty_address_fails_at_once(client_driver: DriverSession) -> None:
     for address in ("", "   "):
-        outcome = client_driver.connect(address, connect_timeout_ms=5000, timeout=7.0, rule="D12")
-        client_driver.expect(outcome, "error", "D12", f"for the address {address!r}")
-        assert outcome.get("kind") == "empty_address", (
-            f"expected error kind empty_address for {address!r}, got {outcome.get('kind')!r} "
-            f"({outcome.get('message')!r})"
-        )
-        assert outcome["took_ms"] < AT_ONCE_MS, (
-            f"expected the error at once for {address!r}, got it after {outcome['took_ms']} ms"
-        )
+        refused_at_once(client_driver, address, "empty_address", "D12", timeout=7.0)
 
 
 @pytest.mark.scenario("3.1.1.d")
