@@ -36,7 +36,7 @@ from specs.client_steps import (
     updates_after,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.requires("client_library")]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.requires("client_library")]
 RESTART_WAIT_S = 7.5  # the server restarted: new data must follow within 7 s (rule D38)
 # after a stream error with the connect's backoff hints (50-500 ms), a resubscription within this is due
 RECONNECT_WAIT_S = 5.0
@@ -63,7 +63,6 @@ def wait_balance(driver: DriverSession, stream: str, balance: str, rule: str, wh
 
 
 @pytest.mark.scenario("4.1.1.a", "4.1.1.ac1", "4.1.1.ac2")
-@pytest.mark.timeout(60)
 def test_account_stream_delivers_five_updates_in_order(
     mock_exchange: MockExchangeServer, client_driver: DriverSession, verdicts: Verdicts
 ) -> None:
@@ -95,7 +94,6 @@ def test_account_stream_delivers_five_updates_in_order(
 
 
 @pytest.mark.scenario("4.1.1.b")
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "code",
     [grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE],
@@ -129,7 +127,6 @@ def test_account_stream_server_error_is_reported_not_delivered(
 
 
 @pytest.mark.scenario("4.1.1.ac3")
-@pytest.mark.timeout(60)
 def test_account_stream_recovers_from_a_server_error(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
@@ -152,7 +149,6 @@ def test_account_stream_recovers_from_a_server_error(
 
 
 @pytest.mark.scenario("4.1.1.b")
-@pytest.mark.timeout(60)
 def test_account_stream_skips_messages_that_break_the_contract(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
@@ -195,7 +191,6 @@ def feeding(mock: MockExchangeServer, every_s: float = 0.002) -> Iterator[None]:
 
 
 @pytest.mark.scenario("4.1.1.c", "4.1.1.ac4")
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("when", ["immediately", "while-streaming"])
 def test_account_stream_cancel_stops_within_one_second(
     mock_exchange: MockExchangeServer,
@@ -326,7 +321,6 @@ def position_updates(
 
 
 @pytest.mark.scenario("4.1.2.a", "4.1.2.ac1")
-@pytest.mark.timeout(60)
 def test_position_stream_delivers_updates_in_order(
     mock_exchange: MockExchangeServer, client_driver: DriverSession, verdicts: Verdicts
 ) -> None:
@@ -344,7 +338,6 @@ def test_position_stream_delivers_updates_in_order(
 
 
 @pytest.mark.scenario("4.1.2.b", "4.1.2.ac2")
-@pytest.mark.timeout(60)
 def test_position_stream_with_symbol_receives_only_that_symbol(
     mock_exchange: MockExchangeServer, client_driver: DriverSession, verdicts: Verdicts
 ) -> None:
@@ -364,7 +357,6 @@ def test_position_stream_with_symbol_receives_only_that_symbol(
 
 
 @pytest.mark.scenario("4.1.2.c", "4.1.2.ac3")
-@pytest.mark.timeout(60)
 def test_position_stream_with_empty_symbol_receives_all(
     mock_exchange: MockExchangeServer, client_driver: DriverSession, verdicts: Verdicts
 ) -> None:

@@ -76,6 +76,22 @@ async def _measured(
         return run, watch.stop()
 
 
+def _costs_and_baselines(
+    perf: PerfRecorder,
+    prefix: str,
+    sut: tuple[StreamRun, ProcessStats],
+    bare: tuple[StreamRun, ProcessStats],
+    relay: tuple[StreamRun, ProcessStats],
+) -> None:
+    """Records each run's server costs and the load; the two baselines must have lost nothing, or
+    the measurement itself is broken."""
+    for name, (run, server) in ((prefix, sut), (f"baseline_{prefix}", bare), (f"relay_{prefix}", relay)):
+        _record_costs(perf, name, run, server)
+    perf.detail("load_average", _load())
+    for what, (run, _) in (("baseline", bare), ("relay baseline", relay)):
+        assert run.lost == 0, f"{what} lost updates (the measurement itself is broken): {run.problems[:3]}"
+
+
 def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: ProcessStats) -> None:
     server_cpu_s = server.cpu_avg_pct * server.elapsed_s / 100
     if run.received:
@@ -112,16 +128,8 @@ async def test_one_subscriber_receives_over_1000_updates_per_second(
     perf.record("relay_stream_msgs_per_s", relay.deliveries_per_s, "msg/s")
     perf.record_ratio("stream_throughput_ratio", sut.deliveries_per_s, bare.deliveries_per_s)
     perf.record_ratio("stream_throughput_relay_ratio", sut.deliveries_per_s, relay.deliveries_per_s)
-    _record_costs(perf, "stream", sut, sut_server)
-    _record_costs(perf, "baseline_stream", bare, bare_server)
-    _record_costs(perf, "relay_stream", relay, relay_server)
-    perf.detail("load_average", _load())
     perf.detail("updates", plan.count)
-
-    assert bare.lost == 0, f"baseline lost updates (the measurement itself is broken): {bare.problems[:3]}"
-    assert relay.lost == 0, (
-        f"relay baseline lost updates (the measurement itself is broken): {relay.problems[:3]}"
-    )
+    _costs_and_baselines(perf, "stream", (sut, sut_server), (bare, bare_server), (relay, relay_server))
     assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
         f"expected all {plan.count} updates once and in order, got {sut.lost} lost, "
         f"{sut.reordered} reordered, {sut.duplicates} duplicated: {sut.problems[:3]}"
@@ -165,18 +173,10 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
         perf.record_ratio(f"{prefix}_deliveries{suffix}_ratio", sut.deliveries_per_s, other.deliveries_per_s)
         if sut.latency.count and other.latency.count:
             perf.record_ratio(f"{prefix}_p99{suffix}_ratio", sut.latency.p_ms(99), other.latency.p_ms(99))
-    _record_costs(perf, prefix, sut, sut_server)
-    _record_costs(perf, f"baseline_{prefix}", bare, bare_server)
-    _record_costs(perf, f"relay_{prefix}", relay, relay_server)
-    perf.detail("load_average", _load())
     perf.detail(f"{prefix}_statuses", sut.statuses)
     if sut.pacing is not None:
         perf.detail(f"{prefix}_generator_max_lag_ms", round(sut.pacing.max_lag_s * 1000, 3))
-
-    assert bare.lost == 0, f"baseline lost updates (the measurement itself is broken): {bare.problems[:3]}"
-    assert relay.lost == 0, (
-        f"relay baseline lost updates (the measurement itself is broken): {relay.problems[:3]}"
-    )
+    _costs_and_baselines(perf, prefix, (sut, sut_server), (bare, bare_server), (relay, relay_server))
     assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
         f"expected each of {plan.count} updates at {fanout.rate}/s delivered once and in order to "
         f"each of {SUBSCRIBERS} subscribers, got {sut.lost} lost, {sut.reordered} reordered, "
