@@ -26,6 +26,7 @@ from harness.options import soak_speedup
 from harness.perf.results import PerfRecorder
 from harness.perf.soak import SoakConfig, SoakRun
 from harness.verdicts import Verdicts
+from specs.targets import check_target
 
 pytestmark = pytest.mark.soak
 
@@ -128,21 +129,31 @@ async def test_soak_runs_its_duration_with_restarts_and_stays_stable(
             f"expected {soak_duration:.0f} s with no crash, got {snapshots[-1]['t_s']:.0f} s; "
             f"connector down at {crashed[:3]}, programs down at {down[:3]}, exits: {run.program_exits[:3]}"
         )
-    with verdicts.check("7.1.1.b"):
-        assert rate < ERROR_RATE_TARGET_PCT, (
-            f"expected an error rate below {ERROR_RATE_TARGET_PCT} %, got {rate:.4f} % "
-            f"({run.tally.errors} of {run.tally.operations}: {run.tally.errors_by_kind})"
-        )
-    with verdicts.check("7.1.1.c"):
-        assert growth < MEMORY_GROWTH_TARGET_MB, (
-            f"expected connector RSS growth below {MEMORY_GROWTH_TARGET_MB} MB, got {growth:.1f} MB"
-        )
-    with verdicts.check("7.1.1.d"):
-        assert drift <= DRIFT_TARGET, (
-            f"expected thread/task counts within ±{DRIFT_TARGET}, got a drift of {drift}"
-        )
-    with verdicts.check("7.1.1.e"):
-        assert ratio <= P99_RATIO_TARGET, (
-            f"the latency stays stable: expected the last interval's p99 within {P99_RATIO_TARGET}x "
-            f"of the first's, got {ratio:.2f}x ({first_p99:.2f} -> {last_p99:.2f} ms)"
-        )
+    check_target(
+        verdicts,
+        "7.1.1.b",
+        rate < ERROR_RATE_TARGET_PCT,
+        f"an error rate below {ERROR_RATE_TARGET_PCT} %",
+        f"{rate:.4f} % ({run.tally.errors} of {run.tally.operations}: {run.tally.errors_by_kind})",
+    )
+    check_target(
+        verdicts,
+        "7.1.1.c",
+        growth < MEMORY_GROWTH_TARGET_MB,
+        f"connector RSS growth below {MEMORY_GROWTH_TARGET_MB} MB",
+        f"{growth:.1f} MB",
+    )
+    check_target(
+        verdicts,
+        "7.1.1.d",
+        drift <= DRIFT_TARGET,
+        f"thread/task counts within ±{DRIFT_TARGET}",
+        f"a drift of {drift}",
+    )
+    check_target(
+        verdicts,
+        "7.1.1.e",
+        ratio <= P99_RATIO_TARGET,
+        f"a stable latency, the last interval's p99 within {P99_RATIO_TARGET}x of the first's",
+        f"{ratio:.2f}x ({first_p99:.2f} -> {last_p99:.2f} ms)",
+    )
