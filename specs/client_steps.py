@@ -66,6 +66,14 @@ def subscribed(
     return stream
 
 
+def connected_stream(
+    driver: DriverSession, mock: MockExchangeServer, scenario: str, rule: str, symbol: str | None = None
+) -> str:
+    """connected(), then subscribed(): the stream's command id."""
+    connected(driver, mock, scenario)
+    return subscribed(driver, mock, scenario, rule, symbol)
+
+
 def updates_after(driver: DriverSession, stream: str, event: Event) -> list[Event]:
     """The stream's updates printed after `event`."""
     at = driver.index(event)

@@ -22,7 +22,7 @@ from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from tests.conftest import serving
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
 FAST_BACKOFF = ReconnectPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
 POLICY = FreshnessPolicy(max_age=1.0, probe_after=0.2, subscriber_max_lag=0.3)
 
@@ -56,7 +56,6 @@ async def hub(mock: MockExchange, health: Health) -> AsyncIterator[Hub]:
         yield started
 
 
-@pytest.mark.asyncio
 async def test_a_quiet_upstream_is_asked_and_stays_fresh(
     hub: Hub, mock: MockExchange, health: Health
 ) -> None:
@@ -66,7 +65,6 @@ async def test_a_quiet_upstream_is_asked_and_stays_fresh(
     assert hub.data_age() < POLICY.max_age
 
 
-@pytest.mark.asyncio
 async def test_a_hung_upstream_is_given_up_within_the_bound(
     hub: Hub, mock: MockExchange, health: Health
 ) -> None:
@@ -81,7 +79,6 @@ async def test_a_hung_upstream_is_given_up_within_the_bound(
     assert hub.stale_reason() is None and health.states[-1] is True
 
 
-@pytest.mark.asyncio
 async def test_a_subscriber_left_waiting_past_the_lag_bound_is_dropped(hub: Hub, mock: MockExchange) -> None:
     async with hub.subscribe(ACCOUNT) as slow:
         mock.trigger_account_update(spec_account())
@@ -94,7 +91,6 @@ async def test_a_subscriber_left_waiting_past_the_lag_bound_is_dropped(hub: Hub,
     assert hub.stats[ACCOUNT].dropped == 1
 
 
-@pytest.mark.asyncio
 async def test_overload_sheds_the_laggiest_quarter_and_refuses_new_subscribers(hub: Hub) -> None:
     async with contextlib.AsyncExitStack() as subscribed:
         for _ in range(8):
@@ -106,7 +102,6 @@ async def test_overload_sheds_the_laggiest_quarter_and_refuses_new_subscribers(h
                 pass
 
 
-@pytest.mark.asyncio
 async def test_after_a_shed_new_subscribers_wait_out_a_cool_down(hub: Hub) -> None:
     async with contextlib.AsyncExitStack() as subscribed:
         for _ in range(4):
@@ -123,7 +118,6 @@ async def test_after_a_shed_new_subscribers_wait_out_a_cool_down(hub: Hub) -> No
             assert hub.subscriber_count(ACCOUNT) == 4  # three kept, and the new one
 
 
-@pytest.mark.asyncio
 async def test_a_stall_of_the_connectors_own_loop_drops_nobody(hub: Hub, mock: MockExchange) -> None:
     async with hub.subscribe(ACCOUNT) as reader:
         mock.trigger_account_update(spec_account())

@@ -30,6 +30,7 @@ from specs.client_steps import (
     account,
     accounts,
     connected,
+    connected_stream,
     position,
     positions,
     subscribed,
@@ -66,8 +67,7 @@ def wait_balance(driver: DriverSession, stream: str, balance: str, rule: str, wh
 def test_account_stream_delivers_five_updates_in_order(
     mock_exchange: MockExchangeServer, client_driver: DriverSession, verdicts: Verdicts
 ) -> None:
-    connected(client_driver, mock_exchange, "4.1.1.a")
-    stream = subscribed(client_driver, mock_exchange, "4.1.1.a", "D30")
+    stream = connected_stream(client_driver, mock_exchange, "4.1.1.a", "D30")
     sent = [account(n).total_balance for n in range(1, 6)]
     for n in range(1, 6):
         mock_exchange.trigger_account_update(account(n))
@@ -102,8 +102,7 @@ def test_account_stream_delivers_five_updates_in_order(
 def test_account_stream_server_error_is_reported_not_delivered(
     mock_exchange: MockExchangeServer, code: grpc.StatusCode, client_driver: DriverSession
 ) -> None:
-    connected(client_driver, mock_exchange, "4.1.1.b")
-    stream = subscribed(client_driver, mock_exchange, "4.1.1.b", "D33")
+    stream = connected_stream(client_driver, mock_exchange, "4.1.1.b", "D33")
     mock_exchange.trigger_account_update(account(1))
     wait_balance(client_driver, stream, "10000.01", "D30", "")
     mock_exchange.end_streams(code, "exchange exploded")
@@ -130,8 +129,7 @@ def test_account_stream_server_error_is_reported_not_delivered(
 def test_account_stream_recovers_from_a_server_error(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
-    connected(client_driver, mock_exchange, "4.1.1.ac3")
-    stream = subscribed(client_driver, mock_exchange, "4.1.1.ac3", "D35")
+    stream = connected_stream(client_driver, mock_exchange, "4.1.1.ac3", "D35")
     mock_exchange.trigger_account_update(account(1))
     wait_balance(client_driver, stream, "10000.01", "D30", "")
     mock_exchange.end_streams(grpc.StatusCode.INTERNAL, "exchange exploded")
@@ -152,8 +150,7 @@ def test_account_stream_recovers_from_a_server_error(
 def test_account_stream_skips_messages_that_break_the_contract(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
-    connected(client_driver, mock_exchange, "4.1.1.b")
-    stream = subscribed(client_driver, mock_exchange, "4.1.1.b", "D34")
+    stream = connected_stream(client_driver, mock_exchange, "4.1.1.b", "D34")
     invalid = [spec_account(total_balance="1e5"), spec_account(equity="NaN"), spec_account(leverage="")]
     mock_exchange.trigger_account_update(account(1))
     for update in invalid:

@@ -43,7 +43,7 @@ from harness.perf.procwatch import ProcessStats, ProcessWatch
 from harness.perf.results import PerfRecorder
 from harness.perf.stream_bench import measure_stream
 
-pytestmark = pytest.mark.perf
+pytestmark = [pytest.mark.perf, pytest.mark.asyncio, pytest.mark.timeout(300)]
 
 STREAM_UPDATES = {"quick": 5_000, "full": 50_000}
 THROUGHPUT_TARGET = 1_000.0
@@ -102,8 +102,6 @@ def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: Proce
 
 
 @pytest.mark.scenario("6.1.2.a")
-@pytest.mark.asyncio
-@pytest.mark.timeout(300)
 async def test_one_subscriber_receives_over_1000_updates_per_second(
     connector: Any,
     mock_exchange: Any,
@@ -141,8 +139,6 @@ async def test_one_subscriber_receives_over_1000_updates_per_second(
 
 
 @pytest.mark.scenario("6.1.2.x1")
-@pytest.mark.asyncio
-@pytest.mark.timeout(300)
 async def test_fan_out_delivers_every_update_to_15_subscribers(
     connector: Any,
     mock_exchange: Any,
