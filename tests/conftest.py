@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import pytest_asyncio
+import uvicorn
 
 from harness.perf.probes import LeakProbe
 from implementation.adapters.mock import MockExchange
@@ -38,3 +43,31 @@ async def no_leaks(leak_probe: LeakProbe) -> AsyncIterator[None]:
     leak_probe.start()
     yield
     await leak_probe.check_async(threads=0, tasks=0, fds=0, settle_s=5.0)
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers (the test runner keeps them)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@asynccontextmanager
+async def uvicorn_serving(app: Any, **options: Any) -> AsyncIterator[int]:
+    """`app` served by uvicorn (its `options`) on a loopback socket of its own: the port, once started."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    server = _QuietServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **options))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "expected uvicorn to start"
+            await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+        sock.close()

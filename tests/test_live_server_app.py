@@ -7,19 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 
 from implementation.live_server.app import create_app
 from implementation.live_server.feed import TRY_AGAIN_LATER, Broadcaster, connect_state
 from implementation.state import LiveState
 from opensqt.exchange import testdata
+from tests.conftest import uvicorn_serving
 
 pytestmark = [pytest.mark.timeout(30)]
 
@@ -320,32 +319,11 @@ async def test_websocket_client_that_never_reads_is_dropped_and_others_keep_up()
 # ---------------------------------------------------------------------- WebSocket over a real socket
 
 
-class _QuietServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 @contextlib.asynccontextmanager
 async def real_server(served: Served) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(served.app, log_config=None, access_log=False, lifespan="off", ws="websockets-sansio",
-                            ws_per_message_deflate=False, timeout_graceful_shutdown=2)  # fmt: skip
-    server = _QuietServer(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            assert not task.done(), "expected uvicorn to start"
-            await asyncio.sleep(0.01)
+    options = {"ws": "websockets-sansio", "ws_per_message_deflate": False, "timeout_graceful_shutdown": 2}
+    async with uvicorn_serving(served.app, **options) as port:
         yield f"ws://127.0.0.1:{port}/ws"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
-        sock.close()
 
 
 @pytest.mark.asyncio

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from implementation.live_server import guard
+from tests.conftest import uvicorn_serving
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -67,12 +66,6 @@ def test_make_room_leaves_busy_connections_alone() -> None:
 # ---------------------------------------------------------------------- on a real uvicorn server
 
 
-class _QuietServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def _hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -80,23 +73,9 @@ async def _hello(scope: Any, receive: Any, send: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def guarded_server(limits: guard.ConnectionGuard) -> AsyncIterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
-    config = uvicorn.Config(_hello, http=guard.guarded_protocol(limits), log_config=None, access_log=False,
-                            lifespan="off", limit_concurrency=limits.max_connections)  # fmt: skip
-    server = _QuietServer(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            assert not task.done(), "expected uvicorn to start"
-            await asyncio.sleep(0.01)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
-        sock.close()
+    protocol = guard.guarded_protocol(limits)
+    async with uvicorn_serving(_hello, http=protocol, limit_concurrency=limits.max_connections) as port:
+        yield port
 
 
 async def _request(
