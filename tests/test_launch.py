@@ -15,7 +15,13 @@ import psutil
 import pytest
 
 from harness.ports import free_port
-from harness.sut.launch import EventNotSeen, ProgramLauncher, ProgramNotReady, ProgramStopFailed
+from harness.sut.launch import (
+    EventNotSeen,
+    ProgramLauncher,
+    ProgramNotReady,
+    ProgramStopFailed,
+    RunningProgram,
+)
 from harness.sut.manifest import Manifest, load_manifest
 
 pytestmark = pytest.mark.timeout(30)
@@ -249,7 +255,7 @@ def test_log_readiness_config_template_and_events(launcher: ProgramLauncher) -> 
 
 
 def test_sigterm_ignoring_program_is_killed_with_its_children_and_reported(launcher: ProgramLauncher) -> None:
-    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "ignore-term"})
+    program = tiny(launcher, "ignore-term")
     child = int(program.events("ready")[0]["child"])
     with pytest.raises(ProgramStopFailed) as failure:
         program.stop(timeout=0.5)
@@ -278,11 +284,21 @@ def test_without_waiting_for_readiness_the_exit_code_is_read_with_wait(launcher:
     assert silent.state == f"pid {silent.pid}, was killed by signal SIGKILL"
 
 
-def test_teardown_requires_exit_code_0_after_sigterm(launcher: ProgramLauncher) -> None:
-    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "term-exit-1"})
+def tiny(launcher: ProgramLauncher, mode: str) -> RunningProgram:
+    """The tiny market_maker in one of its TINY_MODEs."""
+    return launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": mode})
+
+
+def stop_failure(launcher: ProgramLauncher) -> str:
+    """What stop_all() says failed (it must say something)."""
     with pytest.raises(ProgramStopFailed) as failure:
         launcher.stop_all()
-    message = str(failure.value)
+    return str(failure.value)
+
+
+def test_teardown_requires_exit_code_0_after_sigterm(launcher: ProgramLauncher) -> None:
+    program = tiny(launcher, "term-exit-1")
+    message = stop_failure(launcher)
     assert message.startswith(
         f"market_maker (pid {program.pid}) exited with code 1 after SIGTERM, expected a clean exit with code 0;"
     ), f"got {message!r}"
@@ -290,23 +306,20 @@ def test_teardown_requires_exit_code_0_after_sigterm(launcher: ProgramLauncher) 
 
 
 def test_teardown_names_a_program_without_a_sigterm_handler(launcher: ProgramLauncher) -> None:
-    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "no-handler"})
-    with pytest.raises(ProgramStopFailed) as failure:
-        launcher.stop_all()
-    assert str(failure.value).startswith(
+    program = tiny(launcher, "no-handler")
+    message = stop_failure(launcher)
+    assert message.startswith(
         f"market_maker (pid {program.pid}) was ended by SIGTERM's default action (no handler installed?) "
         "after SIGTERM, expected a clean exit with code 0;"
-    ), f"got {failure.value}"
+    ), f"got {message!r}"
 
 
 def test_teardown_reports_a_program_that_died_during_the_test(launcher: ProgramLauncher) -> None:
-    program = launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": "crash"})
+    program = tiny(launcher, "crash")
     deadline = time.monotonic() + 10
     while program.running and time.monotonic() < deadline:
         time.sleep(0.02)
-    with pytest.raises(ProgramStopFailed) as failure:
-        launcher.stop_all()
-    message = str(failure.value)
+    message = stop_failure(launcher)
     assert message.startswith(
         f"market_maker (pid {program.pid}) exited with code 4 during the test, unexpectedly (nothing stopped it);"
     ), f"got {message!r}"

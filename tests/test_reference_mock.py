@@ -5,6 +5,8 @@ scenarios check the suite's own mock exchange: specs/integration/test_mock_excha
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,17 @@ async def settle() -> None:
     """Let started tasks run up to their first wait."""
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+async def two_callbacks(
+    run: Callable[[Callable[[Any], None]], Coroutine[Any, Any, None]],
+) -> tuple[list[Any], list[Any], list[asyncio.Task[None]]]:
+    """Two streams of `run`, each into a list of its own, started and settled: (first, second, tasks)."""
+    first: list[Any] = []
+    second: list[Any] = []
+    streams = [asyncio.create_task(run(first.append)), asyncio.create_task(run(second.append))]
+    await settle()
+    return first, second, streams
 
 
 @pytest.mark.asyncio
@@ -44,13 +57,7 @@ async def test_stream_registration_blocks_until_cancelled() -> None:
 @pytest.mark.asyncio
 async def test_trigger_account_update_reaches_every_callback() -> None:
     mock = MockExchange()
-    first: list[pb.Account] = []
-    second: list[pb.Account] = []
-    streams = [
-        asyncio.create_task(mock.run_account_stream(first.append)),
-        asyncio.create_task(mock.run_account_stream(second.append)),
-    ]
-    await settle()
+    first, second, streams = await two_callbacks(mock.run_account_stream)
     updates = [spec_account(equity=f"{n}.00") for n in range(1, 4)]
     for update in updates:
         mock.trigger_account_update(update)
@@ -69,13 +76,7 @@ async def test_trigger_account_update_reaches_every_callback() -> None:
 async def test_trigger_position_update_reaches_every_callback_and_mock_fails_on_demand() -> None:
     mock = MockExchange()
     await mock.connect()
-    first: list[pb.Position] = []
-    second: list[pb.Position] = []
-    streams = [
-        asyncio.create_task(mock.run_position_stream(first.append)),
-        asyncio.create_task(mock.run_position_stream(second.append)),
-    ]
-    await settle()
+    first, second, streams = await two_callbacks(mock.run_position_stream)
     moved = pb.Position()
     moved.CopyFrom(spec_positions()[1])
     moved.mark_price = "2950.00"
