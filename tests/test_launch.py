@@ -289,29 +289,26 @@ def tiny(launcher: ProgramLauncher, mode: str) -> RunningProgram:
     return launcher.start("market_maker", {"connector": "127.0.0.1:5"}, env={"TINY_MODE": mode})
 
 
-def stop_failure(launcher: ProgramLauncher) -> str:
-    """What stop_all() says failed (it must say something)."""
+def stop_failure(launcher: ProgramLauncher, program: RunningProgram, says: str) -> str:
+    """What stop_all() says failed: it must start by naming `program` and saying `says`."""
     with pytest.raises(ProgramStopFailed) as failure:
         launcher.stop_all()
-    return str(failure.value)
+    message = str(failure.value)
+    assert message.startswith(f"market_maker (pid {program.pid}) {says}"), f"got {message!r}"
+    return message
 
 
 def test_teardown_requires_exit_code_0_after_sigterm(launcher: ProgramLauncher) -> None:
     program = tiny(launcher, "term-exit-1")
-    message = stop_failure(launcher)
-    assert message.startswith(
-        f"market_maker (pid {program.pid}) exited with code 1 after SIGTERM, expected a clean exit with code 0;"
-    ), f"got {message!r}"
+    says = "exited with code 1 after SIGTERM, expected a clean exit with code 0;"
+    message = stop_failure(launcher, program, says)
     assert "could not flush state" in message, f"expected the last log lines, got {message!r}"
 
 
 def test_teardown_names_a_program_without_a_sigterm_handler(launcher: ProgramLauncher) -> None:
     program = tiny(launcher, "no-handler")
-    message = stop_failure(launcher)
-    assert message.startswith(
-        f"market_maker (pid {program.pid}) was ended by SIGTERM's default action (no handler installed?) "
-        "after SIGTERM, expected a clean exit with code 0;"
-    ), f"got {message!r}"
+    handler = "was ended by SIGTERM's default action (no handler installed?)"
+    stop_failure(launcher, program, f"{handler} after SIGTERM, expected a clean exit with code 0;")
 
 
 def test_teardown_reports_a_program_that_died_during_the_test(launcher: ProgramLauncher) -> None:
@@ -319,11 +316,8 @@ def test_teardown_reports_a_program_that_died_during_the_test(launcher: ProgramL
     deadline = time.monotonic() + 10
     while program.running and time.monotonic() < deadline:
         time.sleep(0.02)
-    message = stop_failure(launcher)
-    assert message.startswith(
-        f"market_maker (pid {program.pid}) exited with code 4 during the test, unexpectedly (nothing stopped it);"
-    ), f"got {message!r}"
-    assert "no route to exchange" in message, f"expected the last log lines, got {message!r}"
+    says = "exited with code 4 during the test, unexpectedly (nothing stopped it);"
+    assert "no route to exchange" in stop_failure(launcher, program, says), "expected the last log lines"
 
 
 def test_a_relative_command_path_is_taken_from_the_manifest_folder(tmp_path: Path) -> None:

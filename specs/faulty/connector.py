@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -370,8 +370,8 @@ def slow_get_account() -> None:
     ExchangeService.GetAccount = slow  # type: ignore[method-assign]
 
 
-def floated(message: Any) -> Any:
-    """A copy with every decimal string re-rendered through float(): "10000.00" -> "10000.0", "0.00001" -> "1e-05"."""
+def rerendered(message: Any, render: Callable[[float], str]) -> Any:
+    """A copy with every decimal string re-rendered from its float value by `render`."""
     copy = type(message)()
     copy.CopyFrom(message)
     for field in copy.DESCRIPTOR.fields:
@@ -379,10 +379,15 @@ def floated(message: Any) -> Any:
         if field.name in NOT_DECIMAL_FIELDS or not isinstance(value, str):
             continue
         try:
-            setattr(copy, field.name, str(float(value)))
+            setattr(copy, field.name, render(float(value)))
         except ValueError:
             continue
     return copy
+
+
+def floated(message: Any) -> Any:
+    """A copy with every decimal string re-rendered through float(): "10000.00" -> "10000.0", "0.00001" -> "1e-05"."""
+    return rerendered(message, str)
 
 
 @fault("float-decimals")
@@ -409,17 +414,7 @@ def float_decimals() -> None:
 
 def exponent_rendered(message: Any) -> Any:
     """A copy with every decimal string in exponent notation: "10000.10" -> "1.000010e+04"."""
-    copy = type(message)()
-    copy.CopyFrom(message)
-    for field in copy.DESCRIPTOR.fields:
-        value = getattr(copy, field.name)
-        if field.name in NOT_DECIMAL_FIELDS or not isinstance(value, str):
-            continue
-        try:
-            setattr(copy, field.name, f"{float(value):e}")
-        except ValueError:
-            continue
-    return copy
+    return rerendered(message, lambda value: f"{value:e}")
 
 
 @fault("exponent-decimals")
