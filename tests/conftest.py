@@ -16,6 +16,8 @@ import uvicorn
 from harness.perf.probes import LeakProbe
 from implementation.adapters.mock import MockExchange
 from implementation.connector_core.hub import Hub
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 
 @pytest_asyncio.fixture
@@ -71,3 +73,27 @@ async def uvicorn_serving(app: Any, **options: Any) -> AsyncIterator[int]:
         server.should_exit = True
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
         sock.close()
+
+
+class UnimplementedExchange(pb_grpc.ExchangeServiceServicer):
+    """Every method answers UNIMPLEMENTED; subclasses override the ones a test needs."""
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetAccount")
+        raise AssertionError("abort() raises")
+
+    async def GetPositions(self, request: pb.GetPositionsRequest, context: Any) -> pb.GetPositionsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetPositions")
+        raise AssertionError("abort() raises")
+
+    async def SubscribeAccount(
+        self, request: pb.SubscribeAccountRequest, context: Any
+    ) -> AsyncIterator[pb.Account]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribeAccount")
+        yield pb.Account()
+
+    async def SubscribePositions(
+        self, request: pb.SubscribePositionsRequest, context: Any
+    ) -> AsyncIterator[pb.Position]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribePositions")
+        yield pb.Position()

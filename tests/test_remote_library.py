@@ -28,6 +28,7 @@ from implementation.contract.errors import ExchangeUnavailable, InvalidData, Inv
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from tests.conftest import UnimplementedExchange
 
 
 @pytest_asyncio.fixture
@@ -57,7 +58,7 @@ def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogReco
 # ---------------------------------------------------------------------------------------------- options
 
 
-class TokenCheckingExchange(pb_grpc.ExchangeServiceServicer):
+class TokenCheckingExchange(UnimplementedExchange):
     """Answers only calls carrying `authorization: Bearer <token>`; remembers what it saw."""
 
     def __init__(self, token: str) -> None:
@@ -68,16 +69,6 @@ class TokenCheckingExchange(pb_grpc.ExchangeServiceServicer):
         metadata = dict(context.invocation_metadata())
         self.seen.append(str(metadata.get("authorization", "")))
         return bool(metadata.get("authorization") == f"Bearer {self.token}")
-
-    async def GetPositions(self, request: pb.GetPositionsRequest, context: Any) -> pb.GetPositionsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetPositions")
-        raise AssertionError("abort() raises")
-
-    async def SubscribePositions(
-        self, request: pb.SubscribePositionsRequest, context: Any
-    ) -> AsyncIterator[pb.Position]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribePositions")
-        yield pb.Position()
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
         if not self._check(context):

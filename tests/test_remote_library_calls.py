@@ -27,35 +27,12 @@ from implementation.contract.errors import ExchangeUnavailable
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from tests.conftest import UnimplementedExchange
 
 pytestmark = [pytest.mark.timeout(60)]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-class UnimplementedExchange(pb_grpc.ExchangeServiceServicer):
-    """Every method answers UNIMPLEMENTED; subclasses override the ones a test needs."""
-
-    async def GetAccount(self, request: pb.GetAccountRequest, context: Any) -> pb.Account:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetAccount")
-        raise AssertionError("abort() raises")
-
-    async def GetPositions(self, request: pb.GetPositionsRequest, context: Any) -> pb.GetPositionsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetPositions")
-        raise AssertionError("abort() raises")
-
-    async def SubscribeAccount(
-        self, request: pb.SubscribeAccountRequest, context: Any
-    ) -> AsyncIterator[pb.Account]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribeAccount")
-        yield pb.Account()
-
-    async def SubscribePositions(
-        self, request: pb.SubscribePositionsRequest, context: Any
-    ) -> AsyncIterator[pb.Position]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribePositions")
-        yield pb.Position()
 
 
 class StallingExchange(UnimplementedExchange):
