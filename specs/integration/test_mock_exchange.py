@@ -17,7 +17,7 @@ from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(30)]
 
 
 @pytest_asyncio.fixture
@@ -34,7 +34,6 @@ async def read(call: grpc.aio.UnaryStreamCall, count: int) -> list[object]:  # t
 
 
 @pytest.mark.scenario("4.3.1.a")
-@pytest.mark.asyncio
 async def test_a_subscription_runs_until_the_client_cancels_it(
     mock_exchange: MockExchangeServer, stub: pb_grpc.ExchangeServiceAsyncStub
 ) -> None:
@@ -50,7 +49,6 @@ async def test_a_subscription_runs_until_the_client_cancels_it(
 
 
 @pytest.mark.scenario("4.3.1.b")
-@pytest.mark.asyncio
 async def test_trigger_account_update_reaches_every_subscriber(
     mock_exchange: MockExchangeServer, stub: pb_grpc.ExchangeServiceAsyncStub
 ) -> None:
@@ -68,7 +66,6 @@ async def test_trigger_account_update_reaches_every_subscriber(
 
 
 @pytest.mark.scenario("4.3.1.c")
-@pytest.mark.asyncio
 async def test_trigger_position_update_reaches_every_subscriber_and_the_mock_fails_on_demand(
     mock_exchange: MockExchangeServer, stub: pb_grpc.ExchangeServiceAsyncStub
 ) -> None:
