@@ -23,11 +23,11 @@ own registry (several servers in one process never collide).
     exchange_connector_upstream_get_positions_calls_total  GetPositions calls made to the upstream
     exchange_connector_get_positions_shared_total          GetPositions answered by a call already in flight
     exchange_connector_calls_refused_total{reason}         new calls refused (shutting_down, overloaded)
-    exchange_connector_asyncio_tasks                       gauge: asyncio tasks alive on the event loop
+    exchange_connector_tasks                               gauge: units of concurrent work (asyncio tasks here)
     process_*                                              the process's start time, CPU, memory, open files
 
-The task count is how a black-box leak check sees the connector's coroutines (the Python analogue
-of a goroutine count); it is counted on the loop's own thread, as asyncio.all_tasks requires.
+The task count is how a black-box leak check sees the connector's coroutines (what go_goroutines is
+to a Go program); it is counted on the loop's own thread, as asyncio.all_tasks requires.
 """
 
 from __future__ import annotations
@@ -143,7 +143,9 @@ class HubCollector(Collector):
         tasks = count_tasks(self._loop) if self._loop is not None else None
         if tasks is not None:
             yield GaugeMetricFamily(
-                PREFIX + "asyncio_tasks", "asyncio tasks alive on the event loop", value=tasks
+                PREFIX + "tasks",
+                "the connector's units of concurrent work: asyncio tasks on its loop",
+                value=tasks,
             )
 
 

@@ -39,7 +39,7 @@ const metrics = {
   authRejected: make(client.Counter, 'exchange_connector_auth_rejected_total', 'calls refused UNAUTHENTICATED', ['reason']),
   tasks: make(
     client.Gauge,
-    'exchange_connector_asyncio_tasks',
+    'exchange_connector_tasks',
     "the connector's concurrent tasks: calls and streams in progress, upstream calls and timers it owns",
   ),
   refused: make(

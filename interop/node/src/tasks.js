@@ -1,7 +1,7 @@
 'use strict';
 // The connector's own count of its concurrent tasks (calls and streams in progress, upstream
-// calls in flight), reported as exchange_connector_asyncio_tasks: it must return to its baseline
-// once clients are gone (rule C14).
+// calls in flight), reported as exchange_connector_tasks: it must not grow with the clients
+// that come and go (rule C14).
 
 class Tracker {
   constructor() {
