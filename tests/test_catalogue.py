@@ -156,8 +156,7 @@ def test_meta_check_fails_on_a_wrong_id(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.unit
         @pytest.mark.scenario("9.1.1.a")
-        def test_good():
-            assert True
+        def test_good(): pass
 
         @pytest.mark.integration
         @pytest.mark.scenario("9.9.9.z")
