@@ -84,6 +84,16 @@ def suite_command(manifest: Path, selectors: Sequence[str], folder: Path) -> lis
     return command
 
 
+def _interrupt(process: subprocess.Popen[bytes]) -> int:
+    """SIGINT (pytest then writes its reports), SIGKILL after INTERRUPT_GRACE_S; the exit code."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(INTERRUPT_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 def run_suite(
     name: str,
     manifest: Path,
@@ -116,19 +126,9 @@ def run_suite(
             returncode = process.wait(timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            process.send_signal(signal.SIGINT)
-            try:
-                returncode = process.wait(INTERRUPT_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                returncode = process.wait()
+            returncode = _interrupt(process)
         except BaseException:  # the caller is interrupted: the run must not outlive it
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(INTERRUPT_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _interrupt(process)
             raise
     run = SuiteRun(
         name=name,
