@@ -23,12 +23,13 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.doubles.mock_exchange import MockExchangeServer
 from harness.ports import free_port
+from harness.sut.connector import ConnectorFactory
 from harness.sut.launch import ProgramLauncher
 from harness.sut.manifest import DEFAULT_MANIFEST, load_manifest
+from harness.sut.prometheus import sample_value, scrape_sync
 from tests.monitoring import RULES, alerts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -164,16 +165,11 @@ def prometheus(workdir: Path, connector_metrics: int, live_server_http: int) -> 
         process.wait()
 
 
-def _connector_sample(client: httpx.Client, port: int) -> dict[str, float]:
-    response = client.get(f"http://127.0.0.1:{port}/metrics")
-    response.raise_for_status()
-    wanted = {"exchange_connector_serving", "exchange_connector_data_age_seconds", "exchange_connector_stale"}
-    return {
-        sample.name: float(sample.value)
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-        if sample.name in wanted
-    }
+def _connector_sample(port: int) -> dict[str, float | None]:
+    """The connector's serving, data-age and stale gauges, read from its /metrics."""
+    text = scrape_sync(port)
+    names = ("exchange_connector_serving", "exchange_connector_data_age_seconds", "exchange_connector_stale")
+    return {name: sample_value(text, name) for name in names}
 
 
 def test_not_serving_and_data_age_alerts_fire_on_a_frozen_upstream_and_resolve(tmp_path: Path) -> None:
@@ -184,29 +180,24 @@ def test_not_serving_and_data_age_alerts_fire_on_a_frozen_upstream_and_resolve(t
     )
     launcher = ProgramLauncher(load_manifest(DEFAULT_MANIFEST), tmp_path / "programs")
     mock = MockExchangeServer(freezable=True).start()
+    connectors = ConnectorFactory(launcher, free_port, mock)
     try:
-        metrics_port, http_port = free_port(), free_port()
-        values = {"upstream": mock.address, "grpc_port": free_port(), "metrics_port": metrics_port}
-        connector = launcher.start("exchange_connector", values)
+        connector = connectors.start_sync()  # ready, both upstream subscriptions open
+        http_port = free_port()
         launcher.start("live_server", {"connector": connector.address, "http_port": http_port})
-        mock.wait_for_subscriptions("account", 1, timeout=10.0)
-        mock.wait_for_subscriptions("positions", 1, timeout=10.0)
-        with (
-            prometheus(tmp_path / "prometheus", metrics_port, http_port) as server,
-            httpx.Client(trust_env=False, timeout=5.0) as client,
-        ):
-            _run(server, client, mock, metrics_port, waits, launcher)
+        with prometheus(tmp_path / "prometheus", connector.metrics_port, http_port) as server:
+            _run(server, mock, connector.metrics_port, waits, launcher)
     finally:
         mock.thaw()
         try:
-            launcher.stop_all()
+            launcher.stop_all()  # live_server, then the connector: each must exit 0
+            connectors.finish_sync()  # and the connector must have closed its upstream subscriptions
         finally:
             mock.stop()
 
 
 def _run(
     server: Prometheus,
-    client: httpx.Client,
     mock: MockExchangeServer,
     metrics_port: int,
     waits: dict[str, float],
@@ -234,11 +225,11 @@ def _run(
     deadline = frozen_at + BUDGET_S
     while len(fired) < len(WATCHED):
         now = time.monotonic()
-        sample = _connector_sample(client, metrics_port)
+        sample = _connector_sample(metrics_port)
         if NOT_SERVING not in onset and sample.get("exchange_connector_serving") == 0:
             onset[NOT_SERVING] = now
         if DATA_AGE not in onset and (
-            sample.get("exchange_connector_data_age_seconds", 0) > AGE_NEAR_BOUND_S
+            (sample.get("exchange_connector_data_age_seconds") or 0.0) > AGE_NEAR_BOUND_S
             or sample.get("exchange_connector_stale") == 1
         ):
             onset[DATA_AGE] = now
