@@ -19,6 +19,7 @@ report as a typed user property, never as a prefix of a message.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -236,9 +237,7 @@ def message_of(text: str) -> str:
         if line.startswith("assert ") and kept:
             break
         kept.append(line)
-    message = "\n".join(kept)
-    for prefix in ("AssertionError: ", "Failed: "):
-        message = message.removeprefix(prefix)
+    message = re.sub(r"^(?:\w+\.)*(?:AssertionError|TimingMiss|Failed): ", "", "\n".join(kept))
     return message[:MESSAGE_LIMIT]
 
 

@@ -11,6 +11,9 @@ implementation's and FAILS at once. When an attempt ends in a timing miss:
   that passes (on any host) passes; when every attempt missed on an unsteady host, the outcome is
   INCONCLUSIVE with every attempt's host figures.
 
+A test that raises Inconclusive itself (its own clients could not read what it offered) is run
+again the same way, on any host; it stays INCONCLUSIVE when no attempt could measure.
+
 The host figures of every attempt go on the report (user property "host") either way.
 """
 
@@ -56,16 +59,16 @@ def run_with_host_watch(item: pytest.Item, nextitem: pytest.Item | None) -> None
     for number in range(1, MAX_ATTEMPTS + 1):
         item.user_properties[:] = first_properties
         with HostWatch() as watch:
-            # another attempt may follow: the module's fixtures stay up until the last is done
-            reports = runtestprotocol(item, log=False, nextitem=item)
+            # each attempt sets the test up and tears it down whole, as if it ran once (module
+            # fixtures the next test does not share are built again for another attempt)
+            reports = runtestprotocol(item, log=False, nextitem=nextitem)
         figures = watch.figures
         assert figures is not None
         miss = _timing_miss(reports)
         attempts.append({"attempt": number, "timing_miss": miss is not None, **figures.as_dict()})
-        if miss is None or figures.steady():
+        if miss is None or (figures.steady() and not _unmeasured(reports)):
             break
-    _teardown_towards(item, nextitem, reports)
-    if miss is not None and figures is not None and not figures.steady():
+    if miss is not None and figures is not None and not figures.steady() and not _unmeasured(reports):
         _inconclusive(reports, miss, figures, attempts)
     for report in reports:
         if report.when == "call":
@@ -74,22 +77,16 @@ def run_with_host_watch(item: pytest.Item, nextitem: pytest.Item | None) -> None
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
-def _teardown_towards(
-    item: pytest.Item, nextitem: pytest.Item | None, reports: list[pytest.TestReport]
-) -> None:
-    """Tears down what the next test does not share (what runtestprotocol's teardown does when given
-    the real next item); a failure there fails the teardown report."""
-    info = pytest.CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem), "teardown")
-    teardown = next((r for r in reports if r.when == "teardown"), None)
-    if info.excinfo is not None and teardown is not None:
-        teardown.outcome = "failed"
-        teardown.longrepr = str(info.excinfo.getrepr(style="short"))
-
-
 def _timing_miss(reports: list[pytest.TestReport]) -> str | None:
-    """The message of a timing miss that alone failed the attempt, or None (it passed, or failed for
-    a reason a host cannot cause)."""
+    """The message of a timing miss that alone failed the attempt (or of a measurement the harness
+    could not make: another attempt may), or None (it passed, or failed for a reason a host cannot
+    cause)."""
     call = next((r for r in reports if r.when == "call"), None)
+    unmeasured = [
+        str(v) for k, v in (call.user_properties if call is not None else ()) if k == INCONCLUSIVE_KEY
+    ]
+    if unmeasured:
+        return str(json.loads(unmeasured[0])["reason"])
     if call is None or not call.failed or any(r.failed for r in reports if r.when != "call"):
         return None
     props = [(str(k), v) for k, v in call.user_properties]
@@ -103,6 +100,11 @@ def _timing_miss(reports: list[pytest.TestReport]) -> str | None:
     if failed and all(record.get("timing_miss") for record in failed):
         return "; ".join(f"{record['id']}: {record['reason']}" for record in failed)
     return None
+
+
+def _unmeasured(reports: list[pytest.TestReport]) -> bool:
+    """The test itself said INCONCLUSIVE (the harness could not measure), host or no host."""
+    return any(k == INCONCLUSIVE_KEY for r in reports if r.when == "call" for k, _ in r.user_properties)
 
 
 def _inconclusive(

@@ -25,7 +25,8 @@ def summary_lines(results: RunResults, catalogue: Catalogue) -> list[str]:
             continue
         counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
         reason = f"  ({outcome.reason})" if outcome.reason and outcome.outcome != Status.PASSED else ""
-        figures = f"  host/harness: {_figures(outcome.figures)}" if outcome.figures else ""
+        shown = outcome.outcome not in (Status.PASSED, Status.NOT_APPLICABLE, Status.SKIPPED)
+        figures = f"  [{_figures(outcome.figures)}]" if outcome.figures and shown else ""
         lines.append(f"{_MARK[outcome.outcome]:<12} {scenario.id:<10} {scenario.title}{reason}{figures}")
     lines.append("scenarios: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if counts.get(Status.INCONCLUSIVE):

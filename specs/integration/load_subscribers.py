@@ -7,8 +7,13 @@ they can, and their transports take in whatever the connector sends (megabytes a
 application), so the connector never feels them as slow readers. PROBES subscribers have a
 transport that holds little ahead of them (BDP probing off, 1 KB look-ahead), so the age of what
 they receive (receipt time less `updated_at`) is the age of what the connector sends, not how far
-behind they read themselves. Each resubscribes 0.2 s after its stream ends. At the end one JSON
-line: messages (all), the probes' age percentiles and maximum, and how the streams ended.
+behind they read themselves. Each resubscribes 0.2 s after its stream ends.
+
+The process proves its own capacity as it reads: a heartbeat on its event loop measures how late
+the loop runs (a loop busy with a backlog of its own runs late, and then the ages it reads include
+that backlog, which is the harness's, not the connector's), and it reports the CPU it used. At the
+end one JSON line: messages (all), the probes' age percentiles and maximum, how the streams ended,
+the loop's worst lateness and the process's CPU share.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 PROBE_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
 RESUBSCRIBE_S = 0.2
+HEARTBEAT_S = 0.01
 
 
 async def _subscriber(
@@ -57,13 +63,27 @@ async def _subscriber(
             await asyncio.sleep(RESUBSCRIBE_S * (0.5 + random.random()))
 
 
+async def _heartbeat(until: float, lateness: list[float]) -> None:
+    """How late this process's loop runs: the worst oversleep of a 10 ms beat."""
+    while time.monotonic() < until:
+        started = time.monotonic()
+        await asyncio.sleep(HEARTBEAT_S)
+        lateness[0] = max(lateness[0], time.monotonic() - started - HEARTBEAT_S)
+
+
 async def run(address: str, seconds: float, probes: int, load: int) -> dict[str, object]:
     until = time.monotonic() + seconds
     ages: list[float] = []
     ended: Counter[str] = Counter()
     counted = [0]
+    lateness = [0.0]
     kinds = [True] * probes + [False] * load
-    await asyncio.gather(*(_subscriber(address, until, ages, ended, probe, counted) for probe in kinds))
+    cpu_started, wall_started = time.process_time(), time.monotonic()
+    await asyncio.gather(
+        _heartbeat(until, lateness),
+        *(_subscriber(address, until, ages, ended, probe, counted) for probe in kinds),
+    )
+    cpu_share = (time.process_time() - cpu_started) / max(time.monotonic() - wall_started, 1e-3)
     ages.sort()
 
     def pick(q: float) -> float:
@@ -76,6 +96,8 @@ async def run(address: str, seconds: float, probes: int, load: int) -> dict[str,
         "age_p99_s": pick(0.99),
         "age_max_s": ages[-1] if ages else 0.0,
         "ended": dict(ended),
+        "loop_late_max_s": lateness[0],
+        "cpu_share": cpu_share,
     }
 
 

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from harness.fixtures import MetricRecorder
+from harness.outcomes import within
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.integration.connector_program import (  # noqa: F401 - fixtures
     Connector,
@@ -78,7 +79,7 @@ async def test_slowly_reading_client_is_dropped_within_the_lag_bound(
                 break
             await asyncio.sleep(SLOW_READ_EVERY_S)
         assert dropped_at is not None, (
-            f"[4.2.1.x23] (rule C34): expected the connector to drop a client reading 1 update per "
+            f"expected the connector to drop a client reading 1 update per "
             f"{SLOW_READ_EVERY_S * 1000:g} ms against {RATE}/s within {DROP_WITHIN_S:g} s, got no drop "
             f"(the client had read {len(slow_got)} of {len(sent)} updates)"
         )
@@ -93,21 +94,23 @@ async def test_slowly_reading_client_is_dropped_within_the_lag_bound(
         fast.cancel()
         await asyncio.gather(fast_reader, return_exceptions=True)
     assert slow_code is grpc.StatusCode.RESOURCE_EXHAUSTED, (
-        f"[4.2.1.x23] (rule C34): expected the slow client's stream to end with RESOURCE_EXHAUSTED, got {slow_code}"
+        f"expected the slow client's stream to end with RESOURCE_EXHAUSTED, got {slow_code}"
     )
     held = _stamp(newest_at_drop) - _stamp(slow_got[-1])  # type: ignore[arg-type]
     metrics.record("slow_client_lag_at_connector_s", held, "s")
     metrics.record("slow_client_reading_lag_at_drop_s", reading_lag, "s")
-    assert held <= SUBSCRIBER_MAX_LAG_S + LAG_SLACK_S, (
-        f"[4.2.1.x23] (rule C34): expected the slow client to be dropped once the connector held updates "
-        f"for it longer than {SUBSCRIBER_MAX_LAG_S:g} s (+{LAG_SLACK_S:g} s to see it), got the last update it "
-        f"was given {held:.2f} s older than the newest sent when the drop was seen"
+    within(
+        held,
+        SUBSCRIBER_MAX_LAG_S + LAG_SLACK_S,
+        f"expected the slow client to be dropped once the connector held updates for it longer than "
+        f"{SUBSCRIBER_MAX_LAG_S:g} s (+{LAG_SLACK_S:g} s to see it), got the last update it was given "
+        f"{held:.2f} s older than the newest sent when the drop was seen",
     )
     numbers = [int(float(m.total_balance)) - 10000 for m in slow_got]
     assert numbers == list(range(len(numbers))), (
-        "[4.2.1.x23] (rule C34): expected an in-order prefix of the updates before the status (no silent gap)"
+        "expected an in-order prefix of the updates before the status (no silent gap)"
     )
     assert [m.total_balance for m in fast_got] == [m.total_balance for m in sent], (
-        f"[4.2.1.x23] (rule C34): expected the reading client to receive every update in order, got "
+        f"expected the reading client to receive every update in order, got "
         f"{len(fast_got)} of {len(sent)} (its stream: {fast_ended})"
     )
