@@ -160,3 +160,28 @@ def test_the_watch_counts_the_tests_own_work_as_its_own() -> None:
         subprocess.run(work, check=True, timeout=20)
     assert watch.figures is not None
     assert watch.figures.own_cpu_s >= 0.2, watch.figures
+
+
+def test_a_measurement_the_harness_could_not_make_is_tried_again(suite: pytest.Pytester) -> None:
+    FakeWatch.plan = [STEADY]
+    suite.makepyfile(
+        test_capacity="""
+        import pytest
+        from harness.outcomes import Inconclusive
+
+        COUNT = {"n": 0}
+
+        @pytest.mark.integration
+        @pytest.mark.scenario("4.2.1.x27")
+        def test_readers():
+            COUNT["n"] += 1
+            if COUNT["n"] < 3:
+                raise Inconclusive("the probe reader fell behind", {"reader_late_s": 0.9})
+        """
+    )
+    suite.runpytest("--report-dir", "out", "test_capacity.py")
+    report = json.loads((suite.path / "out" / "conformance-report.json").read_text())
+    row = next(r for r in report["scenarios"] if r["id"] == "4.2.1.x27")
+    assert row["status"] == "passed", row
+    host = next(t["figures"]["host"] for t in report["tests"] if t["scenario_ids"] == ["4.2.1.x27"])
+    assert len(host) == 3
