@@ -65,6 +65,57 @@ def add_options(parser: pytest.Parser) -> None:
         "scenario that passed there does not pass now",
     )
     group.addoption(
+        "--rerun-failed",
+        metavar="REPORT.json",
+        type=existing_file("--rerun-failed"),
+        default=None,
+        help="run only the scenarios that did not pass in that conformance report (failed, error, stale, "
+        "inconclusive, hung): exactly those IDs",
+    )
+    group.addoption(
+        "--attach",
+        action="store_true",
+        default=False,
+        help="run against a connector you start yourself (e.g. under a debugger): the suite prints its "
+        "upstream, ports, TLS files and token file, waits for it to serve, then runs the scenarios; "
+        "those that must start, signal or restart it are not applicable",
+    )
+    group.addoption(
+        "--attach-port",
+        metavar="PORT",
+        type=int,
+        default=None,
+        help="with --attach: the gRPC port the attached connector listens on (default: one chosen and printed)",
+    )
+    group.addoption(
+        "--attach-timeout",
+        metavar="SECONDS",
+        type=positive_float("--attach-timeout"),
+        default=600.0,
+        help="with --attach: how long to wait for the attached connector to serve (default: 600 s)",
+    )
+    group.addoption(
+        "--time-budget",
+        metavar="SECONDS",
+        type=positive_float("--time-budget"),
+        default=None,
+        help="every scenario's time budget, past which it is HUNG (default: its catalogue budget_s, else "
+        "by level)",
+    )
+    group.addoption(
+        "--list",
+        dest="list_catalogue",
+        action="store_true",
+        default=False,
+        help="list the selected scenarios (ID, title, level, rules, needed capabilities) and exit",
+    )
+    group.addoption(
+        "--explain",
+        metavar="ID",
+        default=None,
+        help="explain one scenario (its rules' text, what it does, what it measures) and exit",
+    )
+    group.addoption(
         "--soak-duration",
         metavar="DURATION",
         default=os.environ.get("SOAK_DURATION", "24h"),

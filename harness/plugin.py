@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from harness import budget, explain, markers, options, rerun, selection
 from harness import catalogue as catalogue_module
-from harness import markers, options, selection
 from harness.failure_prefix import prefix_exception
 from harness.outcomes import (
+    HUNG_KEY,
     INCONCLUSIVE_KEY,
     ONLY_CHECKS_FAILED,
     TIMING_MISS_KEY,
@@ -63,6 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = results
     config.pluginmanager.register(Recorder(config, results), "conformance-recorder")
     config.pluginmanager.register(TimingBounded(), "conformance-timing")
+    rerun.configure(config)
+    if config.pluginmanager.hasplugin("xdist"):
+        from harness.schedule import ExclusiveScheduling
+
+        config.pluginmanager.register(ExclusiveScheduling(config), "conformance-exclusive")
     if config.getoption("grpc_trace"):
         from harness import trace
 
@@ -77,6 +83,10 @@ def pytest_collection_modifyitems(
     dropped = selection.select(items, config, config.stash[MANIFEST_KEY])
     if dropped:
         config.hook.pytest_deselected(items=dropped)
+    if explain.wanted(config):
+        explain.show(config, items)
+        return
+    budget.apply_budgets(items, config)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -121,6 +131,11 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    budget.after_hang(item, report)
+    if report.when == "call" and report.failed and budget.ran_past_budget(call):
+        _add_failure_context(item, report)
+        budget.mark_hung(item, report)
+        return report
     unmeasured = call.excinfo.value if call.excinfo is not None else None
     if report.when == "call" and isinstance(unmeasured, TimingMiss):
         report.user_properties.append((TIMING_MISS_KEY, str(unmeasured)))
@@ -136,8 +151,12 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = judged.summary()
         report.user_properties.append((ONLY_CHECKS_FAILED, "1"))
-    if not (report.failed and report.when == "call"):
-        return report
+    if report.failed and report.when == "call":
+        _add_failure_context(item, report)
+    return report
+
+
+def _add_failure_context(item: pytest.Item, report: pytest.TestReport) -> None:
     programs = item.stash.get(LAUNCHER_KEY, None)
     if programs is not None and programs.programs:
         # the programs are still running: their logs show what they saw up to the failure
@@ -154,17 +173,21 @@ def pytest_runtest_makereport(
             upstream,
         )
         report.sections.append(("gRPC trace", f"written to {path}"))
-    return report
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
     if report.when == "call" and any(key == INCONCLUSIVE_KEY for key, _ in report.user_properties):
         return "inconclusive", "I", "INCONCLUSIVE"
+    if report.when == "call" and any(key == HUNG_KEY for key, _ in report.user_properties):
+        return "hung", "H", "HUNG"
     return None
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if explain.wanted(session.config) and int(session.exitstatus) == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # --list, --explain: nothing was to run
+        return
     results = session.config.stash.get(RESULTS_KEY, None)
     if results is None or hasattr(session.config, "workerinput"):
         return

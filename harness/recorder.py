@@ -16,6 +16,7 @@ from harness.report.json_report import write_json
 from harness.report.markdown import summary_lines
 from harness.report.results import Metric, RunResults, TestOutcome
 from harness.report.writer import write_reports
+from harness.rerun import chosen as rerun_ids
 
 SAVE_EVERY_S = 2.0
 
@@ -39,6 +40,9 @@ class Recorder:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         ids = [str(v) for k, v in report.user_properties if k == "scenario"]
+        rerun = rerun_ids(self.config)
+        if rerun is not None:  # a rerun reports exactly the IDs it reran
+            ids = [sid for sid in ids if sid in rerun]
         for key, value in report.user_properties:
             if key == "metric" and report.when == "call":
                 self.results.add_metric(Metric(**json.loads(str(value))))

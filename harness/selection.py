@@ -10,6 +10,7 @@ import pytest
 from harness.markers import item_levels, scenario_ids
 from harness.options import explicit_markexpr
 from harness.outcomes import NotApplicable, not_applicable
+from harness.rerun import chosen as rerun_ids
 from harness.sut.manifest import Manifest
 
 
@@ -33,6 +34,7 @@ def write_listing(items: list[pytest.Item], config: pytest.Config) -> None:
 def select(items: list[pytest.Item], config: pytest.Config, manifest: Manifest) -> list[pytest.Item]:
     """Marks known failures and returns the items to deselect (the rest stay in `items`)."""
     selectors: list[str] = config.getoption("scenario")
+    rerun = rerun_ids(config)
     markexpr = explicit_markexpr(config)
     keep: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
@@ -48,6 +50,8 @@ def select(items: list[pytest.Item], config: pytest.Config, manifest: Manifest) 
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
         if selectors and not any(matches(sid, sel) for sid in ids for sel in selectors):
             dropped.append(item)
+        elif rerun is not None and not rerun.intersection(ids):
+            dropped.append(item)  # --rerun-failed: only the tests of the IDs that did not pass
         elif "soak" not in markexpr and item.get_closest_marker("soak") is not None:
             dropped.append(item)  # soak runs only when asked for: -m soak
         elif "perf" not in markexpr and item.get_closest_marker("perf_long") is not None:
