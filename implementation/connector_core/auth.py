@@ -27,13 +27,17 @@ if TYPE_CHECKING:  # the stubs make RpcMethodHandler generic; grpc itself does n
 
 
 def _presented_token(metadata: Any) -> str | None:
-    """The token of the first `authorization: Bearer <token>` header; "" for another scheme."""
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-            scheme, _, token = text.strip().partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
-    return None
+    """The token of the one `authorization: Bearer <token>` header (the scheme in any case, RFC 7235;
+    one space; the token as sent); "" for another scheme, other whitespace or several headers (rule
+    C16); None when there is no such header."""
+    values = [value for key, value in metadata or () if key == "authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        return ""
+    text = values[0].decode("latin-1") if isinstance(values[0], bytes) else str(values[0])
+    scheme, space, token = text.partition(" ")
+    return token if space and scheme.lower() == "bearer" else ""
 
 
 def _refusal(handler: Handler, details: str, stats: CallStats) -> Handler:

@@ -11,7 +11,7 @@ const { Hub } = require('./hub');
 const { Upstream } = require('./upstream');
 const { Health } = require('./health');
 const { Tracker } = require('./tasks');
-const { makeAuth } = require('./auth');
+const { makeAuth, refuseSeveralAuthorizations } = require('./auth');
 const { makeService, SHUTTING_DOWN } = require('./service');
 
 const DRAIN_MS = 3000; // calls still open this long after SIGTERM are cut
@@ -46,6 +46,7 @@ async function serve(options) {
     await new Promise((resolve, reject) =>
       server.bindAsync(options.listen, credentials, (error, port) => (error ? reject(error) : resolve(port))),
     );
+    refuseSeveralAuthorizations(server);
     if (options.metrics) {
       metricsServer = await serveMetrics(options.metrics.host, options.metrics.port, () => {
         metrics.dataAge.set(upstream.dataAgeMs() / 1000);
