@@ -3,7 +3,7 @@ ends HUNG (harness.outcomes), its programs killed by their fixtures' teardown, n
 
 The budget is the catalogue's `time_budget_s` (the largest of the test's IDs; times the attempts
 of a timing-bounded test), or --time-budget for every scenario; a test's own longer timeout mark
-stands. pytest-timeout enforces it (its signal method: the test is interrupted where it waits, and
+stands; --attach sets none (a debugger holds a scenario as long as it likes). pytest-timeout enforces it (its signal method: the test is interrupted where it waits, and
 its fixtures tear down as after any failure, so the programs it started are stopped or killed).
 """
 
@@ -35,6 +35,11 @@ def item_budget_s(item: pytest.Item, chosen: float | None) -> float | None:
 
 def apply_budgets(items: list[pytest.Item], config: pytest.Config) -> None:
     chosen = config.getoption("time_budget")
+    if config.getoption("attach") and chosen is None:
+        # a debugger may hold a scenario at a breakpoint as long as it likes: no budget unless asked
+        for item in items:
+            item.add_marker(pytest.mark.timeout(0), append=False)
+        return
     for item in items:
         budget = item_budget_s(item, chosen)
         if budget is None:

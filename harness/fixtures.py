@@ -18,6 +18,7 @@ from harness.perf.probes import LeakProbe
 from harness.ports import free_port as allocate_port
 from harness.report.results import Metric
 from harness.stash import LAUNCHER_KEY, MANIFEST_KEY, VERDICTS_KEY
+from harness.sut.attach import Attached, AttachLauncher, attach_mode
 from harness.sut.launch import ProgramLauncher
 from harness.sut.manifest import Compose, Manifest
 from harness.tls import TlsMaterial, make_tls_material
@@ -81,9 +82,16 @@ def soak_duration(pytestconfig: pytest.Config) -> float:
 
 
 @pytest.fixture
-def mock_exchange() -> Iterator[MockExchangeServer]:
+def mock_exchange(request: pytest.FixtureRequest) -> Iterator[MockExchangeServer]:
     """A started MockExchangeServer on 127.0.0.1 (port 0); stopped after the test, which then fails
-    if the mock recorded a protocol violation."""
+    if the mock recorded a protocol violation. With --attach: the run's one mock exchange, the
+    attached connector's upstream, its data as at the start of each test."""
+    if attach_mode(request.config):
+        attached: Attached = request.getfixturevalue("attached")
+        attached.mock.reset_data()
+        yield attached.mock
+        attached.mock.raise_violations()
+        return
     server = MockExchangeServer()
     with server:
         yield server
@@ -119,7 +127,12 @@ def launcher(sut: Manifest, tmp_path: Path, request: pytest.FixtureRequest) -> I
     """A ProgramLauncher for the SUT manifest. After the test every program it started gets SIGTERM;
     the test then fails for a program that had to be killed, exited non-zero, or died unnoticed.
     A failing test's report carries the last log lines of every program it started."""
-    programs = ProgramLauncher(sut, tmp_path / "programs")
+    if attach_mode(
+        request.config
+    ):  # the connector is the user's: a scenario that starts it is not applicable
+        programs: ProgramLauncher = AttachLauncher(sut, tmp_path / "programs", request.node)
+    else:
+        programs = ProgramLauncher(sut, tmp_path / "programs")
     request.node.stash[LAUNCHER_KEY] = programs
     try:
         yield programs

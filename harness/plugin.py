@@ -37,6 +37,7 @@ pytest_plugins = [
     "harness.perf.fixtures",
     "harness.sut.driver_fixtures",
     "harness.sut.connector_fixtures",
+    "harness.sut.attach",
 ]
 LOG_TAIL_LINES = 30
 
@@ -65,6 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(Recorder(config, results), "conformance-recorder")
     config.pluginmanager.register(TimingBounded(), "conformance-timing")
     rerun.configure(config)
+    if config.getoption("attach") and getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--attach runs against one connector: in one process (-n 0)")
     if config.pluginmanager.hasplugin("xdist"):
         from harness.schedule import ExclusiveScheduling
 
@@ -181,6 +184,14 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     if report.when == "call" and any(key == HUNG_KEY for key, _ in report.user_properties):
         return "hung", "H", "HUNG"
     return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    if session.config.getoption("attach") and session.items and not session.config.getoption("collectonly"):
+        from harness.sut import attach
+
+        attach.begin(session.config, session.config.stash[MANIFEST_KEY])
 
 
 @pytest.hookimpl(trylast=True)

@@ -72,6 +72,7 @@ class MockExchangeServer:
         # freezable: clients reach the server through a relay that freeze() stops (harness/doubles/freeze.py)
         self._freezable = freezable
         self._relay: FreezableRelay | None = None
+        self.data_set = False  # set_account or set_positions was called (since reset_data)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -209,11 +210,13 @@ class MockExchangeServer:
         """What GetAccount returns from now on."""
         with self._book.lock:
             self._book.account = copy_message(account)
+            self.data_set = True
 
     def set_positions(self, positions: Iterable[pb.Position]) -> None:
         """What GetPositions returns from now on (filtered by the request's symbol)."""
         with self._book.lock:
             self._book.positions = [copy_message(position) for position in positions]
+            self.data_set = True
 
     def trigger_account_update(self, account: pb.Account) -> None:
         """Send `account` to every open SubscribeAccount stream; GetAccount returns it from now on."""
@@ -386,6 +389,28 @@ class MockExchangeServer:
         """What went wrong inside the mock (an exception in a handler, a server that would not stop)."""
         with self._book.lock:
             return list(self._book.violations)
+
+    def reset_data(self) -> None:
+        """Back to the spec's account and positions, with no failure, stall or stamping set and no
+        violation recorded; the open streams stay, and the counts start again from them, as on a
+        fresh mock the streams had just opened (a run that reuses one mock: --attach)."""
+        book = self._book
+        with book.lock:
+            book.account = spec_account()
+            book.positions = spec_positions()
+            book.failure = None
+            book.stall = False
+            book.stamp_on_send = False
+            book.violations.clear()
+            book.calls.clear()
+            book.stalled.clear()
+            book.stall_ended.clear()
+            book.call_log.clear()
+            active = {s.peer for topic in TOPICS for s in book.streams[topic]}
+            book.peers[:] = [peer for peer in book.peers if peer in active]
+            for topic in TOPICS:
+                book.totals[topic] = len(book.streams[topic])
+            self.data_set = False
 
     def raise_violations(self) -> None:
         """Raise MockExchangeViolation listing the violations, if there are any."""

@@ -18,15 +18,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer
+from harness.outcomes import NotApplicable, not_applicable
 from harness.perf.probes import ResourceSnapshot
 from harness.sut import prometheus
+from harness.sut.attach import Attached, AttachedProgram
 from harness.sut.launch import ProgramLauncher, RunningProgram
 from harness.sut.program_log import Event, error_lines
 from harness.tls import TlsMaterial
@@ -198,6 +200,8 @@ class ConnectorFactory:
     free_port: Callable[[], int]
     upstream: MockExchangeServer  # the default upstream: the test's mock exchange
     started: list[ConnectorUnderTest] = field(default_factory=list)
+    attached: Attached | None = None  # --attach: the connector the user started (harness.sut.attach)
+    item: pytest.Item | None = None  # the scenario, for what an attached connector cannot do
 
     def _values(
         self,
@@ -231,6 +235,8 @@ class ConnectorFactory:
         """A started connector fed by `upstream` (default: the mock exchange), serving TLS with
         `tls`, requiring `token`, on `grpc_port` (default: a free one); once ready (unless not
         `wait_ready`), holding the upstream `subscriptions` (rule C3; () waits for none)."""
+        if self.attached is not None:
+            return self._attached(upstream, tls, token, grpc_port, wait_ready, subscriptions)
         exchange = upstream or self.upstream
         values: dict[str, Any] = {
             "upstream": exchange.address,
@@ -259,6 +265,45 @@ class ConnectorFactory:
                 )
         return target
 
+    def _attached(
+        self,
+        upstream: MockExchangeServer | None,
+        tls: TlsMaterial | None,
+        token: str | None,
+        grpc_port: int | None,
+        wait_ready: bool,
+        subscriptions: Sequence[str],
+    ) -> ConnectorUnderTest:
+        """--attach: the user's connector, when the scenario asks for the form it runs in."""
+        attached, item = self.attached, self.item
+        assert attached is not None and item is not None
+        refused = [
+            (
+                upstream is not None and upstream is not attached.mock,
+                "feeds the connector from another upstream",
+            ),
+            (tls is not None, "starts the connector with TLS"),
+            (token is not None, "starts the connector requiring a token"),
+            (grpc_port is not None, "starts the connector on a port of its own choosing"),
+            (not wait_ready, "watches the connector start"),
+            (bool(self.started), "starts a second connector"),
+            (attached.mock.data_set, "sets the exchange's data before the connector starts"),
+        ]
+        for wanted, why in refused:
+            if wanted:
+                not_applicable(item, NotApplicable(attached.manifest.name, mode="attach", why=why))
+        program = cast(RunningProgram, AttachedProgram(attached, item))
+        target = ConnectorUnderTest(program, attached.mock, attached.metrics_port)
+        self.started.append(target)
+        for topic in subscriptions:
+            try:
+                attached.mock.wait_for_subscriptions(topic, 1, timeout=STARTUP_SUBSCRIPTIONS_S)
+            except TimeoutError as error:
+                pytest.fail(
+                    f"expected the attached connector to hold its upstream {topic!r} subscription (rule C3): {error}"
+                )
+        return target
+
     async def start(self, **form: Any) -> ConnectorUnderTest:
         """start_sync() for async tests (the same keywords): the event loop runs on meanwhile."""
         return await asyncio.to_thread(lambda: self.start_sync(**form))
@@ -266,6 +311,8 @@ class ConnectorFactory:
     def finish_sync(self) -> None:
         """Teardown: every connector still running gets SIGTERM and must exit 0 (rule C10), and
         must leave no upstream subscription open."""
+        if self.attached is not None:
+            return  # the attached connector is the user's: it runs on, holding its subscriptions
         problems = []
         for target in reversed(self.started):
             if not target.program.running or target.program.exit_observed:

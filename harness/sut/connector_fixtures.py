@@ -9,17 +9,22 @@ import pytest
 import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
+from harness.sut.attach import Attached, attach_mode
 from harness.sut.connector import ConnectorFactory
 from harness.sut.launch import ProgramLauncher
 
 
 @pytest_asyncio.fixture
 async def connectors(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer,
+    launcher: ProgramLauncher,
+    free_port: Callable[[], int],
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[ConnectorFactory]:
     """await connectors.start(...): the SUT's connector in the form the test asks, fed by the mock
-    exchange unless told otherwise; every one still running is stopped and checked after the test."""
-    factory = ConnectorFactory(launcher, free_port, mock_exchange)
+    exchange unless told otherwise; every one still running is stopped and checked after the test.
+    With --attach, the connector the user started (harness.sut.attach)."""
+    factory = make_factory(mock_exchange, launcher, free_port, request)
     try:
         yield factory
     finally:
@@ -28,14 +33,29 @@ async def connectors(
 
 @pytest.fixture
 def sync_connectors(
-    mock_exchange: MockExchangeServer, launcher: ProgramLauncher, free_port: Callable[[], int]
+    mock_exchange: MockExchangeServer,
+    launcher: ProgramLauncher,
+    free_port: Callable[[], int],
+    request: pytest.FixtureRequest,
 ) -> Iterator[ConnectorFactory]:
     """connectors for a test without an event loop: sync_connectors.start_sync(...)."""
-    factory = ConnectorFactory(launcher, free_port, mock_exchange)
+    factory = make_factory(mock_exchange, launcher, free_port, request)
     try:
         yield factory
     finally:
         factory.finish_sync()
+
+
+def make_factory(
+    mock: MockExchangeServer,
+    launcher: ProgramLauncher,
+    free_port: Callable[[], int],
+    request: pytest.FixtureRequest,
+) -> ConnectorFactory:
+    if not attach_mode(request.config):
+        return ConnectorFactory(launcher, free_port, mock)
+    attached: Attached = request.getfixturevalue("attached")
+    return ConnectorFactory(launcher, free_port, mock, attached=attached, item=request.node)
 
 
 @pytest.fixture
