@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the harness pack
 
 from harness.perf.results import latest_figures  # noqa: E402
 
-FANOUT_RATES = (100, 1_000, 10_000)
+FANOUT_RATES = (100, 1_000, 2_000, 5_000, 10_000)  # 10,000/s: a burst of 1,000
 
 # (figure, target as text, check) of the spec's targets
 TARGETS: list[tuple[str, str, str, Any]] = [
@@ -66,10 +66,10 @@ RELAY_AIMS: list[tuple[str, str, str, str, str, Any]] = [
     ("1-subscriber stream, msg/s", "stream_msgs_per_s", "relay_stream_msgs_per_s", "stream_throughput_relay_ratio",
      ">= 0.9x", lambda r: r >= 0.9),
     *[(f"15-subscriber fan-out at {rate:,}/s, deliveries/s", f"fanout_{rate}_deliveries_per_s",
-       f"relay_fanout_{rate}_deliveries_per_s", f"fanout_{rate}_deliveries_relay_ratio", ">= 0.9x",
-       lambda r: r >= 0.9) for rate in FANOUT_RATES],
+       f"relay_fanout_{rate}_deliveries_per_s", f"fanout_{rate}_deliveries_relay_ratio", ">= 0.95x",
+       lambda r: r >= 0.95) for rate in FANOUT_RATES],
     *[(f"15-subscriber fan-out at {rate:,}/s, p99", f"fanout_{rate}_p99_ms", f"relay_fanout_{rate}_p99_ms",
-       f"fanout_{rate}_p99_relay_ratio", "<= 1.2x", lambda r: r <= 1.2) for rate in FANOUT_RATES],
+       f"fanout_{rate}_p99_relay_ratio", "<= 1.5x", lambda r: r <= 1.5) for rate in FANOUT_RATES],
 ]  # fmt: skip
 SCALING_BUSY = (1, 10, 100, 1_000)
 SCALING_IDLE = 5_000
@@ -179,13 +179,20 @@ def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
     if not rates:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    targets = (("baseline_fanout", "bare grpcio baseline", "tab:blue"), ("fanout", "connector", "tab:orange"))
+    targets = (
+        ("baseline_fanout", "bare grpcio baseline", "tab:blue"),
+        ("relay_fanout", "bare relay", "tab:green"),
+        ("fanout", "connector", "tab:orange"),
+    )
     for prefix, label, color in targets:
         left.plot(rates, [value(figures, f"{prefix}_{r}_deliveries_per_s") for r in rates], marker="o", color=color,
                   label=label)  # fmt: skip
         for q, style in (("p50", "--"), ("p99", "-")):
             right.plot(rates, [value(figures, f"{prefix}_{r}_{q}_ms") for r in rates], style, marker="o",
                        color=color, label=f"{label} {q}")  # fmt: skip
+    # what 15 subscribers receive when every update reaches each as it is sent: a target saturates
+    # (the knee) where its curve leaves this line
+    left.plot(rates, [15 * r for r in rates], ":", color="grey", label="offered x 15")
     for axis, title, unit in ((left, "Aggregate deliveries, 15 subscribers", "deliveries/s"),
                               (right, "End-to-end latency per update", "ms")):  # fmt: skip
         axis.set_xscale("log")
@@ -194,6 +201,7 @@ def plot_fanout(figures: dict[str, Any], output: Path) -> bool:
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")
+    left.set_yscale("log")
     right.set_yscale("log")
     figure.tight_layout()
     figure.savefig(output, dpi=100)
@@ -492,12 +500,14 @@ METHODS = [
     "under -m perf.",
     "- **Stream throughput (6.1.2.a) and fan-out (6.1.2.x1).** Raw grpc.aio subscribers in a separate process "
     "(`harness/perf/streamworker.py`), one connection each. The connector is fed by a thread triggering the mock "
-    "exchange (at most 256 updates in flight for throughput; paced at 100, 1,000 and 10,000/s for fan-out, "
-    "the last a burst of 1,000), after priming updates proved every subscriber registered. The baseline "
+    "exchange (at most 256 updates in flight for throughput; paced at 100, 1,000, 2,000, 5,000 and 10,000/s "
+    "for fan-out, the last a burst of 1,000, each point in two blocks with the targets' order reversed in the "
+    "second), after priming updates proved every subscriber registered. The baseline "
     "writes the same tagged updates itself; a fan-out group of baseline streams shares one generator. The "
     "relay baseline (`harness/doubles/relay.py`) reads a mock exchange of its own, fed by the same thread code "
     "as the connector's, and writes each message on to its subscribers from unbounded queues: no validation, "
-    "no hub, no state. Bare, relay and connector are measured one after the other inside one test.",
+    "no hub, no state. Bare, relay and connector are measured one after the other inside one test, "
+    "interleaved block by block.",
     "- **Scaling (6.1.2.x2, -m perf).** `harness/perf/scaling.py`: 1, 10, 100 and 1,000 subscribers in a "
     "worker process, 10 updates/s each for 10 s (the relay first, then the connector, at each point); then "
     "5,000 idle streams, 10 per channel, in the test process, each proven registered by a priming update. "

@@ -242,6 +242,7 @@ class StreamRun:
     problems: list[str] = field(default_factory=list)
     client_cpu_s: float = 0.0  # CPU time of the subscribers' process during the run
     source_cpu_s: float = 0.0  # CPU time of this process (mock exchange, generator) during the run
+    reports: list[SubscriberReport] = field(default_factory=list, repr=False)  # what each subscriber saw
 
     @property
     def deliveries_per_s(self) -> float:
@@ -287,4 +288,45 @@ def summarise(
         pacing=pacing,
         problems=problems,
         client_cpu_s=client_cpu_s,
+        reports=list(reports),
+    )
+
+
+def combine(runs: Sequence[StreamRun]) -> StreamRun:
+    """Blocks of one plan measured apart (interleaved with other targets', so each target sees the
+    same host) as one run: counts and CPU summed, every block's latencies, and the blocks' own
+    times added up, never the gaps between them."""
+    if not runs:
+        raise ValueError("combine needs at least one run")
+    latency = LatencyRecorder("stream")
+    statuses: dict[str, int] = {}
+    for run in runs:
+        for report in run.reports:
+            for microseconds in array("q", report.latencies_us):
+                latency.record_us(microseconds)
+        for status, count in run.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    paced = [run.pacing for run in runs if run.pacing is not None]
+    pacing = (
+        PacingReport(
+            sum(p.sent for p in paced), sum(p.elapsed_s for p in paced), max(p.max_lag_s for p in paced)
+        )
+        if paced
+        else None
+    )
+    return StreamRun(
+        subscribers=runs[0].subscribers,
+        planned=sum(run.planned for run in runs),
+        received=sum(run.received for run in runs),
+        lost=sum(run.lost for run in runs),
+        duplicates=sum(run.duplicates for run in runs),
+        reordered=sum(run.reordered for run in runs),
+        elapsed_s=sum(run.elapsed_s for run in runs),
+        latency=latency,
+        statuses=statuses,
+        pacing=pacing,
+        problems=[problem for run in runs for problem in run.problems],
+        client_cpu_s=sum(run.client_cpu_s for run in runs),
+        source_cpu_s=sum(run.source_cpu_s for run in runs),
+        reports=[report for run in runs for report in run.reports],
     )

@@ -18,9 +18,15 @@ end-to-end latency in an HdrHistogram.
 * One-subscriber throughput: the baseline writes in a tight loop; the connector is fed as fast as
   the path sustains with at most 256 updates in flight (so its bounded subscriber queue is never
   the thing measured). Rate = updates received / (first send stamp .. last receipt).
-* Fan-out: paced at 100, 1,000 and 10,000 updates/s (-m perf; the default run measures only 100/s,
-  briefly). The 10,000/s point is a burst of 1,000 updates: it measures the saturated aggregate
-  delivery rate without overrunning a 1,024-message subscriber queue.
+* Fan-out: paced at 100, 1,000, 2,000, 5,000 and 10,000 updates/s (-m perf; the default run measures
+  only 100/s, briefly), so the chart shows where each target saturates (the knee). The 10,000/s
+  point is a burst of 1,000 updates: it measures the saturated aggregate delivery rate without
+  overrunning a 1,024-message subscriber queue. Under -m perf each point is measured in two blocks,
+  the targets in the order bare, relay, connector and then back (connector, relay, bare), and the
+  blocks combined: a host shared with other work changes speed over seconds, and this way the
+  connector and its baselines see the same host. Every update must arrive up to 1,000/s and in the
+  burst; at 2,000 and 5,000/s, past the knee of a Python grpc.aio server on a 2-core host, the
+  connector may shed subscribers by its overload rule (C38): what they lost is reported, not failed.
 
 Server CPU per delivered message (psutil, on the server process), the subscribers' process CPU
 (`*_client_cpu_pct`) and the test process's CPU (`*_source_cpu_pct`: mock exchange and generator)
@@ -37,7 +43,7 @@ import pytest
 
 from harness.doubles.baseline import BaselineProcess, StreamPlan
 from harness.options import perf_mode
-from harness.perf.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource
+from harness.perf.fanout import BaselineSource, MockExchangeSource, StreamRun, UpdateSource, combine
 from harness.perf.fixtures import RelayBaseline
 from harness.perf.procwatch import ProcessStats, ProcessWatch
 from harness.perf.results import PerfRecorder
@@ -53,12 +59,20 @@ SUBSCRIBERS = 15
 @dataclass(frozen=True)
 class FanoutPoint:
     rate: int  # updates/s offered
-    count: int  # updates sent
+    count: int  # updates sent in each block
+    blocks: int = 1  # measured in this many blocks, the targets' order reversed in every other one
+    lossless: bool = True  # every update must reach every subscriber (False: past the knee, reported)
 
 
 FANOUT_POINTS = {
     "quick": [FanoutPoint(100, 200)],
-    "full": [FanoutPoint(100, 1_000), FanoutPoint(1_000, 5_000), FanoutPoint(10_000, 1_000)],
+    "full": [
+        FanoutPoint(100, 500, blocks=2),
+        FanoutPoint(1_000, 2_500, blocks=2),
+        FanoutPoint(2_000, 2_000, blocks=2, lossless=False),
+        FanoutPoint(5_000, 1_000, blocks=2, lossless=False),
+        FanoutPoint(10_000, 1_000, blocks=2),
+    ],
 }
 
 
@@ -76,12 +90,16 @@ async def _measured(
         return run, watch.stop()
 
 
+def _cpu_s(server: ProcessStats) -> float:
+    return server.cpu_avg_pct * server.elapsed_s / 100
+
+
 def _costs_and_baselines(
     perf: PerfRecorder,
     prefix: str,
-    sut: tuple[StreamRun, ProcessStats],
-    bare: tuple[StreamRun, ProcessStats],
-    relay: tuple[StreamRun, ProcessStats],
+    sut: tuple[StreamRun, ProcessStats | float],
+    bare: tuple[StreamRun, ProcessStats | float],
+    relay: tuple[StreamRun, ProcessStats | float],
 ) -> None:
     """Records each run's server costs and the load; the two baselines must have lost nothing, or
     the measurement itself is broken."""
@@ -92,8 +110,9 @@ def _costs_and_baselines(
         assert run.lost == 0, f"{what} lost updates (the measurement itself is broken): {run.problems[:3]}"
 
 
-def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: ProcessStats) -> None:
-    server_cpu_s = server.cpu_avg_pct * server.elapsed_s / 100
+def _record_costs(perf: PerfRecorder, prefix: str, run: StreamRun, server: ProcessStats | float) -> None:
+    """`server`: the server process's stats over the run, or its CPU seconds."""
+    server_cpu_s = server if isinstance(server, float) else _cpu_s(server)
     if run.received:
         perf.record(f"{prefix}_server_cpu_us_per_msg", 1e6 * server_cpu_s / run.received, "us")
     if run.elapsed_s > 0:
@@ -147,17 +166,25 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
     perf: PerfRecorder,
     fanout: FanoutPoint,
 ) -> None:
-    plan = StreamPlan(count=fanout.count, rate=fanout.rate, run=1)
     options: dict[str, Any] = {"subscribers": SUBSCRIBERS, "timeout": 120}
-    bare, bare_server = await _measured(
-        baseline_program.address, BaselineSource(), plan, baseline_program.pid, **options
-    )
-    relay, relay_server = await _measured(
-        relay_baseline.address, MockExchangeSource(relay_baseline.mock), plan, relay_baseline.pid, **options
-    )
-    sut, sut_server = await _measured(
-        connector.address, MockExchangeSource(mock_exchange), plan, connector.pid, **options
-    )
+    targets: dict[str, tuple[str, UpdateSource, int]] = {
+        "bare": (baseline_program.address, BaselineSource(), baseline_program.pid),
+        "relay": (relay_baseline.address, MockExchangeSource(relay_baseline.mock), relay_baseline.pid),
+        "connector": (connector.address, MockExchangeSource(mock_exchange), connector.pid),
+    }
+    blocks: dict[str, list[StreamRun]] = {name: [] for name in targets}
+    cpu_s = dict.fromkeys(targets, 0.0)
+    for block in range(fanout.blocks):
+        # a run number per block: no update of one block passes for one of the next
+        block_plan = StreamPlan(count=fanout.count, rate=fanout.rate, run=block + 1)
+        for name in list(targets) if block % 2 == 0 else reversed(targets):
+            address, source, pid = targets[name]
+            run, server = await _measured(address, source, block_plan, pid, **options)
+            blocks[name].append(run)
+            cpu_s[name] += _cpu_s(server)
+    bare, relay, sut = (combine(blocks[name]) for name in ("bare", "relay", "connector"))
+    bare_server, relay_server, sut_server = cpu_s["bare"], cpu_s["relay"], cpu_s["connector"]
+    plan = StreamPlan(count=fanout.count * fanout.blocks, rate=fanout.rate)
     prefix = f"fanout_{fanout.rate}"
     for name, value in sut.figures(prefix).items():
         perf.record(name, value, _unit(name))
@@ -173,7 +200,7 @@ async def test_fan_out_delivers_every_update_to_15_subscribers(
     if sut.pacing is not None:
         perf.detail(f"{prefix}_generator_max_lag_ms", round(sut.pacing.max_lag_s * 1000, 3))
     _costs_and_baselines(perf, prefix, (sut, sut_server), (bare, bare_server), (relay, relay_server))
-    assert sut.lost == 0 and sut.reordered == 0 and sut.duplicates == 0, (
+    assert sut.reordered == 0 and sut.duplicates == 0 and (sut.lost == 0 or not fanout.lossless), (
         f"expected each of {plan.count} updates at {fanout.rate}/s delivered once and in order to "
         f"each of {SUBSCRIBERS} subscribers, got {sut.lost} lost, {sut.reordered} reordered, "
         f"{sut.duplicates} duplicated (streams: {sut.statuses}): {sut.problems[:3]}"
