@@ -37,7 +37,6 @@ pytest_plugins = [
     "harness.perf.fixtures",
     "harness.sut.driver_fixtures",
     "harness.sut.connector_fixtures",
-    "harness.sut.attach",
 ]
 LOG_TAIL_LINES = 30
 

@@ -141,12 +141,6 @@ def begin(config: pytest.Config, manifest: Manifest) -> Attached:
     return setup
 
 
-@pytest.fixture(scope="session")
-def attached(pytestconfig: pytest.Config) -> Attached:
-    """The attached connector (--attach mode), serving."""
-    return pytestconfig.stash[ATTACHED_KEY]
-
-
 class AttachedProgram:
     """Stands for the attached program where a test would hold its RunningProgram: it serves, but
     the suite neither started it nor reads its process or its log."""
@@ -224,7 +218,6 @@ __all__ = [
     "Attached",
     "AttachedProgram",
     "attach_mode",
-    "attached",
     "begin",
     "wait_serving",
 ]

@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.attach import Attached, attach_mode
+from harness.sut.attach import ATTACHED_KEY, Attached, attach_mode
 from harness.sut.connector import ConnectorFactory
 from harness.sut.launch import ProgramLauncher
 
@@ -46,6 +46,12 @@ def sync_connectors(
         factory.finish_sync()
 
 
+@pytest.fixture(scope="session")
+def attached(pytestconfig: pytest.Config) -> Attached:
+    """--attach: the connector the user started, serving (harness.sut.attach)."""
+    return pytestconfig.stash[ATTACHED_KEY]
+
+
 def make_factory(
     mock: MockExchangeServer,
     launcher: ProgramLauncher,
@@ -67,4 +73,4 @@ def freezable_mock() -> Iterator[MockExchangeServer]:
     server.raise_violations()
 
 
-__all__ = ["connectors", "freezable_mock", "sync_connectors"]
+__all__ = ["attached", "connectors", "freezable_mock", "sync_connectors"]
