@@ -213,6 +213,9 @@ def test_a_planted_hang_is_hung_and_the_rest_of_the_run_goes_on(tmp_path: Path) 
     assert "program logs" in hung[0]["figures"] and "exchange_connector" in hung[0]["figures"]["program logs"]
     markdown = (tmp_path / "out" / "conformance-report.md").read_text()
     assert "HUNG" in markdown and "4.2.2.ac2" in markdown
+    html = (tmp_path / "out" / "conformance-report.html").read_text()
+    assert ">hung<" in html, "expected the HTML report to mark the hang apart from a failure"
+    assert "1 scenario(s) HUNG" in done.stdout, done.stdout[-2000:]
     assert "HUNG         4.2.2.ac2" in done.stdout, done.stdout[-2000:]
     # its connector was stopped: no program of the run is left
     leftovers = subprocess.run(

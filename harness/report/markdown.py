@@ -34,12 +34,21 @@ def summary_lines(results: RunResults, catalogue: Catalogue) -> list[str]:
             f"{counts[Status.INCONCLUSIVE]} scenario(s) INCONCLUSIVE: the host could not measure them; "
             "rerun on a quieter machine (--rerun-failed reports/conformance-report.json)"
         )
+    if counts.get(Status.HUNG):
+        lines.append(
+            f"{counts[Status.HUNG]} scenario(s) HUNG: ran past their time budget; their programs were stopped "
+            "or killed, the rest of the run went on (logs and trace: conformance-report.json, tests)"
+        )
     return lines
 
 
 def _figures(figures: dict[str, object]) -> str:
     return ", ".join(
-        f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+        f"{key} {value:.3g}"
+        if isinstance(value, float)
+        else f"{key}: {len(value.splitlines())} lines in the JSON report"
+        if isinstance(value, str) and "\n" in value
+        else f"{key} {value}"
         for key, value in figures.items()
     )
 
