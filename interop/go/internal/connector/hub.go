@@ -3,6 +3,7 @@ package connector
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -174,6 +175,7 @@ type Hub struct {
 	stallAt    time.Time
 	lastShed   time.Time
 	overloaded bool
+	lagDrops   int // subscribers dropped for lag or queue since the last shed check
 	stop       chan struct{}
 	stopOnce   sync.Once
 	cpu        func() time.Duration
@@ -230,6 +232,11 @@ func (h *Hub) drop(s *Subscriber, why string) {
 		"subscriber fell too far behind and was dropped: %s; resynchronise with GetAccount/GetPositions", why)
 	if !s.end(err) {
 		return
+	}
+	if !strings.HasPrefix(why, "the connector is overloaded") {
+		h.mu.Lock()
+		h.lagDrops++
+		h.mu.Unlock()
 	}
 	h.metrics.Dropped.WithLabelValues(s.Topic).Inc()
 	h.log.Warning("subscriber_dropped", "topic", s.Topic, "peer", s.Peer, "symbol", s.Symbol, "queue_size", QueueLimit, "reason", why)
@@ -346,34 +353,62 @@ func (h *Hub) checkLag(now time.Time) {
 	}
 }
 
+// shed is the overload rule (C38). The connector is overloaded when its upstream read trails
+// the exchange by more than overloadLag, or when it cannot deliver: at least two subscribers,
+// and a quarter of them, have an update waiting longer than overloadLag, or lag drops ended two
+// subscribers or more since the last check. While overloaded it ends the laggiest quarter of the
+// subscribers with updates waiting, and every one whose oldest update has waited past
+// overloadLag, every shedEvery, and refuses new subscriptions until
+// refuseAfterShed after the last time it was, so that the clients it dropped (which come straight
+// back) cannot bring the overload back. Its own stalls are nobody's overload (C40).
 func (h *Hub) shed(now time.Time) {
 	lag := h.LagOf()
-	overloaded := lag > overloadLag && h.sinceStall(now) >= noShedAfterStall
-	h.mu.Lock()
-	h.overloaded = overloaded
-	if overloaded {
-		h.lastShed = now
-	}
-	h.mu.Unlock()
-	if !overloaded {
-		return
-	}
+	sinceStall := h.sinceStall(now)
 	all := h.all()
 	type behind struct {
 		s    *Subscriber
 		wait time.Duration
 	}
 	var late []behind
+	lagging := 0
 	for _, s := range all {
 		if wait, waiting := s.oldestWait(now); waiting > 0 {
 			late = append(late, behind{s, wait})
+			if wait > overloadLag {
+				lagging++
+			}
 		}
+	}
+	h.mu.Lock()
+	lagDrops := h.lagDrops
+	h.lagDrops = 0
+	h.mu.Unlock()
+	why := ""
+	switch {
+	case lag > overloadLag && sinceStall >= noShedAfterStall:
+		why = fmt.Sprintf("its upstream read trails by %d ms (shed at %d ms)", lag.Milliseconds(), overloadLag.Milliseconds())
+	case lagging >= 2 && 4*lagging >= len(all) && sinceStall >= LagLimit:
+		why = fmt.Sprintf("%d of its %d subscribers have updates waiting over %d ms", lagging, len(all), overloadLag.Milliseconds())
+	case lagDrops >= 2:
+		why = fmt.Sprintf("%d subscribers fell behind within %d ms", lagDrops, shedEvery.Milliseconds())
+	}
+	h.mu.Lock()
+	h.overloaded = why != ""
+	if h.overloaded {
+		h.lastShed = now
+	}
+	h.mu.Unlock()
+	if why == "" {
+		return
 	}
 	sort.Slice(late, func(i, j int) bool { return late[i].wait > late[j].wait })
 	count := min(len(late), (len(all)+3)/4)
-	for _, b := range late[:count] {
-		h.drop(b.s, fmt.Sprintf("the connector is overloaded: its upstream read trails by %d ms (shed at %d ms)",
-			lag.Milliseconds(), overloadLag.Milliseconds()))
+	for i, b := range late {
+		// the laggiest quarter, and while overloaded every subscriber past the overload lag
+		if i >= count && b.wait <= overloadLag {
+			break
+		}
+		h.drop(b.s, "the connector is overloaded: "+why)
 	}
 }
 

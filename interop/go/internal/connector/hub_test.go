@@ -132,6 +132,9 @@ func TestSlowSubscriberIsDroppedAtTheQueueLimitAndOthersKeepEverything(t *testin
 	total := QueueLimit + 10
 	for i := range total {
 		hub.Publish(TopicAccount, frame(string(rune('a'+i%26))), "", time.Now())
+		if i%100 == 99 {
+			fast.wait(t, i+1) // the fast reader keeps up
+		}
 	}
 	select {
 	case <-slowSub.Done():

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,20 +30,48 @@ func ParseLevel(name string) int {
 }
 
 // Logger writes one JSON object per line: ts, level, logger, event and the event's fields.
+// Lines go through a buffer to a writer goroutine, so a reader of the log that falls behind (a
+// full pipe) never blocks the connector; past the buffer, lines are dropped and counted, and
+// the count is logged once the writer catches up.
 type Logger struct {
-	mu  sync.Mutex
-	w   io.Writer
-	min int
+	min     int
+	lines   chan []byte
+	dropped atomic.Int64
+	done    chan struct{}
+	once    sync.Once
 }
 
-// NewLogger logs to w at level min and above.
-func NewLogger(w io.Writer, min int) *Logger { return &Logger{w: w, min: min} }
+// logBuffer is how many lines may wait for the writer.
+const logBuffer = 8192
 
-// Log writes one line; fields are name/value pairs.
-func (l *Logger) Log(level int, event string, fields ...any) {
-	if l == nil || level < l.min {
-		return
+// NewLogger logs to w at level min and above.
+func NewLogger(w io.Writer, min int) *Logger {
+	l := &Logger{min: min, lines: make(chan []byte, logBuffer), done: make(chan struct{})}
+	go l.write(w)
+	return l
+}
+
+func (l *Logger) write(w io.Writer) {
+	defer close(l.done)
+	for line := range l.lines {
+		_, _ = w.Write(line)
+		if n := l.dropped.Swap(0); n > 0 {
+			_, _ = w.Write(l.format(LevelWarning, "log_lines_dropped", "count", n,
+				"reason", "the log's reader fell behind"))
+		}
 	}
+}
+
+// Close writes the lines still buffered (for at most 2 s) and stops the writer.
+func (l *Logger) Close() {
+	l.once.Do(func() { close(l.lines) })
+	select {
+	case <-l.done:
+	case <-time.After(2 * time.Second):
+	}
+}
+
+func (l *Logger) format(level int, event string, fields ...any) []byte {
 	line := map[string]any{
 		"ts":     time.Now().UTC().Format(time.RFC3339Nano),
 		"level":  levelNames[level],
@@ -56,11 +85,26 @@ func (l *Logger) Log(level int, event string, fields ...any) {
 	}
 	data, err := json.Marshal(line)
 	if err != nil {
-		data = []byte(`{"level":"error","event":"log_failed"}`)
+		data = []byte(`{"level":"warning","event":"log_failed"}`)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	_, _ = l.w.Write(append(data, '\n'))
+	return append(data, '\n')
+}
+
+// Log writes one line; fields are name/value pairs. It never blocks.
+func (l *Logger) Log(level int, event string, fields ...any) {
+	if l == nil || level < l.min {
+		return
+	}
+	defer func() {
+		if recover() != nil { // closed: the connector is exiting
+			l.dropped.Add(1)
+		}
+	}()
+	select {
+	case l.lines <- l.format(level, event, fields...):
+	default:
+		l.dropped.Add(1)
+	}
 }
 
 // Info logs at info level.

@@ -50,6 +50,8 @@ type Service struct {
 	shared map[string]*flight
 }
 
+var errEnded = status.Error(codes.Canceled, "the subscriber has ended")
+
 type flight struct {
 	done   chan struct{}
 	answer *pb.GetPositionsResponse
@@ -278,7 +280,19 @@ func (s *Service) subscribe(topic, method string) grpc.StreamHandler {
 			s.Hub.Remove(sub, "client gone")
 			return err
 		}
-		go sub.Pump(func(f *contract.Frame) error { return stream.SendMsg(f) })
+		// an update is handed to grpc-go only while the connection's earlier ones are on the wire
+		// (wire.go): the backlog waits in the subscriber's queue, where its age is measured (C34)
+		conn := wireOf(ctx)
+		if conn != nil {
+			conn.subscriptions.Add(1)
+			defer conn.subscriptions.Add(-1)
+		}
+		go sub.Pump(func(f *contract.Frame) error {
+			if conn != nil && !conn.waitRoom(sub.Done()) {
+				return errEnded
+			}
+			return stream.SendMsg(f)
+		})
 		select {
 		case <-sub.Done():
 			return sub.Status()
