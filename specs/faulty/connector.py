@@ -560,6 +560,106 @@ def no_data_age_header() -> None:
     server.DATA_AGE_KEY = "x-opensqt-unrelated"
 
 
+# ------------------------------------------------------------------------------------ edges: start-up, recovery, credentials
+
+
+@fault("serving-at-start")
+def serving_at_start() -> None:
+    """Health says SERVING as soon as the program listens, before its upstream answers (calls are
+    still refused until it does)."""
+    start = Hub.start
+
+    async def eager(self: Hub) -> None:
+        if self._on_serving is not None:
+            await self._on_serving(True)
+        await start(self)
+
+    Hub.start = eager  # type: ignore[method-assign]
+
+
+@fault("positions-not-resubscribed")
+def positions_not_resubscribed() -> None:
+    """After the upstream comes back, only the account subscription is opened again: the positions
+    stream of the first connection is never replaced (the connector waits on it forever)."""
+    run = GrpcExchange.run_position_stream
+    runs = itertools.count()
+
+    async def first_only(self: GrpcExchange, callback: Any) -> None:
+        if next(runs) == 0:
+            await run(self, callback)
+            return
+        await asyncio.Event().wait()
+
+    GrpcExchange.run_position_stream = first_only  # type: ignore[method-assign]
+
+
+@fault("pre-outage-account")
+def pre_outage_account() -> None:
+    """The account view survives an outage: after the recovery GetAccount answers the account held
+    before it until the next account update, whatever the exchange holds now."""
+    set_serving = Hub._set_serving
+
+    async def keep_view(self: Hub, serving: bool) -> None:
+        kept = self._account
+        await set_serving(self, serving)
+        self._account = kept
+
+    Hub._set_serving = keep_view  # type: ignore[method-assign]
+
+
+class _PrefixDigest:
+    """hmac's compare_digest as a prefix test: a longer token that starts with the right one passes."""
+
+    @staticmethod
+    def compare_digest(presented: bytes, expected: bytes) -> bool:
+        return presented.startswith(expected)
+
+
+class _CaseBlindDigest:
+    """hmac's compare_digest ignoring case: the token in any case passes."""
+
+    @staticmethod
+    def compare_digest(presented: bytes, expected: bytes) -> bool:
+        return presented.lower() == expected.lower()
+
+
+@fault("token-prefix")
+def token_prefix() -> None:
+    """The bearer token is checked with startswith: the right token followed by anything is served."""
+    from implementation.connector_core import auth
+
+    auth.hmac = _PrefixDigest  # type: ignore[attr-defined,assignment]
+
+
+@fault("token-case-blind")
+def token_case_blind() -> None:
+    """The bearer token is compared without regard to case."""
+    from implementation.connector_core import auth
+
+    auth.hmac = _CaseBlindDigest  # type: ignore[attr-defined,assignment]
+
+
+ACCOUNT_CACHE_S = 5.0  # get-account-cached: how long one GetAccount answer is served again
+
+
+@fault("get-account-cached")
+def get_account_cached() -> None:
+    """GetAccount answers are cached for ACCOUNT_CACHE_S: a change the exchange pushed meanwhile is
+    not seen by unary callers."""
+    get_account = ExchangeService.GetAccount
+    cached: list[tuple[float, pb.Account]] = []
+
+    async def from_cache(self: ExchangeService, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        now = time.monotonic()
+        if cached and now - cached[0][0] < ACCOUNT_CACHE_S:
+            return cached[0][1]
+        answer: pb.Account = await get_account(self, request, context)
+        cached[:] = [(now, answer)]
+        return answer
+
+    ExchangeService.GetAccount = from_cache  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------ the program
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,6 +117,105 @@ def empty_address_accepted() -> None:
         return address if not address.strip() else check(address)
 
     remote_exchange.check_address = lenient
+
+
+LOSE_EVERY = 10  # lose-every-10th: the 10th, 20th, ... update of each stream is lost
+ACCOUNT_CACHE_S = 5.0  # cache-get-account: how long one answer is served again
+REPLAY_AFTER_S = 0.3  # duplicate-last-update: the last update comes again after this much quiet
+
+
+@fault("lose-every-10th")
+def lose_every_10th() -> None:
+    """Every LOSE_EVERY-th update of a stream never reaches the callback (an off-by-one in a batch)."""
+    handle = StreamHandle._handle
+    counts: dict[int, int] = {}
+
+    async def lossy(self: StreamHandle[Any], message: Any) -> None:
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        if counts[id(self)] % LOSE_EVERY != 0:
+            await handle(self, message)
+
+    StreamHandle._handle = lossy  # type: ignore[method-assign]
+
+
+@fault("cache-get-account")
+def cache_get_account() -> None:
+    """get_account answers from a cache for ACCOUNT_CACHE_S after each call that reached the server."""
+    get_account = RemoteExchange.get_account
+    cached: list[tuple[float, Any]] = []
+
+    async def from_cache(self: RemoteExchange, *, timeout: float | None = None) -> Any:
+        now = time.monotonic()
+        if cached and now - cached[0][0] < ACCOUNT_CACHE_S:
+            return cached[0][1]
+        answer = await get_account(self, timeout=timeout)
+        cached[:] = [(now, answer)]
+        return answer
+
+    RemoteExchange.get_account = from_cache  # type: ignore[method-assign]
+
+
+@fault("duplicate-last-update")
+def duplicate_last_update() -> None:
+    """When a stream goes quiet for REPLAY_AFTER_S, its last update reaches the callback again (a
+    "latest value" refresh that replays instead of waiting)."""
+    handle = StreamHandle._handle
+    timers: dict[int, asyncio.TimerHandle] = {}
+
+    async def replaying(self: StreamHandle[Any], message: Any) -> None:
+        pending = timers.pop(id(self), None)
+        if pending is not None:
+            pending.cancel()
+        await handle(self, message)
+        loop = asyncio.get_running_loop()
+        timers[id(self)] = loop.call_later(
+            REPLAY_AFTER_S, lambda: self._task.get_loop().create_task(handle(self, message))
+        )
+
+    StreamHandle._handle = replaying  # type: ignore[method-assign]
+
+
+@fault("lose-first-after-reconnect")
+def lose_first_after_reconnect() -> None:
+    """After a resubscription the first update of the new subscription is taken for a replay of the
+    last one seen and skipped."""
+    handle = StreamHandle._handle
+    reconnected = StreamHandle._reconnected
+    skipping: set[int] = set()
+
+    async def mark(self: StreamHandle[Any], failures: int, broken_at: float | None) -> None:
+        skipping.add(id(self))
+        await reconnected(self, failures, broken_at)
+
+    async def skip_first(self: StreamHandle[Any], message: Any) -> None:
+        if id(self) in skipping:
+            skipping.discard(id(self))
+            return
+        await handle(self, message)
+
+    StreamHandle._reconnected = mark  # type: ignore[method-assign]
+    StreamHandle._handle = skip_first  # type: ignore[method-assign]
+
+
+@fault("replay-after-reconnect")
+def replay_after_reconnect() -> None:
+    """After a resubscription the library hands the callback the last update from before the break
+    again, as a "resync", before the new subscription's own updates."""
+    handle = StreamHandle._handle
+    reconnected = StreamHandle._reconnected
+    last: dict[int, Any] = {}
+
+    async def remember(self: StreamHandle[Any], message: Any) -> None:
+        last[id(self)] = message
+        await handle(self, message)
+
+    async def resync(self: StreamHandle[Any], failures: int, broken_at: float | None) -> None:
+        await reconnected(self, failures, broken_at)
+        if id(self) in last:
+            await handle(self, last[id(self)])
+
+    StreamHandle._handle = remember  # type: ignore[method-assign]
+    StreamHandle._reconnected = resync  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
