@@ -8,6 +8,7 @@ and its pid.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from harness.sut.connector import ConnectorFactory, ConnectorUnderTest
+from specs.sequences import sequence_problem
 
 # A §4.2 module's marks: every test reads the connector's subscriber gauge (rule C15), so the
 # section needs `metrics`; a module adds its own timeout.
@@ -30,9 +32,16 @@ async def connector(connectors: ConnectorFactory) -> ConnectorUnderTest:
 
 
 async def read_stream(
-    call: Any, count: int, scenario: str, *, noun: str = "messages", timeout: float = 15.0
+    call: Any,
+    count: int,
+    scenario: str,
+    *,
+    noun: str = "messages",
+    timeout: float = 15.0,
+    expected: Sequence[Any] | None = None,
 ) -> list[Any]:
-    """The next `count` messages of a stream; fails saying how many came when they do not."""
+    """The next `count` messages of a stream; fails saying how many came when they do not (and,
+    given the `expected` messages, which were lost, duplicated, reordered or altered)."""
     messages: list[Any] = []
 
     async def collect() -> None:
@@ -47,4 +56,8 @@ async def read_stream(
         return messages
     except asyncio.TimeoutError:
         pass  # fail outside the handler: the report's reason is then this message, not the timeout
-    pytest.fail(f"expected {count} {noun} within {timeout} s, got {len(messages)}")
+    problem = sequence_problem(list(expected), messages) if expected is not None else None
+    pytest.fail(
+        f"expected {count} {noun} within {timeout} s, got {len(messages)}"
+        + (f": {problem}" if problem else "")
+    )

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from harness.doubles.mock_exchange import MockExchangeServer
-from harness.sut.client_driver import DriverSession
+from harness.sut.client_driver import DriverFailure, DriverSession
 from harness.verdicts import Verdicts
 from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
@@ -36,6 +36,7 @@ from specs.client_steps import (
     subscribed,
     updates_after,
 )
+from specs.sequences import sequence_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.requires("client_library")]
 RESTART_WAIT_S = 7.5  # the server restarted: new data must follow within 7 s (rule D38)
@@ -48,15 +49,29 @@ def balances(driver: DriverSession, stream: str, where: str) -> list[str]:
 
 
 def wait_balance(driver: DriverSession, stream: str, balance: str, rule: str, where: str) -> None:
-    driver.wait_for(
-        lambda e: (
-            e.get("id") == stream
-            and e["event"] == "update"
-            and e.get("account", {}).get("total_balance") == balance
-        ),
-        DELIVERY_TIMEOUT_S,
-        f"{where} an update with total_balance {balance}".lstrip(),
-        rule,
+    """Until an update with this total_balance arrives; when none does but updates came, the failure
+    says what they carried (an update altered in transit is not "nothing")."""
+    wanted = f"{where} an update with total_balance {balance}".lstrip()
+    try:
+        driver.wait_for(
+            lambda e: (
+                e.get("id") == stream
+                and e["event"] == "update"
+                and e.get("account", {}).get("total_balance") == balance
+            ),
+            DELIVERY_TIMEOUT_S,
+            wanted,
+            rule,
+        )
+        return
+    except DriverFailure as failure:
+        missing = failure
+    came = [str(e.get("account", {}).get("total_balance")) for e in driver.of(stream, "update")]
+    if not came:
+        raise missing
+    pytest.fail(
+        f"expected {wanted} within {DELIVERY_TIMEOUT_S:g} s, got {len(came)} update(s), none with it: "
+        f"total_balance {', '.join(came[-6:])} (lost, or altered in transit)"
     )
 
 
@@ -75,11 +90,12 @@ def test_account_stream_delivers_five_updates_in_order(
         client_driver.wait_count(stream, "update", 5, DELIVERY_TIMEOUT_S, "D30")
         got = balances(client_driver, stream, "an update")
         assert sorted(got[:5]) == sorted(sent), (
-            f"expected the callback to receive all 5 updates {sent}, got {got}"
+            f"expected the callback to receive all 5 updates {sent}: {sequence_problem(sent, got[:5])}"
         )
     with verdicts.check("4.1.1.ac1"):
         got = balances(client_driver, stream, "an update")
-        assert got[:5] == sent, f"expected the 5 updates in the order sent {sent}, got {got}"
+        problem = sequence_problem(sent, got[:5])
+        assert problem is None, f"expected the 5 updates in the order sent: {problem}"
     with verdicts.check("4.1.1.ac2"):
         # one more, sent last: once it is in, nothing earlier can still be on its way
         mock_exchange.trigger_account_update(account(99))
@@ -87,7 +103,7 @@ def test_account_stream_delivers_five_updates_in_order(
         got = balances(client_driver, stream, "an update")
         expected = [*sent, "10000.99"]
         assert sorted(got) == sorted(expected) and len(got) == len(expected), (
-            f"expected each update exactly once, {expected}, got {got}"
+            f"expected each update exactly once: {sequence_problem(expected, got)}"
         )
         troubles = client_driver.of(stream, "stream_error") + client_driver.of(stream, "reconnected")
         assert not troubles, f"expected a healthy stream (no errors, no reconnects), got {troubles}"

@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.fixtures import MetricRecorder
@@ -28,6 +27,7 @@ from harness.verdicts import Verdicts
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.integration.conftest import SERVER_TESTS, ConnectorUnderTest, read_stream
+from specs.sequences import sequence_problem
 
 pytestmark = [*SERVER_TESTS, pytest.mark.timeout(90)]
 TOKEN = "conformance-token-4.2"
@@ -48,11 +48,6 @@ def position(symbol: str, mark: str) -> pb.Position:
     return moved
 
 
-def one_line(message: Any) -> str:
-    """A message in one line, so a failure's first line shows all of it."""
-    return text_format.MessageToString(message, as_one_line=True)
-
-
 def account(n: int) -> pb.Account:
     """A distinct, valid account per `n` (fixed timestamp, so equal messages compare equal)."""
     update = spec_account(total_balance=f"{10000 + n}.00")
@@ -60,8 +55,10 @@ def account(n: int) -> pb.Account:
     return update
 
 
-async def read(call: Any, count: int, scenario: str, timeout: float = 15.0) -> list[Any]:
-    return await read_stream(call, count, scenario, timeout=timeout)
+async def read(
+    call: Any, count: int, scenario: str, timeout: float = 15.0, expected: list[Any] | None = None
+) -> list[Any]:
+    return await read_stream(call, count, scenario, timeout=timeout, expected=expected)
 
 
 async def stream_end(
@@ -114,12 +111,11 @@ async def test_single_client_receives_account_updates(connector: ConnectorUnderT
     sent = [account(n) for n in range(5)]
     for update in sent:
         connector.mock.trigger_account_update(update)
-    received = await read(call, 5, "4.2.1.a")
-    for index, (got, expected) in enumerate(zip(received, sent, strict=True)):
-        assert got == expected, (
-            f"update {index}: expected {one_line(expected)}, got {one_line(got)} "
-            "(field values must be identical)"
-        )
+    received = await read(call, 5, "4.2.1.a", expected=sent)
+    problem = sequence_problem(sent, received)
+    assert problem is None, (
+        f"expected the 5 updates unchanged and in order (field values identical): {problem}"
+    )
     call.cancel()
     await connector.wait_subscribers("account", 0, "4.2.1.a (the closed stream is cleaned up)")
 
@@ -133,11 +129,10 @@ async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscriptio
     sent = [account(n) for n in range(20)]
     for update in sent:
         connector.mock.trigger_account_update(update)
-    received = await asyncio.gather(*(read(call, 20, "4.2.1.b") for call in calls))
+    received = await asyncio.gather(*(read(call, 20, "4.2.1.b", expected=sent) for call in calls))
     for client, messages in enumerate(received):
-        assert messages == sent, (
-            f"under rule C4, client {client}: expected the 20 updates in order, got {len(messages)}"
-        )
+        problem = sequence_problem(sent, messages)
+        assert problem is None, f"under rule C4, client {client}: {problem}"
     mock = connector.mock
     upstream = (mock.connection_count, mock.subscriptions("account"), mock.subscriptions("positions"))
     assert upstream == (1, 1, 1), (
