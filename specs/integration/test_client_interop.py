@@ -23,6 +23,7 @@ from harness.sut.connector import ConnectorFactory
 from harness.tls import TlsMaterial
 from opensqt.exchange.testdata import spec_account, spec_positions
 from opensqt.exchange.v1 import exchange_pb2 as pb
+from specs.sequences import altered_fields, sequence_problem
 
 SCENARIO = "4.1.1.x1"
 RULE = "D44"
@@ -102,17 +103,20 @@ def assert_consecutive(sent: list[Message], received: list[Message], what: str) 
     """Updates sent before the stream was registered reach nobody, so the run may start anywhere in
     what was sent; from its first update on nothing may be lost, added, changed or reordered."""
     start = sent.index(received[0]) if received[0] in sent else -1
-    assert start >= 0, fail(f"the {what} stream to deliver the exchange's updates unchanged", received[0])
+    if start < 0:
+        closest = min(sent, key=lambda message: len(altered_fields(message, received[0])))
+        raise AssertionError(
+            fail(
+                f"the {what} stream to deliver the exchange's updates unchanged",
+                f"its first update altered ({'; '.join(altered_fields(closest, received[0]))})",
+            )
+        )
     expected = sent[start : start + len(received)]
     if received != expected:
-        at = next(
-            (i for i, pair in enumerate(zip(expected, received, strict=False)) if pair[0] != pair[1]),
-            len(expected),
-        )
         raise AssertionError(
             fail(
                 f"the {what} stream to deliver {len(received)} consecutive updates as sent, in order",
-                f"update {at + 1} differs: expected {expected[at : at + 1]}, got {received[at : at + 1]}",
+                f"{sequence_problem(expected, received)} (counted from the first update it delivered)",
             )
         )
 
