@@ -195,14 +195,16 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if explain.wanted(session.config) and int(session.exitstatus) == pytest.ExitCode.NO_TESTS_COLLECTED:
+    # a session a plugin test builds by hand (pytester.getitems) has no exitstatus of its own yet
+    status = int(getattr(session, "exitstatus", exitstatus))
+    if explain.wanted(session.config) and status == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK  # --list, --explain: nothing was to run
         return
     results = session.config.stash.get(RESULTS_KEY, None)
     if results is None or hasattr(session.config, "workerinput"):
         return
     statuses = [Status(outcome.outcome) for outcome in results.outcomes]
-    session.exitstatus = run_exit_status(statuses, int(session.exitstatus))
+    session.exitstatus = run_exit_status(statuses, status)
 
 
 class TimingBounded:
