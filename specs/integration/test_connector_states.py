@@ -31,6 +31,7 @@ LISTEN_WITHIN_S = 10.0  # the started connector answers health within this, upst
 NOT_READY_HOLD_S = 1.5  # how long the connector is watched while its upstream does not answer yet
 RECOVERY_S = 15.0  # rule C9: SERVING again within 15 s of the exchange's return
 CALL_TIMEOUT_S = 5.0
+FROZEN_CALL_DEADLINE_S = 1.0  # 4.2.1.x31 with a frozen upstream: the unary calls' deadline
 REFUSAL_WITHIN_S = 2.0  # a refused stream ends at once; one accepted stays open (no update is sent)
 
 
@@ -86,25 +87,44 @@ async def stream_error(call: Any, timeout: float = CALL_TIMEOUT_S) -> str:
 # ---------------------------------------------------------------------------------------------- x31
 
 
-@pytest.fixture
-def late_exchange(free_port: Callable[[], int]) -> Iterator[MockExchangeServer]:
-    """A mock exchange on a port nothing listens on yet: the test starts it when it wants."""
-    server = MockExchangeServer(port=free_port())
+class LateExchange:
+    """A mock exchange that does not answer yet: its port not open (`closed`), or open on a frozen
+    relay that passes no byte (`frozen`); answer() makes it answer."""
+
+    def __init__(self, how: str, port: int) -> None:
+        self.how = how
+        self.server = MockExchangeServer(port=port, freezable=how == "frozen")
+        if how == "frozen":
+            self.server.start()
+            self.server.freeze()
+
+    def answer(self) -> None:
+        if self.how == "frozen":
+            self.server.thaw()
+        else:
+            self.server.start()
+
+
+@pytest.fixture(params=["closed", "frozen"])
+def late_exchange(request: pytest.FixtureRequest, free_port: Callable[[], int]) -> Iterator[LateExchange]:
+    """The upstream of 4.2.1.x31, not answering yet (the test makes it answer)."""
+    late = LateExchange(str(request.param), free_port())
     try:
-        yield server
+        yield late
     finally:
-        server.stop()
-        server.raise_violations()
+        late.server.stop()
+        late.server.raise_violations()
 
 
 @pytest.mark.scenario("4.2.1.x31")
 async def test_not_serving_and_refusing_until_the_upstream_is_ready(
-    late_exchange: MockExchangeServer, connectors: ConnectorFactory, verdicts: Verdicts
+    late_exchange: LateExchange, connectors: ConnectorFactory, verdicts: Verdicts
 ) -> None:
-    """Rule C11: started while its upstream does not answer yet, the connector listens, reads
+    """Rule C11: started while its upstream does not answer yet (its port closed, or a frozen
+    process behind it), the connector listens, reads
     NOT_SERVING and refuses ExchangeService calls with UNAVAILABLE; once the upstream answers, it
     reads SERVING within 15 s and serves."""
-    connector = await connectors.start(upstream=late_exchange, subscriptions=(), wait_ready=False)
+    connector = await connectors.start(upstream=late_exchange.server, subscriptions=(), wait_ready=False)
     listening = time.monotonic()
     while (status := await connector.health()).startswith("error"):
         if time.monotonic() - listening > LISTEN_WITHIN_S:
@@ -119,11 +139,17 @@ async def test_not_serving_and_refusing_until_the_upstream_is_ready(
     while time.monotonic() - watched < NOT_READY_HOLD_S:
         seen.append(await connector.health())
         await asyncio.sleep(0.1)
+    # an upstream that refuses connections refuses a forwarded call at once; a frozen one may hold
+    # it until the client's deadline (rule C11): a short deadline keeps the test quick
+    deadline = CALL_TIMEOUT_S if late_exchange.how == "closed" else FROZEN_CALL_DEADLINE_S
+    allowed = {grpc.StatusCode.UNAVAILABLE}
+    if late_exchange.how == "frozen":
+        allowed.add(grpc.StatusCode.DEADLINE_EXCEEDED)
     account_error = await call_error(
-        stub.GetAccount(pb.GetAccountRequest(), timeout=CALL_TIMEOUT_S, metadata=connector.metadata)
+        stub.GetAccount(pb.GetAccountRequest(), timeout=deadline, metadata=connector.metadata)
     )
     positions_error = await call_error(
-        stub.GetPositions(pb.GetPositionsRequest(), timeout=CALL_TIMEOUT_S, metadata=connector.metadata)
+        stub.GetPositions(pb.GetPositionsRequest(), timeout=deadline, metadata=connector.metadata)
     )
     refused_stream = await stream_error(
         stub.SubscribeAccount(pb.SubscribeAccountRequest(), metadata=connector.metadata)
@@ -137,8 +163,9 @@ async def test_not_serving_and_refusing_until_the_upstream_is_ready(
         )
     for name, error in (("GetAccount", account_error), ("GetPositions", positions_error)):
         got = "OK" if error is None else f"{error.code().name} {error.details()!r}"
-        if error is None or error.code() is not grpc.StatusCode.UNAVAILABLE:
-            problems.append(f"{name} before the upstream answers: expected UNAVAILABLE, got {got}")
+        if error is None or error.code() not in allowed:
+            wanted = " or ".join(sorted(code.name for code in allowed))
+            problems.append(f"{name} before the upstream answers: expected {wanted}, got {got}")
     if not refused_stream.startswith("UNAVAILABLE"):
         problems.append(
             f"SubscribeAccount before the upstream answers: expected UNAVAILABLE, got {refused_stream}"
@@ -146,8 +173,8 @@ async def test_not_serving_and_refusing_until_the_upstream_is_ready(
     with verdicts.check("4.2.1.x31"):
         assert not problems, "; ".join(problems)
 
-    late_exchange.set_account(account(0))
-    late_exchange.start()
+    late_exchange.server.set_account(account(0))
+    late_exchange.answer()
     with verdicts.check("4.2.1.x31"):
         took = await connector.wait_health("SERVING", RECOVERY_S)
         assert took is not None, (
@@ -155,7 +182,7 @@ async def test_not_serving_and_refusing_until_the_upstream_is_ready(
             f"got {await connector.health()}"
         )
         for topic in ("account", "positions"):
-            await late_exchange.wait_for_subscriptions_async(topic, 1, timeout=RECOVERY_S)
+            await late_exchange.server.wait_for_subscriptions_async(topic, 1, timeout=RECOVERY_S)
         answered = await stub.GetAccount(
             pb.GetAccountRequest(), timeout=CALL_TIMEOUT_S, metadata=connector.metadata
         )
