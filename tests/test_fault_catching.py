@@ -4,8 +4,10 @@ For each fault of specs/faulty/faults.yaml the suite runs as a subprocess agains
 manifest (the reference's, with the connector replaced), with the fault's --scenario selectors; the
 run must fail, and every scenario of the fault's `caught_by` must be reported failed or error. The
 control: the reference passes the same selections. The runs go two at a time (one under
-pytest-xdist, whose workers already share the machine); the reference's run of the timed (§6)
-selections goes last, alone, since it measures latency.
+pytest-xdist, whose workers already share the machine), except a run whose selections judge time
+(§6, or a timing-bounded scenario): a second run beside it would be a busy neighbour, and its
+verdict INCONCLUSIVE. Such a fault's run goes alone, as soon as the runs beside it end; the
+reference's run of those selections goes last, alone.
 
 The runs' reports stay in $FAULT_REPORTS_DIR (one folder per run) when it is set;
 `python tools/fault_table.py` turns them into docs/fault-catch-table.md.
@@ -17,6 +19,7 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +57,43 @@ def control_expectations(timed: bool) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+class Gate:
+    """Runs side by side (shared) or alone: one that must be alone waits for the others to end, and
+    none starts beside it meanwhile."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._running = 0
+        self._alone_waiting = 0
+        self._alone_running = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone_running and not self._alone_waiting)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._changed:
+            self._alone_waiting += 1
+            self._changed.wait_for(lambda: not self._alone_running and self._running == 0)
+            self._alone_waiting -= 1
+            self._alone_running = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._alone_running = False
+                self._changed.notify_all()
+
+
 @dataclass
 class Matrix:
     """The runs of this module: started on demand, or all at once in a pool of PARALLEL_RUNS."""
@@ -63,9 +103,16 @@ class Matrix:
     _pool: ThreadPoolExecutor = field(init=False)
     _runs: dict[str, Future[SuiteRun]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _gate: Gate = field(default_factory=lambda: Gate())
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="fault-run")
+
+    def _alone(self, name: str) -> bool:
+        """A run that judges time has the machine to itself: no other run goes on beside it."""
+        if name in (CONTROL, TIMED_CONTROL):
+            return name == TIMED_CONTROL
+        return any(is_timed(selector) for selector in FAULTS[name].select)
 
     def submit(self, name: str) -> Future[SuiteRun]:
         with self._lock:
@@ -81,6 +128,10 @@ class Matrix:
         return self.submit(name).result(timeout=MATRIX_TIMEOUT_S)
 
     def _run(self, name: str) -> SuiteRun:
+        with self._gate.alone() if self._alone(name) else self._gate.shared():
+            return self._run_now(name)
+
+    def _run_now(self, name: str) -> SuiteRun:
         folder = self.folder / name
         if name in (CONTROL, TIMED_CONTROL):
             return run_suite(

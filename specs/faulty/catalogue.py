@@ -56,10 +56,11 @@ def load_faults(path: Path = FAULTS_PATH) -> dict[str, Fault]:
 
 
 def is_timed(selector: str) -> bool:
-    """True when every scenario the selector names is a performance measurement (level perf): the
-    reference's control run of it then needs the machine to itself."""
+    """True when every scenario the selector names judges time: a performance measurement (level
+    perf) or a timing-bounded scenario (`timing: true`). A run of it needs the machine to itself: a
+    second suite run beside it is a busy neighbour, and its verdict would be INCONCLUSIVE."""
     selected = scenario_catalogue.load().select(selector)
-    return bool(selected) and all(s.level == "perf" for s in selected)
+    return bool(selected) and all(s.level == "perf" or s.timing for s in selected)
 
 
 __all__ = ["FAULTS_PATH", "Fault", "FaultCatalogueError", "is_timed", "load_faults"]
