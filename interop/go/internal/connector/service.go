@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,7 +139,7 @@ func (s *Service) authenticate(ctx context.Context) error {
 	switch {
 	case len(values) == 0:
 		reason = "missing"
-	case subtle.ConstantTimeCompare([]byte(values[0]), []byte("Bearer "+s.Token)) != 1:
+	case len(values) > 1 || !bearer(values[0], s.Token):
 		reason = "invalid"
 	default:
 		return nil
@@ -149,6 +150,13 @@ func (s *Service) authenticate(ctx context.Context) error {
 		return status.Error(codes.Unauthenticated, "missing bearer token: send the metadata authorization: Bearer <token>")
 	}
 	return status.Error(codes.Unauthenticated, "invalid bearer token")
+}
+
+// bearer reports whether value is exactly the scheme Bearer (in any case), one space and token,
+// the token compared whole and case-sensitively (C16).
+func bearer(value, token string) bool {
+	scheme, given, ok := strings.Cut(value, " ")
+	return ok && strings.EqualFold(scheme, "Bearer") && subtle.ConstantTimeCompare([]byte(given), []byte(token)) == 1
 }
 
 func (s *Service) begin() func() {

@@ -118,3 +118,15 @@ func TestBadSymbolIsInvalidArgument(t *testing.T) {
 		t.Fatalf("expected INVALID_ARGUMENT for btc-usdt, got %v", err)
 	}
 }
+
+func TestBearerIsParsedStrictly(t *testing.T) {
+	for value, want := range map[string]bool{
+		"Bearer s3cret": true, "bearer s3cret": true, "BEARER s3cret": true,
+		"Bearer s3cret2": false, "Bearer s3cre": false, "Bearer S3CRET": false, "s3cret": false,
+		"Basic s3cret": false, " Bearer s3cret": false, "Bearer s3cret ": false, "Bearer  s3cret": false,
+	} {
+		if got := bearer(value, "s3cret"); got != want {
+			t.Errorf("expected bearer(%q) = %v, got %v", value, want, got)
+		}
+	}
+}

@@ -62,6 +62,7 @@ type Upstream struct {
 	lastSignOfLife time.Time
 	minOffset      time.Duration
 	haveOffset     bool
+	newestStamp    time.Time
 	lag            time.Duration
 	lastAccountAt  time.Time
 	lossReason     string
@@ -327,7 +328,7 @@ func (u *Upstream) lost(why string, wasUp bool) {
 		return
 	}
 	u.state = stateDown
-	u.haveOffset, u.lag = false, 0
+	u.haveOffset, u.lag, u.newestStamp = false, 0, time.Time{}
 	if len(why) >= 29 && why[:29] == "the connector's view is stale" {
 		u.lossReason = why
 	} else {
@@ -406,8 +407,11 @@ func (u *Upstream) onAccount(frame *contract.Frame, now time.Time) {
 		return
 	}
 	u.mu.Lock()
-	if stamp := account.GetUpdatedAt(); stamp != nil && stamp.GetSeconds() > 0 {
-		offset := now.Sub(stamp.AsTime())
+	// only a stamp newer than every one before it on this connection says how far behind the read
+	// is (C30): an account sent again unchanged, or one stamped earlier, does not
+	if stamp := account.GetUpdatedAt(); stamp != nil && stamp.GetSeconds() > 0 && stamp.AsTime().After(u.newestStamp) {
+		u.newestStamp = stamp.AsTime()
+		offset := now.Sub(u.newestStamp)
 		if !u.haveOffset || offset < u.minOffset {
 			u.minOffset, u.haveOffset = offset, true
 		}
