@@ -133,3 +133,15 @@ def test_the_model_in_small() -> None:
 def test_a_message_is_kept_whole_without_the_rewritten_assert() -> None:
     text = "AssertionError: update 3 was lost\nexpected 1..20, got 1, 2, 4..20\nassert 19 == 20\n +  where 19 = len(got)"
     assert message_of(text) == "update 3 was lost\nexpected 1..20, got 1, 2, 4..20"
+
+
+def test_a_bound_missed_by_far_is_plainly_the_implementations() -> None:
+    from harness.outcomes import TimingMiss, within
+
+    within(1.9, 2.0, "fine")
+    with pytest.raises(TimingMiss):
+        within(2.3, 2.0, "a little late", plainly_past=4.0)
+    with pytest.raises(AssertionError) as plain:
+        within(7.5, 2.0, "far too late", plainly_past=4.0)
+    assert not isinstance(plain.value, TimingMiss)
+    assert "no busy host explains that" in str(plain.value)

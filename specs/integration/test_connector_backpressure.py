@@ -28,6 +28,12 @@ from specs.integration.connector_program import (  # noqa: F401 - fixtures
     trigger_updates,
 )
 
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.requires("metrics"),
+    pytest.mark.timeout(60),
+    pytest.mark.asyncio,
+]
 RATE = 500  # updates a second
 SLOW_READ_EVERY_S = 0.05
 SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0)]
@@ -41,10 +47,6 @@ def _stamp(account: pb.Account) -> float:
 
 
 @pytest.mark.scenario("4.2.1.x23")
-@pytest.mark.requires("metrics")
-@pytest.mark.integration
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_slowly_reading_client_is_dropped_within_the_lag_bound(
     program_connector: Connector, metrics: MetricRecorder
 ) -> None:

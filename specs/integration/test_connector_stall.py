@@ -23,32 +23,21 @@ from specs.integration.connector_program import (  # noqa: F401 - fixtures
     read_all,
     trigger_updates,
 )
+from specs.sequences import sequence_problem
 
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.requires("metrics"),
+    pytest.mark.timeout(60),
+    pytest.mark.asyncio,
+]
 RATE = 200  # updates a second
 READERS = 2
 PAUSE_S = 1.5  # past the 1 s lag bound of rule C34
 BEFORE_S, AFTER_S = 1.0, 2.0
 
 
-def describe_gap(got: list[str], sent: list[str]) -> str:
-    """Where `got` first departs from `sent`, in the words of the fault: lost, duplicated or reordered."""
-    for index, value in enumerate(got):
-        if index >= len(sent):
-            return f"update {index + 1} ({value}) came after the last one sent: a duplicate"
-        if value != sent[index]:
-            if value in got[:index]:
-                return f"update {index + 1} was a duplicate of an earlier one ({value})"
-            if value in sent[index + 1 :]:
-                return f"update {index + 1} ({sent[index]}) was lost or reordered: {value} came in its place"
-            return f"update {index + 1} was altered: {value} instead of {sent[index]}"
-    return "no gap"
-
-
 @pytest.mark.scenario("4.2.1.x30")
-@pytest.mark.integration
-@pytest.mark.requires("metrics")
-@pytest.mark.timeout(60)
-@pytest.mark.asyncio
 async def test_a_stall_of_the_connector_drops_no_reader(
     direct_connector: Connector, metrics: MetricRecorder
 ) -> None:
@@ -85,13 +74,14 @@ async def test_a_stall_of_the_connector_drops_no_reader(
     expected = [m.total_balance for m in sent]
     received = [len(g) for g in got]
     outcome = f"got {received} (streams: {ended}), exchange_connector_subscribers_dropped_total {dropped:g}"
-    for reader, updates in enumerate(got):
+    for client, updates in enumerate(got, start=1):
         # what arrived is an in-order prefix, whatever the host: a gap or a reordering is plainly the
         # connector's
         numbers = [m.total_balance for m in updates]
-        assert numbers == expected[: len(numbers)], (
-            f"expected reading client {reader + 1} to receive the updates in order with no gap across a "
-            f"{PAUSE_S:g} s stall of the connector's process; {describe_gap(numbers, expected)}; {outcome}"
+        problem = sequence_problem(expected[: len(numbers)], numbers)
+        assert problem is None, (
+            f"expected reading client {client} to receive the updates in order with no gap across a "
+            f"{PAUSE_S:g} s stall of the connector's process: {problem}; {outcome}"
         )
     if dropped or any(len(updates) < len(expected) for updates in got):
         # a reader dropped for lag: on a host that starved the connector of CPU besides the stall, its
