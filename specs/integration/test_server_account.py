@@ -208,9 +208,13 @@ async def churn(connector: ConnectorUnderTest, rounds: int, clients: int, scenar
                 await channel.close()
         del calls
         await connector.wait_subscribers("account", 1, f"{scenario} round {number}: vanished clients removed")
-        connector.mock.trigger_account_update(account(number))
+        # stamped as the exchange writes it: rounds are seconds apart, and a stamp that fell behind
+        # the clock would read to the connector as an upstream lag (rule C30)
+        update = account(number)
+        update.updated_at.GetCurrentTime()
+        connector.mock.trigger_account_update(update)
         got = await read(steady, 1, scenario)
-        assert got == [account(number)], f"the steady subscriber must keep receiving, got {got}"
+        assert got == [update], f"the steady subscriber must keep receiving, got {got}"
 
 
 async def resources(connector: ConnectorUnderTest) -> dict[str, float]:
