@@ -20,13 +20,17 @@ fi
 # The Node programs' packages (interop/node and its client), exactly as their lockfiles pin them,
 # where npm is present; again only when a lockfile changed. Without npm the Node tests skip and
 # say so.
+# The stamp holds the lockfile's sha256: the same one the suite's Node fixtures read
+# (specs/integration/test_interop_node.py), so neither installs again what the other installed.
 node_packages() {
   local folder=$1
-  local stamp="$folder/node_modules/.installed-$(sha256sum "$folder/package-lock.json" | cut -c1-16)"
-  if [ ! -f "$stamp" ]; then
+  local stamp="$folder/node_modules/.installed-package-lock.sha256"
+  local wanted
+  wanted=$(sha256sum "$folder/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "[bootstrap] npm ci in $folder"
     (cd "$folder" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
-    touch "$stamp"
+    echo "$wanted" > "$stamp"
   fi
 }
 if command -v npm >/dev/null 2>&1; then
