@@ -46,20 +46,19 @@ class Recorder:
         for key, value in report.user_properties:
             if key == "metric" and report.when == "call":
                 self.results.add_metric(Metric(**json.loads(str(value))))
-        decided = decide(report, ids)
+        # a test of the project's own (tests/) has no scenario: its outcome is recorded under none
+        decided = decide(report, ids or [report.nodeid])
         if decided is None:
             return
-        if not ids:  # a test of the project's own (tests/), with no scenario
-            whole = decide(report, [report.nodeid])
-            assert whole is not None
-            outcome = whole[report.nodeid]
-            self.results.add_outcome(
-                TestOutcome(report.nodeid, [], outcome.status, outcome.reason, report.duration)
-            )
         for sid, outcome in decided.items():
             self.results.add_outcome(
                 TestOutcome(
-                    report.nodeid, [sid], outcome.status, outcome.reason, report.duration, outcome.figures
+                    report.nodeid,
+                    [sid] if ids else [],
+                    outcome.status,
+                    outcome.reason,
+                    report.duration,
+                    outcome.figures,
                 )
             )
         self._save_progress()
