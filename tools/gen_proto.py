@@ -54,6 +54,22 @@ def differences(a: Path, b: Path) -> list[str]:
     return diffs
 
 
+def check_or_replace(fresh: Path, committed: Path, check: bool, tool: str) -> int:
+    """With `check`, report how `committed` differs from the `fresh` generation (1 when it does);
+    else replace `committed` with it. Shared by the Python and Go generators."""
+    if check:
+        diffs = differences(fresh, committed)
+        for line in diffs:
+            print(f"stale generated code in {committed.relative_to(ROOT)}: {line}", file=sys.stderr)
+        if diffs:
+            print(f"run: python {tool}", file=sys.stderr)
+        return 1 if diffs else 0
+    shutil.rmtree(committed, ignore_errors=True)
+    shutil.copytree(fresh, committed)
+    print(f"generated {committed.relative_to(ROOT)}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
@@ -61,18 +77,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
         generate(fresh)
-        committed = OUT / GENERATED_DIR
-        if options.check:
-            diffs = differences(fresh / GENERATED_DIR, committed)
-            for line in diffs:
-                print(f"stale generated code: {line}", file=sys.stderr)
-            if diffs:
-                print("run: python tools/gen_proto.py", file=sys.stderr)
-            return 1 if diffs else 0
-        shutil.rmtree(committed, ignore_errors=True)
-        shutil.copytree(fresh / GENERATED_DIR, committed)
-    print(f"generated {committed.relative_to(ROOT)}")
-    return 0
+        return check_or_replace(
+            fresh / GENERATED_DIR, OUT / GENERATED_DIR, options.check, "tools/gen_proto.py"
+        )
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ depends only on committed versions; protoc is the one of grpcio-tools, as in too
 from __future__ import annotations
 
 import argparse
-import filecmp
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from gen_proto import check_or_replace  # the sibling script: run as a script, tools/ is on sys.path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,16 +66,6 @@ def generate(go: str, out: Path, plugins: Path) -> None:
         raise SystemExit("protoc failed")
 
 
-def differences(a: Path, b: Path) -> list[str]:
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
-    diffs = [f"only in one tree: {p}" for p in sorted(files_a ^ files_b)]
-    for rel in sorted(files_a & files_b):
-        if not filecmp.cmp(a / rel, b / rel, shallow=False):
-            diffs.append(f"differs: {rel}")
-    return diffs
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
@@ -94,18 +84,9 @@ def main() -> int:
             print(f"cannot build the protoc plugins with {go}: {exc}", file=sys.stderr)
             return 2
         generate(go, fresh, plugins)
-        committed = MODULE_DIR / GENERATED_DIR
-        if options.check:
-            diffs = differences(fresh / GENERATED_DIR, committed)
-            for line in diffs:
-                print(f"stale generated Go code: {line}", file=sys.stderr)
-            if diffs:
-                print("run: python tools/gen_proto_go.py", file=sys.stderr)
-            return 1 if diffs else 0
-        shutil.rmtree(committed, ignore_errors=True)
-        shutil.copytree(fresh / GENERATED_DIR, committed)
-    print(f"generated {committed.relative_to(ROOT)}")
-    return 0
+        return check_or_replace(
+            fresh / GENERATED_DIR, MODULE_DIR / GENERATED_DIR, options.check, "tools/gen_proto_go.py"
+        )
 
 
 if __name__ == "__main__":
