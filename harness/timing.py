@@ -55,6 +55,7 @@ def run_with_host_watch(item: pytest.Item, nextitem: pytest.Item | None) -> None
     attempts: list[dict[str, Any]] = []
     reports: list[pytest.TestReport] = []
     miss: str | None = None
+    unmeasured = False
     figures: HostFigures | None = None
     for number in range(1, MAX_ATTEMPTS + 1):
         item.user_properties[:] = first_properties
@@ -64,12 +65,12 @@ def run_with_host_watch(item: pytest.Item, nextitem: pytest.Item | None) -> None
             reports = runtestprotocol(item, log=False, nextitem=nextitem)
         figures = watch.figures
         assert figures is not None
-        miss = _timing_miss(reports)
+        miss, unmeasured = _timing_miss(reports), _unmeasured(reports)
         attempts.append({"attempt": number, "timing_miss": miss is not None, **figures.as_dict()})
-        if miss is None or (figures.steady() and not _unmeasured(reports)):
+        if miss is None or (figures.steady() and not unmeasured):
             break
-    if miss is not None and figures is not None and not figures.steady() and not _unmeasured(reports):
-        _inconclusive(reports, miss, figures, attempts)
+    if miss is not None and figures is not None and not figures.steady() and not unmeasured:
+        _inconclusive(reports, miss, figures, len(attempts))
     for report in reports:
         if report.when == "call":
             report.user_properties.append((HOST_KEY, json.dumps(attempts)))
@@ -107,13 +108,12 @@ def _unmeasured(reports: list[pytest.TestReport]) -> bool:
     return any(k == INCONCLUSIVE_KEY for r in reports if r.when == "call" for k, _ in r.user_properties)
 
 
-def _inconclusive(
-    reports: list[pytest.TestReport], miss: str, figures: HostFigures, attempts: list[dict[str, Any]]
-) -> None:
+def _inconclusive(reports: list[pytest.TestReport], miss: str, figures: HostFigures, attempts: int) -> None:
     call = next(r for r in reports if r.when == "call")
     why = "; ".join(figures.unsteady_because())
-    message = f"{RERUN_ADVICE} ({why}); after {len(attempts)} attempt(s) the last missed: {miss}"
-    unmeasured = Inconclusive(message, {"attempts": attempts})
+    message = f"{RERUN_ADVICE} ({why}); after {attempts} attempt(s) the last missed: {miss}"
+    # every attempt's host figures go on the report under HOST_KEY, beside this
+    unmeasured = Inconclusive(message)
     call.outcome = "skipped"
     call.longrepr = (str(call.location[0]), call.location[1] or 0, f"INCONCLUSIVE: {message}")
     # per-ID checks that missed a bound become INCONCLUSIVE too; the rest keep their own outcome
