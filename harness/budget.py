@@ -56,14 +56,16 @@ def ran_past_budget(call: pytest.CallInfo[None]) -> bool:
 
 
 def mark_hung(item: pytest.Item, report: pytest.TestReport) -> None:
-    """The call ran past its budget: HUNG, with what the run has of it so far."""
+    """The test ran past its budget (in its set-up, call or tear-down): HUNG, with what the run has
+    of it so far."""
     budget = item.stash.get(BUDGET_KEY, 0.0)
     item.stash[HUNG_ITEM_KEY] = True
     figures: dict[str, object] = {"budget_s": budget}
     for title, text in report.sections:
         if title in ("program logs", "client driver", "gRPC trace"):
             figures[title] = text
-    reason = f"ran past its time budget of {budget:g} s; its programs were stopped or killed"
+    where = {"setup": " while setting up", "teardown": " while tearing down"}.get(report.when, "")
+    reason = f"ran past its time budget of {budget:g} s{where}; its programs were stopped or killed"
     report.user_properties.append((HUNG_KEY, json.dumps({"reason": reason, "figures": figures}, default=str)))
 
 

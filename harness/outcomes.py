@@ -189,7 +189,7 @@ def decide(report: pytest.TestReport, ids: Sequence[str]) -> dict[str, Outcome] 
 
 def _whole_test(report: pytest.TestReport) -> Outcome | None:
     props = dict((str(k), v) for k, v in report.user_properties)
-    if HUNG_KEY in props and report.when == "call":
+    if HUNG_KEY in props and (report.when == "call" or report.failed):
         data = json.loads(str(props[HUNG_KEY]))
         return Outcome(Status.HUNG, str(data["reason"]), dict(data.get("figures", {})))
     if INCONCLUSIVE_KEY in props and report.when == "call":

@@ -134,7 +134,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     budget.after_hang(item, report)
-    if report.when == "call" and report.failed and budget.ran_past_budget(call):
+    if report.failed and budget.ran_past_budget(call):
+        # a hang is a hang wherever it holds the test: in a fixture's set-up or tear-down as in the call
         _add_failure_context(item, report)
         budget.mark_hung(item, report)
         return report

@@ -231,3 +231,45 @@ def _process_folders() -> dict[int, Path]:
             except OSError:
                 continue
     return found
+
+
+FIXTURE_HANG_TESTS = """
+import time
+import pytest
+
+pytestmark = pytest.mark.unit
+
+@pytest.fixture
+def wedged_start():
+    time.sleep(30)  # a program that never becomes ready, past the budget
+    yield
+
+@pytest.fixture
+def wedged_stop():
+    yield
+    time.sleep(30)  # a program that never stops, past the budget
+
+@pytest.mark.scenario("3.2.1.a")
+def test_start(wedged_start): pass
+
+@pytest.mark.scenario("3.2.1.b")
+def test_stop(wedged_stop): pass
+
+@pytest.mark.scenario("4.3.1.a")
+def test_fine(): pass
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_hang_in_set_up_or_tear_down_is_hung_too(pytester: pytest.Pytester) -> None:
+    pytester.makeini(PYTESTER_INI)
+    pytester.makepyfile(test_spec=FIXTURE_HANG_TESTS)
+    result = pytester.runpytest_subprocess("--time-budget", "1", "--report-dir", "out")
+    assert result.ret == 1, result.stdout.str()[-2000:]
+    report = json.loads((pytester.path / "out" / "conformance-report.json").read_text())
+    ran = {row["id"]: row for row in report["scenarios"] if row["status"] != "not-run"}
+    assert ran["3.2.1.a"]["status"] == "hung", f"expected a set-up past its budget HUNG, got {ran['3.2.1.a']}"
+    assert "while setting up" in ran["3.2.1.a"]["reason"], ran["3.2.1.a"]["reason"]
+    assert ran["3.2.1.b"]["status"] == "hung", f"expected a tear-down past its budget HUNG, got {ran['3.2.1.b']}"
+    assert "while tearing down" in ran["3.2.1.b"]["reason"], ran["3.2.1.b"]["reason"]
+    assert ran["4.3.1.a"]["status"] == "passed", f"expected the next scenario its own outcome, got {ran['4.3.1.a']}"
