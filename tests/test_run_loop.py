@@ -270,6 +270,10 @@ def test_a_hang_in_set_up_or_tear_down_is_hung_too(pytester: pytest.Pytester) ->
     ran = {row["id"]: row for row in report["scenarios"] if row["status"] != "not-run"}
     assert ran["3.2.1.a"]["status"] == "hung", f"expected a set-up past its budget HUNG, got {ran['3.2.1.a']}"
     assert "while setting up" in ran["3.2.1.a"]["reason"], ran["3.2.1.a"]["reason"]
-    assert ran["3.2.1.b"]["status"] == "hung", f"expected a tear-down past its budget HUNG, got {ran['3.2.1.b']}"
+    assert ran["3.2.1.b"]["status"] == "hung", (
+        f"expected a tear-down past its budget HUNG, got {ran['3.2.1.b']}"
+    )
     assert "while tearing down" in ran["3.2.1.b"]["reason"], ran["3.2.1.b"]["reason"]
-    assert ran["4.3.1.a"]["status"] == "passed", f"expected the next scenario its own outcome, got {ran['4.3.1.a']}"
+    assert ran["4.3.1.a"]["status"] == "passed", (
+        f"expected the next scenario its own outcome, got {ran['4.3.1.a']}"
+    )

@@ -2,6 +2,7 @@
 
     FAULT_REPORTS_DIR=reports/faults python -m pytest tests/test_fault_catching.py -p no:randomly
     FAULT_REPORTS_DIR=reports/faults python tools/fault_table.py     # or: --reports DIR --output FILE
+    python tools/fault_table.py --clauses                           # the clause table alone
 
 Every row comes from a run's own report: the scenarios that failed against each faulty connector,
 and the first failure reason the suite gave for each.
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the packages are at the root
 
 from specs.faulty.catalogue import Fault, load_faults  # noqa: E402
+from specs.faulty.clauses import load_clauses, render_clauses, replace_clause_section  # noqa: E402
 from specs.faulty.runs import RUN_FILE, SuiteRun, load_run  # noqa: E402
 
 CONTROLS = ("control", "control-timed")
@@ -66,7 +68,8 @@ def render(faults: dict[str, Fault], runs: dict[str, SuiteRun]) -> str:
         "scenarios of its `--scenario` selection; the table lists every scenario that",
         "failed and the first reason the suite gave. `specs/faulty/faults.yaml` says which scenarios",
         "must catch each fault; `tests/test_fault_catching.py` fails when one of them does not, or",
-        "when the reference does not pass the same selections.",
+        "when the reference does not pass the same selections. The clause table below splits every",
+        "rule into its clauses and names, for each, the faults that break it, or says why none does yet.",
         "",
         "Regenerate: `FAULT_REPORTS_DIR=reports/faults python -m pytest tests/test_fault_catching.py "
         "-p no:randomly`, then `FAULT_REPORTS_DIR=reports/faults python tools/fault_table.py`.",
@@ -95,7 +98,8 @@ def render(faults: dict[str, Fault], runs: dict[str, SuiteRun]) -> str:
             f"| `{name}` | {fault.description} | {ids(fault.caught_by)} | {ids(shown)}{verdict} | "
             f"{run.duration_s:.0f} s, {selectors(run)} |"
         )
-    out += ["", "Bold: a scenario the catalogue requires to catch the fault.", "", "## The control", ""]
+    out += ["", "Bold: a scenario the catalogue requires to catch the fault.", ""]
+    out += [render_clauses(load_clauses(faults=faults), faults), "## The control", ""]
     for name in CONTROLS:
         run = runs.get(name)
         if run is None:
@@ -146,10 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the folder tests/test_fault_catching.py left its runs in (default: $FAULT_REPORTS_DIR)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "fault-catch-table.md")
+    parser.add_argument(
+        "--clauses",
+        action="store_true",
+        help="rewrite only the clause table (from specs/faulty/clauses/*.yaml), keeping the measured runs",
+    )
     args = parser.parse_args(argv)
+    faults = load_faults()
+    if args.clauses:
+        section = render_clauses(load_clauses(faults=faults), faults)
+        args.output.write_text(
+            replace_clause_section(args.output.read_text(encoding="utf-8"), section), encoding="utf-8"
+        )
+        print(f"wrote the clause table of {args.output}")
+        return 0
     if args.reports is None:
         parser.error("--reports DIR or FAULT_REPORTS_DIR is required")
-    faults = load_faults()
     runs = load_runs(Path(args.reports), faults)
     if not runs:
         parser.error(f"no fault runs in {args.reports} (expected <fault>/{RUN_FILE} folders)")
