@@ -74,11 +74,16 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--attach",
-        action="store_true",
-        default=False,
-        help="run against a connector you start yourself (e.g. under a debugger): the suite prints its "
-        "upstream, ports, TLS files and token file, waits for it to serve, then runs the scenarios; "
-        "those that must start, signal or restart it are not applicable",
+        nargs="?",
+        const="exchange_connector",
+        default=None,
+        choices=("exchange_connector", "client_driver"),
+        metavar="PROGRAM",
+        help="run against a program you start yourself (e.g. under a debugger): exchange_connector (the "
+        "default) or client_driver. For a connector the suite prints its upstream, ports, TLS files and "
+        "token file, waits for it to serve, then runs the scenarios; those that must start, signal or "
+        "restart it are not applicable. For a client driver it prints, for each driver a scenario needs, "
+        "the command line with two named pipes as its stdin and stdout, and waits for it to be ready",
     )
     group.addoption(
         "--attach-port",
@@ -92,7 +97,7 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         type=positive_float("--attach-timeout"),
         default=600.0,
-        help="with --attach: how long to wait for the attached connector to serve (default: 600 s)",
+        help="with --attach: how long to wait for the attached program to serve or be ready (default: 600 s)",
     )
     group.addoption(
         "--time-budget",

@@ -66,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(TimingBounded(), "conformance-timing")
     rerun.configure(config)
     if config.getoption("attach") and getattr(config.option, "numprocesses", None):
-        raise pytest.UsageError("--attach runs against one connector: in one process (-n 0)")
+        raise pytest.UsageError("--attach runs against one program you started: in one process (-n 0)")
     if config.pluginmanager.hasplugin("xdist"):
         from harness.schedule import ExclusiveScheduling
 
@@ -188,9 +188,9 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
-    if session.config.getoption("attach") and session.items and not session.config.getoption("collectonly"):
-        from harness.sut import attach
+    from harness.sut import attach
 
+    if attach.attach_mode(session.config) and session.items and not session.config.getoption("collectonly"):
         attach.begin(session.config, session.config.stash[MANIFEST_KEY])
 
 

@@ -96,3 +96,54 @@ def test_attach_runs_the_scenarios_against_a_connector_started_by_hand(tmp_path:
     for sid, row in lifecycle.items():
         assert row["status"] == "not-applicable", f"expected {sid} not applicable in attach mode, got {row}"
         assert "attach mode" in row["reason"] and "connector" in row["reason"], row["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_attach_client_driver_runs_each_driver_session_on_a_driver_started_by_hand(tmp_path: Path) -> None:
+    """--attach client_driver: for each driver a scenario needs, the suite prints a command line
+    whose stdin and stdout are two named pipes; the 'user' (this test) starts each one by hand."""
+    suite_command = [
+        sys.executable, "-m", "harness.cli", "--attach", "client_driver", "--attach-timeout", "60",
+        "-p", "no:randomly", "--report-dir", str(tmp_path / "out"), "--basetemp", str(tmp_path / "tmp"),
+        "--scenario", "3.1.1.a", "--scenario", "3.1.2.a", "--scenario", "4.1.1.a",
+    ]  # fmt: skip
+    suite = subprocess.Popen(
+        suite_command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    drivers: list[subprocess.Popen[bytes]] = []
+    seen: list[str] = []
+    try:
+        assert suite.stdout is not None
+        for line in suite.stdout:
+            seen.append(line)
+            if line.startswith(COMMAND_PREFIX):
+                # the printed shell line, run as the user would paste it (its stderr: ours)
+                shell = line[len(COMMAND_PREFIX) :].strip()
+                drivers.append(subprocess.Popen(["sh", "-c", shell], start_new_session=True))
+        suite.wait(timeout=240)
+        codes = [driver.wait(timeout=20) for driver in drivers]
+    finally:
+        for process in (suite, *drivers):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=20)
+    output = "".join(seen)
+    assert len(drivers) >= 3, (
+        f"expected a command line per driver session, got {len(drivers)}: {output[-3000:]}"
+    )
+    assert codes == [0] * len(drivers), (
+        f"expected every attached driver to exit 0 at the end of its input, got {codes}"
+    )
+    report = json.loads((tmp_path / "out" / "conformance-report.json").read_text())
+    ran = {row["id"]: row["status"] for row in report["scenarios"] if row["status"] != "not-run"}
+    for sid in ("3.1.1.a", "3.1.2.a", "4.1.1.a"):
+        assert ran.get(sid) == "passed", (
+            f"expected {sid} to pass on attached drivers, got {ran}; {output[-3000:]}"
+        )
+    assert suite.returncode == 0, output[-3000:]

@@ -41,7 +41,8 @@ POLL_S = 0.5
 
 
 def attach_mode(config: pytest.Config) -> bool:
-    return bool(config.getoption("attach", False))
+    """The run attaches to a connector the user started (--attach or --attach exchange_connector)."""
+    return bool(config.getoption("attach", None) == PROGRAM)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from harness.sut.attached_driver import AttachedDriver, AttachTimeout, command_line, instructions
 from harness.sut.manifest import Manifest
 
 READY_TIMEOUT_S = 15.0
@@ -40,23 +41,37 @@ class DriverFailure(AssertionError):
 
 
 class DriverSession:
-    """One running client driver. Use start_driver() (or the `client_driver` fixture) to make one."""
+    """One running client driver. Use start_driver() (or the `client_driver` fixture) to make one;
+    with `attached`, the pipes of a driver the user started (harness.sut.attached_driver)."""
 
-    def __init__(self, args: list[str], workdir: Path, env: Mapping[str, str], scenario: str = "") -> None:
+    def __init__(
+        self,
+        args: list[str],
+        workdir: Path,
+        env: Mapping[str, str],
+        scenario: str = "",
+        *,
+        attached: AttachedDriver | None = None,
+    ) -> None:
         self.args, self.workdir, self.scenario = args, workdir, scenario
         workdir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = workdir / "client_driver.stderr"
         self._stderr = self.stderr_path.open("wb")
-        try:
-            self._process = subprocess.Popen(
-                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                cwd=workdir, env={**os.environ, **env}, start_new_session=True,
-            )  # fmt: skip
-        except OSError as error:
-            self._stderr.close()
-            raise DriverFailure(
-                f"{self._tag('D1')}cannot run the client driver {args[0]!r}: {error.strerror}"
-            ) from None
+        self._attached = attached
+        self._process: subprocess.Popen[bytes] | AttachedDriver
+        if attached is not None:
+            self._process = attached
+        else:
+            try:
+                self._process = subprocess.Popen(
+                    args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                    cwd=workdir, env={**os.environ, **env}, start_new_session=True,
+                )  # fmt: skip
+            except OSError as error:
+                self._stderr.close()
+                raise DriverFailure(
+                    f"{self._tag('D1')}cannot run the client driver {args[0]!r}: {error.strerror}"
+                ) from None
         self.events: list[Event] = []
         self.protocol_errors: list[str] = []
         self._changed = threading.Condition()
@@ -94,6 +109,8 @@ class DriverSession:
         return f"[{self.scenario}] (rule {rule}): " if self.scenario else f"(rule {rule}): "
 
     def stderr_tail(self, count: int = STDERR_TAIL_LINES) -> str:
+        if self._attached is not None:
+            return "driver stderr: on the attached driver's own console"
         self._stderr.flush()
         lines = (
             self.stderr_path.read_text("utf-8", "replace").splitlines() if self.stderr_path.exists() else []
@@ -106,7 +123,10 @@ class DriverSession:
             events = [json.dumps(event)[:300] for event in self.events[-last:]]
             problems = list(self.protocol_errors)
         code = self._process.poll()
-        state = "running" if code is None else f"exited with code {code}"
+        if self._attached is not None:
+            state = "(attached) closed its stdout" if self._eof else "(attached) running"
+        else:
+            state = "running" if code is None else f"exited with code {code}"
         shown = "\n    ".join(events) or "(none)"
         bad = f"; lines that break the protocol: {problems[:3]}" if problems else ""
         return f"driver {state}{bad}; its last events:\n    {shown}\n{self.stderr_tail()}"
@@ -232,18 +252,30 @@ class DriverSession:
     # ------------------------------------------------------------------------------ ending
 
     def close(self) -> None:
-        """End of input; the driver must exit 0 within EXIT_TIMEOUT_S (rule D8). Killed otherwise."""
+        """End of input; the driver must exit 0 within EXIT_TIMEOUT_S (rule D8). Killed otherwise.
+        An attached driver must close its stdout within that time (its exit code is not the suite's
+        to see)."""
         try:
             if self._process.poll() is None and self._process.stdin is not None:
                 with suppress(BrokenPipeError, ValueError):
                     self._process.stdin.close()
-            try:
-                code = self._process.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise DriverFailure(
-                    f"{self._tag('D8')}expected the driver to exit 0 within {EXIT_TIMEOUT_S:g} s of the end of its input, "
-                    f"it was still running (killed it); {self.describe()}"
-                ) from None
+            if isinstance(self._process, AttachedDriver):
+                with self._changed:
+                    ended = self._changed.wait_for(lambda: self._eof, EXIT_TIMEOUT_S)
+                if not ended:
+                    raise DriverFailure(
+                        f"{self._tag('D8')}expected the attached driver to close its stdout within "
+                        f"{EXIT_TIMEOUT_S:g} s of the end of its input, it did not; {self.describe()}"
+                    )
+                code = 0
+            else:
+                try:
+                    code = self._process.wait(EXIT_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    raise DriverFailure(
+                        f"{self._tag('D8')}expected the driver to exit 0 within {EXIT_TIMEOUT_S:g} s of the end of "
+                        f"its input, it was still running (killed it); {self.describe()}"
+                    ) from None
             if code != 0:
                 raise DriverFailure(
                     f"{self._tag('D8')}expected exit code 0 after the end of input, got {code}; {self.describe()}"
@@ -257,7 +289,15 @@ class DriverSession:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the driver and its process group (harmless when it has exited)."""
+        """SIGKILL the driver and its process group (harmless when it has exited); an attached
+        driver, which is the user's, only loses its pipes."""
+        if isinstance(self._process, AttachedDriver):
+            self._process.end_input()
+            self._reader.join(EXIT_TIMEOUT_S)
+            if not self._reader.is_alive():  # a reader still waiting on it would hold its lock
+                self._process.close()
+            self._stderr.close()
+            return
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, signal.SIGKILL)
         with suppress(Exception):
@@ -273,21 +313,59 @@ class DriverSession:
     def returncode(self) -> int | None:
         return self._process.poll()
 
+    @property
+    def running(self) -> bool:
+        """Still running: a spawned driver has not exited; an attached one has not closed its stdout."""
+        if self._attached is not None:
+            with self._changed:
+                return not self._eof
+        return self._process.poll() is None
 
-def start_driver(manifest: Manifest, workdir: Path, scenario: str = "") -> DriverSession:
-    """Start the manifest's client driver and wait for its `ready` line (rule D1)."""
+
+def driver_command(manifest: Manifest, workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """The manifest's client_driver command line and environment, filled in."""
     program = manifest.program("client_driver")
     values = {"python": sys.executable, "workdir": str(workdir), "root": str(manifest.path.parent)}
     args = program.render_command(values)
     if "/" in args[0] and not Path(args[0]).is_absolute():  # relative to the manifest, not to cwd
         args[0] = str(manifest.path.parent / args[0])
-    env = {key: program.render(value, values) for key, value in program.env.items()}
+    return args, {key: program.render(value, values) for key, value in program.env.items()}
+
+
+def start_driver(manifest: Manifest, workdir: Path, scenario: str = "") -> DriverSession:
+    """Start the manifest's client driver and wait for its `ready` line (rule D1)."""
+    args, env = driver_command(manifest, workdir)
     session = DriverSession(args, workdir, {"PYTHONUNBUFFERED": "1", **env}, scenario)
     try:
         session._await_ready(READY_TIMEOUT_S)
     except BaseException:
         session.kill()
         raise
+    return session
+
+
+def attach_driver(
+    manifest: Manifest, workdir: Path, scenario: str, number: int, timeout: float, say: Callable[[str], None]
+) -> DriverSession:
+    """Print how to start the manifest's client driver on two named pipes, wait (up to `timeout` s)
+    for the user to start it and for its `ready` line (harness.sut.attached_driver)."""
+    args, env = driver_command(manifest, workdir)
+    driver = AttachedDriver(workdir / "pipes")
+    for line in instructions(
+        manifest, workdir, driver, command_line(args, env, workdir, driver), scenario, number
+    ):
+        say(line)
+    try:
+        driver.open(timeout)
+    except AttachTimeout as error:
+        raise DriverFailure(f"[{scenario}] (rule D1): {error}") from None
+    session = DriverSession(args, workdir, env, scenario, attached=driver)
+    try:
+        session._await_ready(timeout)
+    except BaseException:
+        session.kill()
+        raise
+    say(f"attach: driver {number} is ready; running {scenario or 'the test'}")
     return session
 
 
@@ -305,4 +383,12 @@ def to_message(payload: Any, message_type: type[Message], where: str) -> Message
         ) from None
 
 
-__all__ = ["DriverFailure", "DriverSession", "Event", "start_driver", "to_message"]
+__all__ = [
+    "DriverFailure",
+    "DriverSession",
+    "Event",
+    "attach_driver",
+    "driver_command",
+    "start_driver",
+    "to_message",
+]

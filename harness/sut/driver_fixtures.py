@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.markers import scenario_ids
-from harness.sut.client_driver import DriverFailure, DriverSession, start_driver
+from harness.sut.attached_driver import driver_attach_mode
+from harness.sut.client_driver import DriverFailure, DriverSession, attach_driver, start_driver
 from harness.sut.manifest import Manifest
 
 _SESSIONS = pytest.StashKey[list[DriverSession]]()
@@ -32,7 +33,13 @@ def start_client_driver(
     def start() -> DriverSession:
         if not sut.has_program("client_driver"):
             pytest.fail(f"[{scenario}]: the SUT {sut.name!r} names no [programs.client_driver]")
-        session = start_driver(sut, tmp_path / f"client_driver-{len(sessions) + 1}", scenario)
+        workdir = tmp_path / f"client_driver-{len(sessions) + 1}"
+        if driver_attach_mode(request.config):
+            timeout = float(request.config.getoption("attach_timeout"))
+            say = _console(request.config)
+            session = attach_driver(sut, workdir, scenario, len(sessions) + 1, timeout, say)
+        else:
+            session = start_driver(sut, workdir, scenario)
         sessions.append(session)
         return session
 
@@ -51,6 +58,17 @@ def start_client_driver(
                 problems.append(str(failure))
         if problems:
             raise DriverFailure("\n".join(problems))
+
+
+def _console(config: pytest.Config) -> Callable[[str], None]:
+    """Print to the user's terminal from inside a test (past pytest's capture)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def say(line: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(line, flush=True)
+
+    return say
 
 
 @pytest.fixture
