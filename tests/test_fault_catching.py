@@ -3,7 +3,7 @@
 For each fault of specs/faulty/faults.yaml the suite runs as a subprocess against the fault's
 manifest (the reference's, with the connector replaced), with the fault's --scenario selectors; the
 run must fail, and every scenario of the fault's `caught_by` must be reported failed or error. The
-control: the reference passes the same selections. The runs go two at a time (one under
+control: the reference passes the same selections. The runs go three at a time (one under
 pytest-xdist, whose workers already share the machine), except a run whose selections judge time
 (§6, or a timing-bounded scenario): a second run beside it would be a busy neighbour, and its
 verdict INCONCLUSIVE. Such a fault's run goes alone, as soon as the runs beside it end; the
@@ -41,7 +41,7 @@ FAULTS = load_faults()
 IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE_FAULTS, **GO_FAULTS}
 CONTROL, TIMED_CONTROL = "control", "control-timed"
 RUN_TIMEOUT_S = 300.0
-PARALLEL_RUNS = 2
+PARALLEL_RUNS = 3  # most runs wait on programs and timeouts more than they compute
 MATRIX_TIMEOUT_S = 900  # a test may wait for the runs queued before its own
 
 
@@ -167,7 +167,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     under_xdist = "PYTEST_XDIST_WORKER" in os.environ
     runs = Matrix(folder, 1 if under_xdist else PARALLEL_RUNS)
     try:
-        if not under_xdist:  # start every run this session will ask for, two at a time
+        if not under_xdist:  # start every run this session will ask for, PARALLEL_RUNS at a time
             wanted = [
                 str(item.callspec.params["run"])
                 for item in request.session.items

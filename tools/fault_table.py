@@ -78,7 +78,7 @@ def render(faults: dict[str, Fault], runs: dict[str, SuiteRun]) -> str:
     if when is not None:
         out += [
             f"Measured {when:%Y-%m-%d %H:%M} UTC, Python {env.get('python', '?')}, grpcio {env.get('grpcio', '?')}, "
-            f"{env.get('cpus', '?')} CPUs; {len(present)} runs, two at a time, in {wall:.0f} s.",
+            f"{env.get('cpus', '?')} CPUs; {len(present)} runs, three at a time (a run that judges time alone), in {wall:.0f} s.",
             "",
         ]
     out += [
