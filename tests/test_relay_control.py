@@ -8,7 +8,7 @@ too), §3.1/§4.1 (the client library against the suite's mock exchange: no conn
 §5.2 (the Compose stack does not run the manifest's programs), and 4.2.1.x29 (rule C39 counts the
 calls the connector refuses; under a burst of new connections the relay's own failed connections
 are UNAVAILABLE statuses the connector never sees). No scenario is listed as a known failure: the
-byte relay's buffers are bounded, so back-pressure (rules C13, C34) still reaches the connector. The inner run uses two xdist workers: its scenarios wait on programs more than they
+byte relay's buffers are bounded, so back-pressure (rules C13, C34) still reaches the connector. The inner run uses three xdist workers, as `./conform` does: its scenarios wait on programs more than they
 compute, and the outer run does nothing else meanwhile.
 """
 
@@ -34,7 +34,7 @@ def test_the_reference_behind_a_byte_relay_passes_every_connector_scenario(pytes
     selectors = [arg for section in SECTIONS for arg in ("--scenario", section)]
     left_out = [arg for module in LEFT_OUT for arg in ("--deselect", module)]
     result = pytester.runpytest_subprocess(
-        "-p", "no:randomly", "-n", "2", "--rootdir", str(ROOT), "-c", str(ROOT / "pytest.ini"),
+        "-p", "no:randomly", "-n", "3", "--rootdir", str(ROOT), "-c", str(ROOT / "pytest.ini"),
         "--sut", str(manifest), "--report-dir", str(pytester.path / "out"), "-m", "not perf and not soak",
         *selectors, *left_out, str(ROOT / "specs"),
         timeout=840,
