@@ -365,6 +365,10 @@ class FeedReader:
                 return record
         return None
 
+    def message_carrying(self, sent: Sent) -> Any:
+        """The first message already read that carries `sent` (None if none does)."""
+        return next((message for message in self.messages if sent.find(message) is not None), None)
+
     def summary(self) -> str:
         kinds = [m.get("type", "?") if isinstance(m, dict) else type(m).__name__ for m in self.messages]
         return f"{len(self.messages)} message(s) read ({', '.join(kinds[-8:]) or 'none'})" + (

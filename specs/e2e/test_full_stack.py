@@ -15,11 +15,13 @@ per module); the programs still come only from the SUT manifest.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
@@ -44,6 +46,8 @@ from specs.e2e.conftest import (
     Stack,
     account_update,
     carrying,
+    http_get,
+    json_objects,
     logged_update,
     make_stack,
     poll_http,
@@ -58,6 +62,8 @@ DURATION_LIMIT_S = 30.0
 LEAK_SETTLE_S = 5.0
 SHUTDOWN_ORDER = (MARKET_MAKER, LIVE_SERVER, CONNECTOR)  # clients first, as the spec does
 KINDS = ("account", "position")
+# ?symbol= (rule L1): the updated position's symbol, and the other one the mock exchange holds (§8.2)
+FILTER_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -78,7 +84,9 @@ class FullStackRun:
     logged_miss: dict[str, str] = field(default_factory=dict)
     served: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # kind -> live_server API record
     served_last: dict[str, Answer] = field(default_factory=dict)
+    filtered: dict[str, Answer] = field(default_factory=dict)  # symbol -> GET /api/positions?symbol=
     pushed: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # kind -> WebSocket record
+    pushed_message: dict[str, Any] = field(default_factory=dict)  # kind -> the message carrying it
     feed: str = ""  # what the WebSocket client read, or why it could not
     subscriptions: dict[str, int] = field(default_factory=dict)
     total_subscriptions: dict[str, int] = field(default_factory=dict)
@@ -186,8 +194,13 @@ def _trigger_and_follow(
     run.logged[kind], run.logged_miss[kind] = logged_update(stack.market_maker, event, sent, UPDATE_WAIT_S)
     _, answer = poll_http(f"{stack.base_url}{path}", carrying(sent), UPDATE_WAIT_S)
     run.served[kind], run.served_last[kind] = sent.find(answer.json()), answer
+    if kind == "position":
+        with httpx.Client(trust_env=False) as client:
+            for symbol in FILTER_SYMBOLS:
+                run.filtered[symbol] = http_get(client, f"{stack.base_url}{path}?symbol={symbol}")
     if feed is not None:
         run.pushed[kind] = feed.find(sent, UPDATE_WAIT_S)
+        run.pushed_message[kind] = feed.message_carrying(sent)
 
 
 def _count_connections(mock: MockExchangeServer, run: FullStackRun) -> None:
@@ -267,6 +280,22 @@ def test_account_update_reaches_both_clients(full_stack: FullStackRun) -> None:
 @pytest.mark.scenario(POSITION)
 def test_position_update_reaches_both_clients(full_stack: FullStackRun) -> None:
     _check_reached(full_stack, "position", POSITION)
+    sent = full_stack.sent["position"]
+    for symbol in FILTER_SYMBOLS:
+        answer = full_stack.filtered.get(symbol)
+        assert answer is not None and answer.status == 200, (
+            f"expected live_server GET /api/positions?symbol={symbol} to answer 200, got {answer}"
+        )
+        others = sorted({str(r["symbol"]) for r in json_objects(answer.json()) if "symbol" in r} - {symbol})
+        assert not others, (
+            f"expected live_server GET /api/positions?symbol={symbol} to give only {symbol}'s "
+            f"positions, got positions of {', '.join(others)}: {answer}"
+        )
+    mine = full_stack.filtered[sent.fields["symbol"]]
+    assert sent.find(mine.json()) is not None, (
+        f"expected live_server GET /api/positions?symbol={sent.fields['symbol']} to serve the "
+        f"{sent.describe()}, got {mine}"
+    )
 
 
 def _check_same(run: FullStackRun, where: str, seen: dict[str, dict[str, Any] | None]) -> None:
@@ -300,6 +329,18 @@ def test_websocket_feed_shows_exactly_the_values_sent(full_stack: FullStackRun) 
             f"{UPDATE_WAIT_S:.0f} s, got {full_stack.feed}"
         )
     _check_same(full_stack, "live_server's WebSocket feed", full_stack.pushed)
+    for kind in KINDS:  # rule L4: each pushed as {"type": "account"|"position", "data": {...}}
+        message = full_stack.pushed_message.get(kind)
+        data = message.get("data") if isinstance(message, dict) else None
+        assert (
+            isinstance(message, dict)
+            and message.get("type") == kind
+            and isinstance(data, dict)
+            and full_stack.sent[kind].carried_by(data)
+        ), (
+            f'expected live_server\'s WebSocket feed to push the {kind} update as {{"type": "{kind}", '
+            f'"data": {{...}}}}, got {json.dumps(message)[:400]}'
+        )
 
 
 @pytest.mark.scenario(ONE_CONNECTION)

@@ -26,9 +26,11 @@ HEADER_TIMEOUT, CONNECTION_LIMIT, WS_MESSAGE_LIMIT, ORIGIN_CHECK, HOST_CHECK, ST
 )  # fmt: skip
 HEADER_TIMEOUT_BOUND_S = 10.0  # rule L20
 HELD_REQUESTS = 300
+KEPT_ALIVE_HELD = 20  # L20: second requests on kept-alive connections, each with its own bound
 TRICKLE_EVERY_S = 1.0  # a slowloris client sends a header line now and then to look alive
 MAX_CONNECTIONS_BOUND = 1000  # rule L21: the documented limit is at most this
 OVER_LIMIT = 50
+LIMIT_LINE_EVERY_S = 10.0  # rule L21: at most one connection_limit line per 10 s
 FAST_ANSWER_S = 2.0
 WS_MESSAGE_BOUND = 1 << 20  # rule L22: the documented limit is at most 1 MiB
 CLOSE_WAIT_S = 5.0
@@ -57,11 +59,11 @@ def quick_get(url: str, headers: dict[str, str] | None = None, timeout: float = 
 @pytest.mark.requires("http_hardening")
 @pytest.mark.timeout(60)
 def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack, metrics: MetricRecorder) -> None:
-    with held_requests(live_stack.http_port, HELD_REQUESTS) as held:
+    with held_requests(live_stack.http_port, HELD_REQUESTS, KEPT_ALIVE_HELD) as held:
         normal = quick_get(f"{live_stack.base_url}/api/account", timeout=HTTP_TIMEOUT_S)
         assert normal.status == 200, (
             f"expected GET /api/account to answer 200 while "
-            f"{HELD_REQUESTS} unfinished requests are held, got {normal}"
+            f"{HELD_REQUESTS + KEPT_ALIVE_HELD} unfinished requests are held, got {normal}"
         )
         deadline = held.opened_at + HEADER_TIMEOUT_BOUND_S
         next_trickle = time.monotonic() + TRICKLE_EVERY_S
@@ -73,9 +75,11 @@ def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack, metr
         waited = time.monotonic() - held.opened_at
         metrics.record("unfinished_requests_closed_after_s", waited, "s")
         assert not held.open, (
-            f"expected all {HELD_REQUESTS} unfinished requests "
-            f"(a header line every {TRICKLE_EVERY_S:.0f} s, never the end of the head) closed within "
-            f"{HEADER_TIMEOUT_BOUND_S:.0f} s, got {len(held.open)} still open after {waited:.1f} s"
+            f"expected all {HELD_REQUESTS} unfinished requests on fresh connections and "
+            f"{KEPT_ALIVE_HELD} unfinished second requests on kept-alive connections (a header line "
+            f"every {TRICKLE_EVERY_S:.0f} s, never the end of the head) closed within "
+            f"{HEADER_TIMEOUT_BOUND_S:.0f} s, got {len(held.open)} still open after {waited:.1f} s "
+            f"({len(held.open & held.kept_alive)} of them kept-alive)"
         )
 
 
@@ -85,6 +89,7 @@ def test_unfinished_requests_are_closed_within_the_bound(live_stack: Stack, metr
 def test_connections_past_the_limit_are_refused_fast_and_logged(live_stack: Stack) -> None:
     url = f"{live_stack.base_url}/api/account"
     count = MAX_CONNECTIONS_BOUND + OVER_LIMIT
+    began = time.monotonic()
     with held_requests(live_stack.http_port, count) as held:
         started = time.monotonic()
         extra = quick_get(url)
@@ -112,6 +117,14 @@ def test_connections_past_the_limit_are_refused_fast_and_logged(live_stack: Stac
     assert ok, (
         f"expected GET /api/account to answer 200 within "
         f"{FAST_ANSWER_S:.0f} s of the held connections closing, got {last}"
+    )
+    lines = live_stack.live_server.events("connection_limit")
+    elapsed = time.monotonic() - began
+    allowed = 1 + int(elapsed / LIMIT_LINE_EVERY_S)
+    assert len(lines) <= allowed, (
+        f"expected at most one 'connection_limit' line per {LIMIT_LINE_EVERY_S:.0f} s (an attack "
+        f"must not flood the log), got {len(lines)} lines in {elapsed:.1f} s with {OVER_LIMIT} "
+        f"connections over the limit"
     )
 
 
@@ -202,6 +215,11 @@ def test_api_says_503_once_the_connector_is_gone(live_stack: Stack, metrics: Met
         assert ok, (
             f"expected GET {path} to answer 503 within {STALE_WITHIN_S:.0f} s "
             f"of the connector stopping, got {answer}"
+        )
+        body = answer.json()
+        assert "json" in answer.content_type and isinstance(body, dict) and body, (
+            f"expected GET {path}'s 503 to carry a JSON error object, got "
+            f"{answer.content_type or 'no content type'!r}: {answer}"
         )
         if path == "/api/account":
             metrics.record("stale_api_503_after_s", time.monotonic() - stopped, "s")
