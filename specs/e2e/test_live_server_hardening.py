@@ -154,10 +154,12 @@ def test_oversized_websocket_message_closes_with_1009(live_stack: Stack) -> None
     )
 
 
-def _feed_answer(url: str, origin: str) -> str:
-    """What a WebSocket client with `origin` gets: "refused <why>", "closed" or "data"."""
+def _feed_answer(url: str, origin: str | None) -> str:
+    """What a WebSocket client with `origin` (None: no Origin header) gets: "refused <why>",
+    "closed" or "data"."""
     try:
-        with ws_connect(url, origin=Origin(origin), open_timeout=HTTP_TIMEOUT_S) as connection:
+        sent = Origin(origin) if origin is not None else None
+        with ws_connect(url, origin=sent, open_timeout=HTTP_TIMEOUT_S) as connection:
             connection.recv(timeout=HTTP_TIMEOUT_S)
             return "data"
     except InvalidStatus as exc:
@@ -179,6 +181,8 @@ def test_foreign_origin_cannot_open_the_feed(live_stack: Stack) -> None:
     )
     own = _feed_answer(live_stack.ws_url, live_stack.base_url)
     assert own == "data", f"expected /ws to serve its own page's Origin {live_stack.base_url}, got {own}"
+    none = _feed_answer(live_stack.ws_url, None)
+    assert none == "data", f"expected /ws to serve a client sending no Origin (not a browser), got {none}"
 
 
 @pytest.mark.scenario(HOST_CHECK)

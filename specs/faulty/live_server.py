@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from implementation.clients import UpdateLog
+from implementation.config import LiveServerConfig
 from implementation.live_server import __main__ as live_server_main
 from implementation.live_server import access, app, feed, guard
 from implementation.logs import log_event
@@ -102,6 +105,41 @@ def stale_bare_503() -> None:
     app._unavailable = bare  # type: ignore[assignment]
 
 
+@fault("config-extra-ignored")
+def config_extra_ignored() -> None:
+    """The config model takes pydantic's default for unknown keys (ignore), not forbid: a typo of
+    a key is dropped in silence and the program runs on its default."""
+    LiveServerConfig.model_config["extra"] = "ignore"
+    LiveServerConfig.model_rebuild(force=True)
+
+
+@fault("api-float-decimals")
+def api_float_decimals() -> None:
+    """/api/account and /api/positions render decimal fields as JSON numbers (floats), not the
+    strings the exchange sent (the WebSocket feed is unchanged)."""
+
+    def numeric_fields(message: Message) -> dict[str, Any]:
+        fields: dict[str, Any] = message_fields(message)
+        for name, value in fields.items():
+            with contextlib.suppress(ValueError):
+                fields[name] = float(value)
+        return fields
+
+    app.message_fields = numeric_fields  # type: ignore[attr-defined]
+
+
+@fault("update-log-unsampled")
+def update_log_unsampled() -> None:
+    """The update log is built without the config's `log` settings, so its default applies: every
+    account and position update logged at info, none sampled."""
+    make = live_server_main.UpdateLog  # type: ignore[attr-defined]
+
+    def without_settings(state: LiveState, logger: logging.Logger, *rest: Any) -> UpdateLog:
+        return make(state, logger)
+
+    live_server_main.UpdateLog = without_settings  # type: ignore[attr-defined,assignment]
+
+
 @fault("kept-alive-no-header-timeout")
 def kept_alive_no_header_timeout() -> None:
     """The request-head timer is armed once per connection, when it opens: a kept-alive connection
@@ -167,6 +205,18 @@ def origin_without_port() -> None:
         return access.ANY in self.hosts or origin.strip().lower() in allowed
 
     access.AccessPolicy.allows_origin = allows_origin  # type: ignore[method-assign]
+
+
+@fault("origin-required")
+def origin_required() -> None:
+    """/ws refuses a handshake with no Origin, as if it were a foreign one: clients that are not
+    browsers cannot open the feed."""
+    allows_origin = access.AccessPolicy.allows_origin
+
+    def origin_required(self: access.AccessPolicy, origin: str | None) -> bool:
+        return origin is not None and allows_origin(self, origin)
+
+    access.AccessPolicy.allows_origin = origin_required  # type: ignore[method-assign]
 
 
 @fault("listen-host-only")
