@@ -28,12 +28,22 @@ const (
 	stallAfter       = 500 * time.Millisecond // a tick this late, with almost no CPU meanwhile, is a stall
 	shedEvery        = 250 * time.Millisecond
 	overloadLag      = 500 * time.Millisecond // upstream lag past which subscribers are shed
-	refuseAfterShed  = 2 * time.Second        // new subscriptions refused this long after the last shed
+	refuseAfterShed  = 3 * time.Second        // new subscriptions refused this long after the last shed
 	noShedAfterStall = 500 * time.Millisecond
+	keepStalls       = time.Minute // stalls remembered to pardon the waits that span them
 )
+
+// stall is a time the connector's process stood still (C40).
+type stall struct{ from, to time.Time }
 
 type item struct {
 	frame  *contract.Frame
+	readAt time.Time
+}
+
+// handed is an update handed to the transport, not known to be on the wire yet.
+type handed struct {
+	end    int64 // the stream's bytes handed, up to and with this update
 	readAt time.Time
 }
 
@@ -54,6 +64,10 @@ type Subscriber struct {
 	sendingAt time.Time // readAt of the update in SendMsg
 	ended     bool
 	status    error
+	// written is how many of the stream's bytes are on the wire, nil when unknown; updates handed
+	// and not yet written still wait (wire.go)
+	written   func() int64
+	unwritten []handed
 
 	wake chan struct{}
 	done chan struct{}
@@ -73,6 +87,59 @@ func (s *Subscriber) wants(symbol string) bool {
 	return s.Topic == TopicAccount || s.Symbol == "" || s.Symbol == symbol
 }
 
+// Wired makes the updates handed to the stream wait until written says they are on the wire;
+// call it before Pump.
+func (s *Subscriber) Wired(written func() int64) {
+	s.mu.Lock()
+	s.written = written
+	s.mu.Unlock()
+}
+
+// Handed records that the update being sent ends at byte end of its stream.
+func (s *Subscriber) Handed(end int64) {
+	s.mu.Lock()
+	if !s.ended && s.written != nil {
+		s.unwritten = append(s.unwritten, handed{end: end, readAt: s.sendingAt})
+	}
+	s.mu.Unlock()
+}
+
+// trimLocked forgets the handed updates that are on the wire.
+func (s *Subscriber) trimLocked() {
+	if len(s.unwritten) == 0 || s.written == nil {
+		return
+	}
+	written := s.written()
+	n := 0
+	for n < len(s.unwritten) && s.unwritten[n].end <= written {
+		n++
+	}
+	if n == len(s.unwritten) {
+		s.unwritten = s.unwritten[:0]
+	} else {
+		s.unwritten = s.unwritten[n:]
+	}
+}
+
+// waitingLocked is how many updates wait for the subscriber and since when the oldest has.
+func (s *Subscriber) waitingLocked() (int, time.Time) {
+	s.trimLocked()
+	waiting := len(s.queue) + len(s.unwritten)
+	var oldest time.Time
+	switch {
+	case len(s.unwritten) > 0:
+		oldest = s.unwritten[0].readAt
+	case s.sending:
+		oldest = s.sendingAt
+	case len(s.queue) > 0:
+		oldest = s.queue[0].readAt
+	}
+	if s.sending {
+		waiting++
+	}
+	return waiting, oldest
+}
+
 func (s *Subscriber) offer(it item) {
 	s.mu.Lock()
 	if s.ended {
@@ -80,10 +147,7 @@ func (s *Subscriber) offer(it item) {
 		return
 	}
 	s.queue = append(s.queue, it)
-	waiting := len(s.queue)
-	if s.sending {
-		waiting++
-	}
+	waiting, _ := s.waitingLocked()
 	s.mu.Unlock()
 	if waiting > QueueLimit {
 		s.hub.drop(s, fmt.Sprintf("%d updates waiting (queue limit %d)", waiting, QueueLimit))
@@ -128,22 +192,17 @@ func (s *Subscriber) Pump(send Sender) {
 	}
 }
 
-// oldestWait is how long the oldest update not yet taken by the transport has waited.
+// oldestWait is how long the oldest update not yet on the wire (or, where that is not known,
+// not yet taken by the transport) has waited, less the time the connector itself stood still
+// meanwhile (C40).
 func (s *Subscriber) oldestWait(now time.Time) (time.Duration, int) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	waiting := len(s.queue)
-	var oldest time.Time
-	if s.sending {
-		waiting++
-		oldest = s.sendingAt
-	} else if len(s.queue) > 0 {
-		oldest = s.queue[0].readAt
-	}
+	waiting, oldest := s.waitingLocked()
+	s.mu.Unlock()
 	if oldest.IsZero() {
 		return 0, waiting
 	}
-	return now.Sub(oldest), waiting
+	return now.Sub(oldest) - s.hub.stoodStill(oldest, now), waiting
 }
 
 // end marks the subscriber ended with err; it reports whether this call ended it.
@@ -156,6 +215,7 @@ func (s *Subscriber) end(err error) bool {
 	s.ended = true
 	s.status = err
 	s.queue = nil
+	s.unwritten = nil
 	close(s.done)
 	return true
 }
@@ -173,6 +233,7 @@ type Hub struct {
 	mu         sync.Mutex
 	subs       map[string]map[*Subscriber]struct{}
 	stallAt    time.Time
+	stalls     []stall
 	lastShed   time.Time
 	overloaded bool
 	lagDrops   int // subscribers dropped for lag or queue since the last shed check
@@ -308,6 +369,10 @@ func (h *Hub) Run() {
 		if gap := now.Sub(lastTick); gap > stallAfter && cpu-lastCPU < gap/5 {
 			h.mu.Lock()
 			h.stallAt = now
+			h.stalls = append(h.stalls, stall{from: lastTick, to: now})
+			for len(h.stalls) > 0 && now.Sub(h.stalls[0].to) > keepStalls {
+				h.stalls = h.stalls[1:]
+			}
 			h.mu.Unlock()
 			h.metrics.Stalls.Inc()
 			h.log.Warning("stalled", "gap_ms", gap.Milliseconds(), "cpu_ms", (cpu - lastCPU).Milliseconds())
@@ -342,10 +407,37 @@ func (h *Hub) sinceStall(now time.Time) time.Duration {
 	return now.Sub(h.stallAt)
 }
 
-func (h *Hub) checkLag(now time.Time) {
-	if h.sinceStall(now) < LagLimit { // its own stall is nobody's lag (C40)
-		return
+// stoodStill is how much of the time from since to now the connector stood still.
+func (h *Hub) stoodStill(since, now time.Time) time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var still time.Duration
+	for _, st := range h.stalls {
+		if from, to := later(st.from, since), earlier(st.to, now); to.After(from) {
+			still += to.Sub(from)
+		}
 	}
+	return still
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// checkLag drops the subscribers whose oldest update has waited past LagLimit. The connector's
+// own stalls are nobody's lag (C40): a wait is counted less the stalls it spans, and no more, so
+// that stalls that keep coming (a host that starves the process) do not let a backlog rot (C38).
+func (h *Hub) checkLag(now time.Time) {
 	for _, s := range h.all() {
 		if wait, _ := s.oldestWait(now); wait > LagLimit {
 			h.drop(s, fmt.Sprintf("an update waited %d ms to be sent (lag limit %d ms)", wait.Milliseconds(), LagLimit.Milliseconds()))
@@ -360,7 +452,8 @@ func (h *Hub) checkLag(now time.Time) {
 // subscribers with updates waiting, and every one whose oldest update has waited past
 // overloadLag, every shedEvery, and refuses new subscriptions until
 // refuseAfterShed after the last time it was, so that the clients it dropped (which come straight
-// back) cannot bring the overload back. Its own stalls are nobody's overload (C40).
+// back) cannot bring the overload back. Its own stalls are nobody's overload (C40): the waits
+// leave them out, and upstream lag is not read for a moment after one.
 func (h *Hub) shed(now time.Time) {
 	lag := h.LagOf()
 	sinceStall := h.sinceStall(now)
@@ -387,7 +480,7 @@ func (h *Hub) shed(now time.Time) {
 	switch {
 	case lag > overloadLag && sinceStall >= noShedAfterStall:
 		why = fmt.Sprintf("its upstream read trails by %d ms (shed at %d ms)", lag.Milliseconds(), overloadLag.Milliseconds())
-	case lagging >= 2 && 4*lagging >= len(all) && sinceStall >= LagLimit:
+	case lagging >= 2 && 4*lagging >= len(all):
 		why = fmt.Sprintf("%d of its %d subscribers have updates waiting over %d ms", lagging, len(all), overloadLag.Milliseconds())
 	case lagDrops >= 2:
 		why = fmt.Sprintf("%d subscribers fell behind within %d ms", lagDrops, shedEvery.Milliseconds())

@@ -3,6 +3,7 @@ package connector
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -161,6 +162,7 @@ func TestLagDropsAStuckSubscriberButNotAfterAStall(t *testing.T) {
 
 	hub.mu.Lock()
 	hub.stallAt = read.Add(1500 * time.Millisecond) // the process stood still just now
+	hub.stalls = []stall{{from: read.Add(100 * time.Millisecond), to: read.Add(1500 * time.Millisecond)}}
 	hub.mu.Unlock()
 	hub.checkLag(read.Add(1600 * time.Millisecond))
 	select {
@@ -176,5 +178,74 @@ func TestLagDropsAStuckSubscriberButNotAfterAStall(t *testing.T) {
 	}
 	if status.Code(s.Status()) != codes.ResourceExhausted {
 		t.Fatalf("expected RESOURCE_EXHAUSTED, got %v", s.Status())
+	}
+}
+
+// An update handed to the transport still waits until its bytes are on the wire: a subscriber
+// whose handed updates stay unwritten past the lag bound is dropped, one whose are written is not.
+func TestHandedUpdatesWaitUntilWritten(t *testing.T) {
+	hub := newTestHub(t)
+	var stuckWritten, movingWritten atomic.Int64
+	stuck := hub.Add(TopicAccount, "", "stuck")
+	moving := hub.Add(TopicAccount, "", "moving")
+	stuck.Wired(stuckWritten.Load)
+	moving.Wired(movingWritten.Load)
+	handOut := func(s *Subscriber, written *atomic.Int64, onWire bool) (Sender, *collector) {
+		c, handed := &collector{}, int64(0)
+		return func(f *contract.Frame) error {
+			handed += int64(len(f.Bytes) + 5)
+			s.Handed(handed)
+			if onWire {
+				written.Store(handed)
+			}
+			return c.send(f)
+		}, c
+	}
+	stuckSend, stuckGot := handOut(stuck, &stuckWritten, false)
+	movingSend, movingGot := handOut(moving, &movingWritten, true)
+	go stuck.Pump(stuckSend)
+	go moving.Pump(movingSend)
+	read := time.Now()
+	hub.Publish(TopicAccount, frame("x"), "", read)
+	hub.Publish(TopicAccount, frame("y"), "", read)
+	stuckGot.wait(t, 2) // both handed: its queue is empty
+	movingGot.wait(t, 2)
+	if wait, waiting := stuck.oldestWait(read.Add(300 * time.Millisecond)); waiting != 2 || wait != 300*time.Millisecond {
+		t.Fatalf("expected 2 handed updates waiting 300 ms, got %d waiting %v", waiting, wait)
+	}
+	hub.checkLag(read.Add(1200 * time.Millisecond))
+	select {
+	case <-stuck.Done():
+	default:
+		t.Fatal("expected the subscriber whose handed updates are not on the wire dropped past the lag bound")
+	}
+	select {
+	case <-moving.Done():
+		t.Fatal("expected the subscriber whose updates are on the wire kept")
+	default:
+	}
+	hub.EndAll(codes.Unavailable, ShuttingDown, "test")
+}
+
+// Stalls pardon only their own time: a subscriber whose update waited past the lag bound besides
+// a stall is dropped even just after the stall (stalls that keep coming back must not let a
+// backlog rot, C38).
+func TestAStallPardonsOnlyItsOwnTime(t *testing.T) {
+	hub := newTestHub(t)
+	stuck := &collector{release: make(chan struct{})}
+	defer close(stuck.release)
+	s := hub.Add(TopicAccount, "", "stuck")
+	go s.Pump(stuck.send)
+	read := time.Now()
+	hub.Publish(TopicAccount, frame("x"), "", read)
+	hub.mu.Lock()
+	hub.stallAt = read.Add(1500 * time.Millisecond)
+	hub.stalls = []stall{{from: read.Add(900 * time.Millisecond), to: read.Add(1500 * time.Millisecond)}}
+	hub.mu.Unlock()
+	hub.checkLag(read.Add(1700 * time.Millisecond)) // waited 1.7 s, 0.6 s of it a stall
+	select {
+	case <-s.Done():
+	default:
+		t.Fatal("expected a drop: the update waited 1.1 s besides the stall")
 	}
 }

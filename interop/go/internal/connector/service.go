@@ -288,16 +288,30 @@ func (s *Service) subscribe(topic, method string) grpc.StreamHandler {
 			s.Hub.Remove(sub, "client gone")
 			return err
 		}
-		// an update is handed to grpc-go only while the connection's earlier ones are on the wire
-		// (wire.go): the backlog waits in the subscriber's queue, where its age is measured (C34)
+		// an update is handed to grpc-go only while the stream's earlier ones are on the wire, and
+		// counts as waiting until its own bytes are (wire.go): the backlog waits where its age is
+		// measured (C34, C38)
 		conn := wireOf(ctx)
-		if conn != nil {
+		var wired *wireStream
+		if id := streamID(ctx); conn != nil && id != 0 {
+			wired = conn.Stream(id)
+			defer conn.Forget(id)
+			sub.Wired(wired.Written)
+		} else if conn != nil {
 			conn.subscriptions.Add(1)
 			defer conn.subscriptions.Add(-1)
 		}
 		go sub.Pump(func(f *contract.Frame) error {
-			if conn != nil && !conn.waitRoom(sub.Done()) {
-				return errEnded
+			switch {
+			case wired != nil:
+				if !wired.waitRoom(sub.Done()) {
+					return errEnded
+				}
+				sub.Handed(wired.Hand(len(f.Bytes) + 5)) // the message and its 5-byte prefix
+			case conn != nil:
+				if !conn.waitRoom(sub.Done()) {
+					return errEnded
+				}
 			}
 			return stream.SendMsg(f)
 		})

@@ -3,9 +3,11 @@ package connector
 import (
 	"context"
 	"net"
+	"reflect"
 	"sync"
 	"sync/atomic"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/stats"
 )
@@ -14,13 +16,16 @@ import (
 // before HTTP/2 flow control lets it out: a client that reads slowly has up to 64 KiB queued in
 // grpc-go, out of the connector's sight, and the lag bound of C34 would not see it. Wire sees
 // what really leaves: it wraps each server connection (below HTTP/2, above TLS) and counts the
-// DATA bytes written to it, and a stats handler counts the bytes handed to grpc-go
-// (stats.OutPayload). A subscriber hands its next update only while its connection's bytes
-// handed but not yet written stay within a budget, so its backlog waits in its own queue, where
-// its age is measured.
+// DATA bytes written to it, per HTTP/2 stream. A subscriber hands its next update only while its
+// own stream holds at most WireBudget bytes handed and not yet written, and an update handed and
+// not yet written still counts as waiting, so its age is measured until it is on the wire.
+//
+// Per stream, not per connection: streams that share a connection (grpcio channels of one process
+// with the same options share one) drain at their own clients' pace, and under a connection-wide
+// budget the slowest of them ends up holding all of it, out of sight.
 
-// WireBudget is how many bytes per subscription a connection may hold handed but not written.
-const WireBudget = 8 << 10
+// WireBudget is how many bytes a subscription may hold handed to grpc-go and not yet written.
+const WireBudget = 1 << 10
 
 // Wire tracks the server's connections.
 type Wire struct {
@@ -47,7 +52,7 @@ func (c wireCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo
 	if err != nil {
 		return conn, info, err
 	}
-	tracked := &wireConn{Conn: conn, wake: make(chan struct{})}
+	tracked := &wireConn{Conn: conn, wake: make(chan struct{}), streams: map[uint32]*wireStream{}}
 	c.wire.conns.Store(raw.RemoteAddr().String(), tracked)
 	return tracked, info, nil
 }
@@ -91,8 +96,24 @@ func wireOf(ctx context.Context) *wireConn {
 	return conn
 }
 
+// streamID is the HTTP/2 stream id of the server stream of ctx, or 0. grpc-go does not export it
+// (transport.ServerStream embeds Stream, whose field id holds it); it is read by reflection, and
+// TestStreamIDOfAServerStream fails should a grpc-go upgrade move it.
+func streamID(ctx context.Context) uint32 {
+	v := reflect.ValueOf(grpc.ServerTransportStreamFromContext(ctx))
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return 0
+	}
+	id := v.Elem().FieldByName("id")
+	if !id.IsValid() || id.Kind() != reflect.Uint32 {
+		return 0
+	}
+	return uint32(id.Uint())
+}
+
 // wireConn is one connection: the HTTP/2 frames written to it are parsed just enough to count
-// their DATA bytes (each message's 5-byte prefix included, as in OutPayload.WireLength).
+// their DATA bytes (each message's 5-byte prefix included, as in OutPayload.WireLength), in all
+// and per stream.
 type wireConn struct {
 	net.Conn
 	handed        atomic.Int64
@@ -104,6 +125,8 @@ type wireConn struct {
 	headerN   int
 	remaining int
 	data      bool
+	stream    uint32
+	streams   map[uint32]*wireStream
 	wake      chan struct{} // closed (and replaced) whenever DATA bytes were written
 }
 
@@ -128,11 +151,15 @@ func (c *wireConn) count(p []byte) {
 			c.headerN = 0
 			c.remaining = int(c.header[0])<<16 | int(c.header[1])<<8 | int(c.header[2])
 			c.data = c.header[3] == 0 // DATA
+			c.stream = (uint32(c.header[5])<<24 | uint32(c.header[6])<<16 | uint32(c.header[7])<<8 | uint32(c.header[8])) & 0x7fffffff
 			continue
 		}
 		k := min(len(p), c.remaining)
 		if c.data {
 			data += int64(k)
+			if s := c.streams[c.stream]; s != nil {
+				s.written.Add(int64(k))
+			}
 		}
 		c.remaining -= k
 		p = p[k:]
@@ -144,18 +171,68 @@ func (c *wireConn) count(p []byte) {
 	}
 }
 
+func (c *wireConn) woken() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.wake
+}
+
 // pending is how many bytes were handed to grpc-go on this connection and not yet written.
 func (c *wireConn) pending() int64 { return c.handed.Load() - c.written.Load() }
 
 // waitRoom returns once the connection holds at most its budget handed but not written, or
-// when done is closed (false).
+// when done is closed (false). It serves streams whose id could not be read.
 func (c *wireConn) waitRoom(done <-chan struct{}) bool {
 	for {
 		budget := WireBudget * max(1, c.subscriptions.Load())
-		c.mu.Lock()
-		wake := c.wake
-		c.mu.Unlock()
+		wake := c.woken()
 		if c.pending() <= budget {
+			return true
+		}
+		select {
+		case <-wake:
+		case <-done:
+			return false
+		}
+	}
+}
+
+// Stream tracks the DATA bytes of stream id written from now on; Forget ends that.
+func (c *wireConn) Stream(id uint32) *wireStream {
+	s := &wireStream{conn: c}
+	c.mu.Lock()
+	c.streams[id] = s
+	c.mu.Unlock()
+	return s
+}
+
+// Forget stops tracking stream id.
+func (c *wireConn) Forget(id uint32) {
+	c.mu.Lock()
+	delete(c.streams, id)
+	c.mu.Unlock()
+}
+
+// wireStream is one tracked stream: the bytes handed to grpc-go by its one sender, and the DATA
+// bytes of it written to the connection.
+type wireStream struct {
+	conn    *wireConn
+	handed  atomic.Int64
+	written atomic.Int64
+}
+
+// Hand counts n bytes handed to grpc-go (a message and its 5-byte prefix); it returns the total.
+func (s *wireStream) Hand(n int) int64 { return s.handed.Add(int64(n)) }
+
+// Written is how many of the stream's bytes are on the wire.
+func (s *wireStream) Written() int64 { return s.written.Load() }
+
+// waitRoom returns once the stream holds at most WireBudget bytes handed but not written, or
+// when done is closed (false).
+func (s *wireStream) waitRoom(done <-chan struct{}) bool {
+	for {
+		wake := s.conn.woken()
+		if s.handed.Load()-s.written.Load() <= WireBudget {
 			return true
 		}
 		select {
