@@ -113,6 +113,10 @@ def test_connections_past_the_limit_are_refused_fast_and_logged(live_stack: Stac
             f"expected a 'connection_limit' log event once the limit "
             f"was reached, got none within {CLOSE_WAIT_S:.0f} s; {live_stack.live_server.tail()}"
         )
+        levels = sorted({str(line.get("level", "")) for line in seen})
+        assert all(level.lower() in ("warn", "warning") for level in levels), (
+            f"expected the 'connection_limit' event at warning level, got level {', '.join(levels)}"
+        )
     ok, last = poll_http(url, lambda answer: answer.status == 200, FAST_ANSWER_S)
     assert ok, (
         f"expected GET /api/account to answer 200 within "

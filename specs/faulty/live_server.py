@@ -140,6 +140,25 @@ def update_log_unsampled() -> None:
     live_server_main.UpdateLog = without_settings  # type: ignore[attr-defined,assignment]
 
 
+@fault("uvicorn-signals")
+def uvicorn_signals() -> None:
+    """uvicorn is embedded with its own signal handling: SIGTERM stops the HTTP server under the
+    program's feet, which takes it for a failure (an error line, exit code 1)."""
+    live_server_main._Server = uvicorn.Server  # type: ignore[misc,assignment]
+
+
+@fault("limit-line-at-info")
+def limit_line_at_info() -> None:
+    """The connection_limit line (counted, one per 10 s) is logged at info level, not warning."""
+
+    def at_info(
+        logger: logging.Logger, event: str, *, level: int | str = logging.INFO, **fields: Any
+    ) -> None:
+        log_event(logger, event, level=logging.INFO if event == "connection_limit" else level, **fields)
+
+    guard.log_event = at_info  # type: ignore[attr-defined]
+
+
 @fault("kept-alive-no-header-timeout")
 def kept_alive_no_header_timeout() -> None:
     """The request-head timer is armed once per connection, when it opens: a kept-alive connection
