@@ -27,6 +27,7 @@ from opensqt.exchange.testdata import spec_account
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from specs.client_steps import (
     DELIVERY_TIMEOUT_S,
+    SUBSCRIBE_TIMEOUT_S,
     account,
     accounts,
     connected,
@@ -42,6 +43,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60), pytest.mark.requ
 RESTART_WAIT_S = 7.5  # the server restarted: new data must follow within 7 s (rule D38)
 # after a stream error with the connect's backoff hints (50-500 ms), a resubscription within this is due
 RECONNECT_WAIT_S = 5.0
+# a refused subscription: read on this long after the server saw it before judging what the driver said
+REFUSAL_SETTLE_S = 0.3
 
 
 def balances(driver: DriverSession, stream: str, where: str) -> list[str]:
@@ -109,6 +112,35 @@ def test_account_stream_delivers_five_updates_in_order(
         assert not troubles, f"expected a healthy stream (no errors, no reconnects), got {troubles}"
 
 
+@pytest.mark.scenario("4.1.1.a")
+def test_account_stream_is_subscribed_only_once_the_server_accepts_it(
+    mock_exchange: MockExchangeServer, client_driver: DriverSession
+) -> None:
+    connected(client_driver, mock_exchange, "4.1.1.a")
+    mock_exchange.fail_calls(grpc.StatusCode.UNAVAILABLE, "not taking subscriptions yet")
+    try:
+        stream = client_driver.send("subscribe_account")
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while not mock_exchange.calls["SubscribeAccount"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        asked = mock_exchange.calls["SubscribeAccount"] > 0
+        time.sleep(REFUSAL_SETTLE_S)  # the refusal reaches the library; what it made of it is printed
+        early = client_driver.of(stream, "subscribed")
+    finally:
+        mock_exchange.fail_calls(None)
+    assert asked, (
+        f"expected subscribe_account to reach the server within {DELIVERY_TIMEOUT_S:g} s, "
+        f"it did not; {client_driver.describe()}"
+    )
+    assert not early, (
+        "expected no `subscribed` while the server refuses the stream (UNAVAILABLE: it is "
+        f"not established), got `subscribed` at t_ms {early[0].get('t_ms')}"
+    )
+    outcome = client_driver.outcome(stream, SUBSCRIBE_TIMEOUT_S, "D30", kinds=("subscribed", "error"))
+    client_driver.expect(outcome, "subscribed", "D30", "once the server accepts the stream")
+    mock_exchange.wait_for_subscriptions("account", 1, timeout=SUBSCRIBE_TIMEOUT_S)
+
+
 @pytest.mark.scenario("4.1.1.b")
 @pytest.mark.parametrize(
     "code",
@@ -138,7 +170,7 @@ def test_account_stream_server_error_is_reported_not_delivered(
     assert got == ["10000.01"], (
         f"under rule D33, expected only the real update to reach the callback, got {got}"
     )
-    assert client_driver.returncode is None, "under rule D33, expected the driver to keep running"
+    assert client_driver.running, "under rule D33, expected the driver to keep running"
 
 
 @pytest.mark.scenario("4.1.1.ac3")
@@ -319,6 +351,12 @@ def position_updates(
     stream = subscribed(driver, mock, "4.1.2", "D40", symbol=symbol)
     for update in [*sent, marker]:
         mock.trigger_position_update(update)
+    wait_position(driver, stream, symbol, marker, "D40")
+    return positions(driver.of(stream, "update"), "a position update")
+
+
+def wait_position(driver: DriverSession, stream: str, symbol: str, marker: pb.Position, rule: str) -> None:
+    """Until the stream of `symbol` delivers `marker` (its last update)."""
     driver.wait_for(
         lambda e: (
             e.get("id") == stream
@@ -328,9 +366,8 @@ def position_updates(
         ),
         DELIVERY_TIMEOUT_S,
         f"the last position update ({marker.symbol} {marker.size}) on the stream of symbol {symbol!r}",
-        "D40",
+        rule,
     )
-    return positions(driver.of(stream, "update"), "a position update")
 
 
 @pytest.mark.scenario("4.1.2.a", "4.1.2.ac1")
@@ -356,16 +393,50 @@ def test_position_stream_with_symbol_receives_only_that_symbol(
 ) -> None:
     sizes = ("0.1", "0.2", "0.3", "0.4")
     sent = [position(symbol, size) for size in sizes for symbol in ("BTCUSDT", "ETHUSDT")]
-    # the marker comes after every ETHUSDT update: once it is in, none can still arrive
-    received = position_updates(client_driver, mock_exchange, "BTCUSDT", sent, position("BTCUSDT", "9.9"))
-    got = [(p.symbol, p.size) for p in received]
+    connected(client_driver, mock_exchange, "4.1.2.b")
+    # a subscription to the other symbol, opened first, beside the one to BTCUSDT: each callback
+    # must get its own symbol's updates only
+    streams = {
+        symbol: subscribed(client_driver, mock_exchange, "4.1.2.b", "D40", symbol=symbol)
+        for symbol in ("ETHUSDT", "BTCUSDT")
+    }
+    markers = {"ETHUSDT": position("ETHUSDT", "8.8"), "BTCUSDT": position("BTCUSDT", "9.9")}
+    # each marker comes after every update of both symbols: once it is in, none can still arrive
+    for update in [*sent, markers["ETHUSDT"], markers["BTCUSDT"]]:
+        mock_exchange.trigger_position_update(update)
+    wait_position(client_driver, streams["BTCUSDT"], "BTCUSDT", markers["BTCUSDT"], "D40")
+    missing: dict[str, str] = {}
+    try:
+        wait_position(client_driver, streams["ETHUSDT"], "ETHUSDT", markers["ETHUSDT"], "D42")
+    except DriverFailure:
+        missing["ETHUSDT"] = f"its last update (ETHUSDT 8.8) did not come within {DELIVERY_TIMEOUT_S:g} s"
+    got = {
+        symbol: [
+            (p.symbol, p.size) for p in positions(client_driver.of(stream, "update"), "a position update")
+        ]
+        for symbol, stream in streams.items()
+    }
     with verdicts.check("4.1.2.b"):
-        others = [entry for entry in got if entry[0] != "BTCUSDT"]
-        assert not others, f"expected only BTCUSDT updates, got others too: {others}"
+        others = {
+            symbol: [entry for entry in updates if entry[0] != symbol] for symbol, updates in got.items()
+        }
+        problems = [
+            f"the {symbol} subscription got others too: {wrong}" for symbol, wrong in others.items() if wrong
+        ]
+        assert not problems, (
+            f"expected each subscription to get only its symbol's updates; {'; '.join(problems)}"
+        )
     with verdicts.check("4.1.2.ac2"):
-        expected = [("BTCUSDT", size) for size in (*sizes, "9.9")]
-        assert got == expected, (
-            f"expected every BTCUSDT update, none lost, no other symbol: {expected}, got {got}"
+        problems = []
+        for symbol, updates in got.items():
+            expected = [(symbol, size) for size in (*sizes, markers[symbol].size)]
+            if symbol in missing or updates != expected:
+                problems.append(
+                    f"the {symbol} subscription: expected {expected}, got {updates}"
+                    + (f" ({missing[symbol]})" if symbol in missing else "")
+                )
+        assert not problems, (
+            f"expected every update of the subscribed symbol, none lost, no other symbol; {'; '.join(problems)}"
         )
 
 
