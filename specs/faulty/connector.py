@@ -660,6 +660,279 @@ def get_account_cached() -> None:
     ExchangeService.GetAccount = from_cache  # type: ignore[method-assign]
 
 
+# ------------------------------------------------------------------------------------ symbols, outages, bad upstream data
+
+POSITIONS_CACHE_S = 5.0  # positions-cached: how long one GetPositions answer is served again per symbol
+GENERIC_UNAVAILABLE = "service temporarily unavailable; retry later"  # upstream-failure-unnamed
+
+
+class _RewrittenContext:
+    """A servicer context whose aborts and response headers pass through `abort`/`headers` first."""
+
+    def __init__(
+        self,
+        context: Any,
+        abort: Callable[[grpc.StatusCode, str], str] | None = None,
+        headers: Callable[[str, str], str] | None = None,
+    ) -> None:
+        self._context, self._rewrite_abort, self._rewrite_header = context, abort, headers
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *rest: Any) -> Any:
+        if self._rewrite_abort is not None:
+            details = self._rewrite_abort(code, details)
+        return await self._context.abort(code, details, *rest)
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        rewrite = self._rewrite_header
+        if rewrite is not None:
+            metadata = tuple((key, rewrite(key, value)) for key, value in metadata)
+        await self._context.send_initial_metadata(metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def _rewrite_every_handler(
+    abort: Callable[[grpc.StatusCode, str], str] | None = None,
+    headers: Callable[[str, str], str] | None = None,
+) -> None:
+    """GetAccount, GetPositions and both streams answer through a _RewrittenContext."""
+    get_account, get_positions, stream = (
+        ExchangeService.GetAccount,
+        ExchangeService.GetPositions,
+        ExchangeService._stream,
+    )
+
+    def wrapped(context: Any) -> Any:
+        return cast(Any, _RewrittenContext(context, abort, headers))
+
+    async def account(self: ExchangeService, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        return await get_account(self, request, wrapped(context))
+
+    async def positions(
+        self: ExchangeService, request: pb.GetPositionsRequest, context: Any
+    ) -> pb.GetPositionsResponse:
+        return await get_positions(self, request, wrapped(context))
+
+    async def streamed(self: ExchangeService, topic: str, symbol: str, context: Any) -> None:
+        await stream(self, topic, symbol, wrapped(context))
+
+    ExchangeService.GetAccount = account  # type: ignore[method-assign]
+    ExchangeService.GetPositions = positions  # type: ignore[method-assign]
+    ExchangeService._stream = streamed  # type: ignore[method-assign]
+
+
+@fault("symbol-prefix-match")
+def symbol_prefix_match() -> None:
+    """The symbol is checked with re.match instead of re.fullmatch: anything that starts with a valid
+    symbol passes ("BTC-USDT", 33 or 65,536 letters), only a bad first character is refused."""
+    from implementation.connector_core import server
+    from implementation.contract.validation import SYMBOL
+
+    def loose(symbol: str) -> str:
+        if symbol and SYMBOL.match(symbol):
+            return symbol
+        return check_symbol(symbol)
+
+    server.check_symbol = loose  # type: ignore[attr-defined]
+
+
+@fault("symbol-not-named")
+def symbol_not_named() -> None:
+    """An invalid symbol is refused with details that say what a symbol must be but not which one
+    was refused (an implementer wary of echoing client input)."""
+    from implementation.connector_core import server
+
+    def unnamed(symbol: str) -> str:
+        try:
+            return check_symbol(symbol)
+        except InvalidRequest:
+            raise InvalidRequest(
+                "invalid symbol: expected 1-32 upper-case letters and digits, or empty for all"
+            ) from None
+
+    server.check_symbol = unnamed  # type: ignore[attr-defined]
+
+
+@fault("get-positions-unfiltered")
+def get_positions_unfiltered() -> None:
+    """GetPositions asks the exchange for every symbol (one upstream call shared by all callers) and
+    answers the list unfiltered, whatever the request's symbol (invalid symbols are still refused)."""
+    get_positions = ExchangeService.GetPositions
+
+    async def every_symbol(
+        self: ExchangeService, request: pb.GetPositionsRequest, context: Any
+    ) -> pb.GetPositionsResponse:
+        try:
+            check_symbol(request.symbol)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await get_positions(self, pb.GetPositionsRequest(symbol=""), context)
+
+    ExchangeService.GetPositions = every_symbol  # type: ignore[method-assign]
+
+
+@fault("positions-cached")
+def positions_cached() -> None:
+    """GetPositions answers are cached per symbol for POSITIONS_CACHE_S: the exchange's changes
+    meanwhile are not seen by unary callers."""
+    get_positions = ExchangeService.GetPositions
+    cached: dict[str, tuple[float, pb.GetPositionsResponse]] = {}
+
+    async def from_cache(
+        self: ExchangeService, request: pb.GetPositionsRequest, context: Any
+    ) -> pb.GetPositionsResponse:
+        now = time.monotonic()
+        hit = cached.get(request.symbol)
+        if hit is not None and now - hit[0] < POSITIONS_CACHE_S:
+            return hit[1]
+        answer: pb.GetPositionsResponse = await get_positions(self, request, context)
+        cached[request.symbol] = (now, answer)
+        return answer
+
+    ExchangeService.GetPositions = from_cache  # type: ignore[method-assign]
+
+
+@fault("data-age-in-seconds")
+def data_age_in_seconds() -> None:
+    """x-opensqt-data-age-ms carries the data age in whole seconds (the metric's unit), not milliseconds."""
+    from implementation.connector_core.server import DATA_AGE_KEY
+
+    def seconds(key: str, value: str) -> str:
+        return str(int(value) // 1000) if key == DATA_AGE_KEY else value
+
+    _rewrite_every_handler(headers=seconds)
+
+
+@fault("streams-survive-outage")
+def streams_survive_outage() -> None:
+    """When the exchange fails, open streams are kept open (to resume once it is back) instead of
+    ending with UNAVAILABLE; the updates of the outage are lost to them without a word."""
+    end_all = Hub._end_all
+
+    def end_only_on_shutdown(self: Hub, code: grpc.StatusCode, details: str) -> None:
+        if self._closed:  # close_subscribers: the connector is shutting down
+            end_all(self, code, details)
+
+    Hub._end_all = end_only_on_shutdown  # type: ignore[method-assign]
+
+
+@fault("subscribe-while-down")
+def subscribe_while_down() -> None:
+    """While the exchange is down, a new subscription is accepted (it waits for the exchange's
+    return) instead of being refused with UNAVAILABLE."""
+    add = Hub._add
+
+    def admit(self: Hub, sub: Subscription) -> None:
+        if self._closed or self._serving:
+            add(self, sub)
+            return
+        self._subscribers[sub.topic][sub] = None
+        log_event(HUB_LOG, "subscriber_added", topic=sub.topic, symbol=sub.symbol, peer=sub.peer)
+
+    Hub._add = admit  # type: ignore[method-assign]
+
+
+@fault("health-ignores-upstream-loss")
+def health_ignores_upstream_loss() -> None:
+    """The upstream-loss path stops serving but does not tell health: health stays SERVING through an
+    outage (only start-up and the freshness watchdog move it)."""
+    set_serving = Hub._set_serving
+
+    async def untold(self: Hub, serving: bool) -> None:
+        if serving:
+            await set_serving(self, serving)
+            return
+        on_serving, self._on_serving = self._on_serving, None
+        try:
+            await set_serving(self, serving)
+        finally:
+            self._on_serving = on_serving
+
+    Hub._set_serving = untold  # type: ignore[method-assign]
+
+
+@fault("upstream-failure-unnamed")
+def upstream_failure_unnamed() -> None:
+    """The statuses of an upstream failure (ended streams, refused calls and subscriptions) carry a
+    generic "service temporarily unavailable" instead of saying the upstream exchange failed."""
+
+    def generic(code: grpc.StatusCode, details: str) -> str:
+        if code is grpc.StatusCode.UNAVAILABLE and details.startswith("upstream exchange"):
+            return GENERIC_UNAVAILABLE
+        return details
+
+    _rewrite_every_handler(abort=generic)
+
+
+@fault("health-serving-while-draining")
+def health_serving_while_draining() -> None:
+    """On SIGTERM the connector drains (new calls refused, streams ended "shutting down") but its
+    health keeps reading SERVING until the port closes."""
+    init = ExchangeServer.__init__
+
+    async def stay_serving() -> None:
+        return None
+
+    def without_graceful_health(self: ExchangeServer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.health.enter_graceful_shutdown = stay_serving
+
+    ExchangeServer.__init__ = without_graceful_health  # type: ignore[method-assign]
+
+
+@fault("liveness-answer-fanned-out")
+def liveness_answer_fanned_out() -> None:
+    """The liveness read's answer (GetAccount to a quiet upstream) goes through the update path: the
+    account subscribers receive the last update again after every second of quiet."""
+
+    async def probe(self: Hub) -> None:
+        self.probes += 1
+        try:
+            account = await self.exchange.get_account()
+        except Exception:  # the stream or the hung check will say what is wrong
+            return
+        self.freshness.caught_up()
+        self.publish_account(account)
+
+    Hub._probe = probe  # type: ignore[method-assign]
+
+
+@fault("positions-unvalidated")
+def positions_unvalidated() -> None:
+    """Position updates from the exchange are fanned out unchecked (only account updates are
+    validated): a malformed money field reaches the subscribers."""
+    from implementation.connector_core import hub
+
+    hub.validate_position = lambda position: position  # type: ignore[attr-defined]
+
+
+@fault("invalid-account-keeps-view")
+def invalid_account_keeps_view() -> None:
+    """A refused account update leaves the view as it was: GetAccount goes on answering the last
+    valid account although the exchange's account is now one the connector cannot vouch for."""
+    publish = Hub.publish_account
+
+    def keep_view(self: Hub, account: pb.Account) -> None:
+        kept = self._account
+        publish(self, account)
+        if self._account is None:
+            self._account = kept
+
+    Hub.publish_account = keep_view  # type: ignore[method-assign]
+
+
+@fault("invalid-data-logged-as-warning")
+def invalid_data_logged_as_warning() -> None:
+    """A refused upstream update is logged at warning level, not error."""
+
+    def reject(topic: str, stats: Any, exc: Exception) -> None:
+        stats.invalid += 1
+        log_event(HUB_LOG, "upstream_invalid_data", level=logging.WARNING, topic=topic, reason=str(exc))
+
+    Hub._reject = staticmethod(reject)  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------ the program
 
 

@@ -116,6 +116,7 @@ async def test_get_account_never_serves_a_frozen_view_as_current(program_connect
     answers: list[str] = []
     refused: grpc.aio.AioRpcError | None = None
     while time.monotonic() - frozen_at < HUNG_DETECTED_WITHIN_S:
+        asked = time.monotonic() - frozen_at
         account, outcome = await get_account(stub, timeout=2.0)
         since = time.monotonic() - frozen_at
         if account is not None:
@@ -123,6 +124,12 @@ async def test_get_account_never_serves_a_frozen_view_as_current(program_connect
             assert isinstance(outcome, int) and outcome <= MAX_DATA_AGE_MS + AGE_SLACK_MS, (
                 f"under rule C30, expected GetAccount {since:.1f} s into a frozen upstream to answer "
                 f"UNAVAILABLE or data at most {MAX_DATA_AGE_MS} ms old, got OK with data age {outcome!r} ms"
+            )
+            # nothing comes from a frozen upstream: the view is at least as old as the freeze
+            assert outcome >= asked * 1000 - AGE_SLACK_MS, (
+                f"under rule C32, expected {DATA_AGE_KEY} to count the milliseconds since the upstream's "
+                f"last sign of life, at least {max(0, int(asked * 1000) - AGE_SLACK_MS)} for a call made "
+                f"{asked:.1f} s into the freeze, got {outcome}"
             )
             answers.append(f"OK {outcome} ms")
         else:
@@ -169,5 +176,19 @@ async def test_quiet_upstream_keeps_health_and_a_small_data_age(program_connecto
     assert age_metric is not None and age_metric * 1000 <= MAX_DATA_AGE_MS, (
         f"under rule C32, expected exchange_connector_data_age_seconds within "
         f"{MAX_DATA_AGE_MS / 1000:g} s, got {age_metric}"
+    )
+    # the exchange sent nothing while it was quiet, so the stream's next message is the next update
+    after = stamped_account(2)
+    connector.mock.trigger_account_update(after)
+    message: Any = await asyncio.wait_for(stream.read(), 10.0)
+    got = "the end of the stream" if message is grpc.aio.EOF else f"total_balance {message.total_balance}"
+    assert message is not grpc.aio.EOF and message.total_balance == after.total_balance, (
+        f"under rule C4, expected the stream's next message after {QUIET_FOR_S:g} s of quiet to be the next "
+        f"update (total_balance {after.total_balance}), got {got}"
+        + (
+            " (the last update again: it reached the subscriber twice)"
+            if got == f"total_balance {stamped_account(1).total_balance}"
+            else ""
+        )
     )
     stream.cancel()

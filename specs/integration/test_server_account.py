@@ -73,13 +73,15 @@ async def stream_end(
                 messages.append(message)
         except grpc.aio.AioRpcError as error:
             return error
-        pytest.fail("expected the stream to end with an error status, it ended OK")
+        pytest.fail(f"expected the stream of {scenario} to end with an error status, it ended OK")
 
     try:
         return messages, await asyncio.wait_for(drain(), timeout)
     except asyncio.TimeoutError:
         pass  # fail outside the handler: the report's reason is then this message, not the timeout
-    pytest.fail(f"expected the stream to end within {timeout} s ({len(messages)} messages read)")
+    pytest.fail(
+        f"expected the stream of {scenario} to end within {timeout} s, it stayed open ({len(messages)} messages read)"
+    )
 
 
 async def health(connector: ConnectorUnderTest) -> int:
@@ -315,18 +317,18 @@ async def test_exchange_errors_reach_clients_as_unavailable_then_service_recover
     mock.fail_calls(grpc.StatusCode.UNAVAILABLE, "exchange under maintenance")
     mock.end_streams(grpc.StatusCode.UNAVAILABLE, "exchange under maintenance")
 
-    _, ended = await stream_end(call, "4.2.1.d")
+    _, ended = await stream_end(call, "4.2.1.d (the open stream, once the exchange failed)")
     with pytest.raises(grpc.aio.AioRpcError) as unary:
         await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=10, metadata=connector.metadata)
     _, refused = await stream_end(subscribe(connector), "4.2.1.d (new subscription while down)")
-    status = await health(connector)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(await health(connector))
     errors = {"the open stream": ended, "GetAccount": unary.value, "a new subscription": refused}
     with verdicts.check("4.2.1.d"):
         for what, error in errors.items():
             assert error.code() is grpc.StatusCode.UNAVAILABLE, (
                 f"{what} while the exchange is down: expected UNAVAILABLE, got {error.code()}"
             )
-        assert status == health_pb2.HealthCheckResponse.NOT_SERVING, (
+        assert status == "NOT_SERVING", (
             f"expected health NOT_SERVING while the exchange is down, got {status}"
         )
     with verdicts.check("4.2.1.ac4"):
@@ -386,6 +388,7 @@ async def test_slow_consumer_is_dropped_with_resource_exhausted_others_unaffecte
     await connector.wait_subscribers("account", 1, "4.2.1.x1 (the dropped subscriber is removed)")
 
 
+REFUSAL_WAIT_S = 5.0  # a refused stream ends at once; an accepted one stays open (no update is sent)
 INVALID_SYMBOLS = {
     "lower-case": "btcusdt",
     "punctuation": "BTC-USDT",
@@ -402,14 +405,27 @@ async def test_invalid_symbols_are_rejected_with_invalid_argument(
 ) -> None:
     stub = connector.stub()
     shown = symbol[:20]
-    with pytest.raises(grpc.aio.AioRpcError) as unary:
-        await stub.GetPositions(pb.GetPositionsRequest(symbol=symbol), timeout=5, metadata=connector.metadata)
+    try:
+        answered = await stub.GetPositions(
+            pb.GetPositionsRequest(symbol=symbol), timeout=5, metadata=connector.metadata
+        )
+    except grpc.aio.AioRpcError as refused:
+        unary = refused
+    else:
+        pytest.fail(
+            f"GetPositions with the symbol {shown!r} ({len(symbol)} characters): expected INVALID_ARGUMENT, "
+            f"got OK with {len(answered.positions)} positions"
+        )
     call = stub.SubscribePositions(pb.SubscribePositionsRequest(symbol=symbol), metadata=connector.metadata)
-    _, streamed = await stream_end(call, "4.2.1.x2")
-    for name, error in (("GetPositions", unary.value), ("SubscribePositions", streamed)):
-        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, f"{name}: got {error.code()}"
+    _, streamed = await stream_end(
+        call, f"4.2.1.x2 (SubscribePositions with the symbol {shown!r})", timeout=REFUSAL_WAIT_S
+    )
+    for name, error in (("GetPositions", unary), ("SubscribePositions", streamed)):
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (
+            f"{name} with the symbol {shown!r}: expected INVALID_ARGUMENT, got {error.code().name}"
+        )
         assert shown in (error.details() or ""), (
-            f"{name}: expected the message to name the symbol, got {error.details()!r}"
+            f"{name}: expected the message to name the symbol {shown!r}, got {error.details()!r}"
         )
     assert await connector.subscribers("positions") == 0, "a rejected subscription must not be held"
 
@@ -443,12 +459,19 @@ async def test_empty_symbol_and_unknown_fields_are_accepted(connector: Connector
     assert answered.total_balance, "GetAccount with an unknown field must be served"
 
 
+BAD_MARK = "4.15e+04"  # a position's money field as a float rendering (rule C12)
+
+
 @pytest.mark.scenario("4.2.1.x3")
 async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
     connector: ConnectorUnderTest,
 ) -> None:
     call = subscribe(connector)
     await connector.wait_subscribers("account", 1, "4.2.1.x3")
+    positions = connector.stub().SubscribePositions(
+        pb.SubscribePositionsRequest(symbol=""), metadata=connector.metadata
+    )
+    await connector.wait_subscribers("positions", 1, "4.2.1.x3")
     mock = connector.mock
     mock.trigger_account_update(account(1))
     for field, bad in (("equity", "1e-05"), ("total_balance", "NaN"), ("margin_used", "")):
@@ -457,20 +480,49 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
     while not any(
         r.get("level") == "error" and "margin_used" in json.dumps(r) for r in connector.log_records()
     ):
-        assert time.monotonic() < deadline, "expected the connector to log the third malformed update"
+        assert time.monotonic() < deadline, (
+            "under rule C12, expected an error-level log line for the third malformed update "
+            "(margin_used ''), got none within 10 s"
+        )
         await asyncio.sleep(0.05)
     # the connector no longer trusts its view and asks the exchange, whose account is the last,
     # malformed one: GetAccount must fail, not forward it
-    with pytest.raises(grpc.aio.AioRpcError) as unary:
-        await connector.stub().GetAccount(pb.GetAccountRequest(), timeout=5, metadata=connector.metadata)
-    assert unary.value.code() is grpc.StatusCode.UNAVAILABLE, f"GetAccount: got {unary.value.code()}"
+    try:
+        answered = await connector.stub().GetAccount(
+            pb.GetAccountRequest(), timeout=5, metadata=connector.metadata
+        )
+        got = f"OK with total_balance {answered.total_balance!r}"
+    except grpc.aio.AioRpcError as error:
+        got = error.code().name
+    assert got == "UNAVAILABLE", (
+        f"under rule C12, expected GetAccount UNAVAILABLE after malformed account updates (an account "
+        f"the connector cannot vouch for), got {got}"
+    )
+    # a malformed position of one symbol between two valid ones: only the valid ones come through
+    sent_positions = [position("BTCUSDT", "41100.00"), position("BTCUSDT", "41200.00")]
+    mock.trigger_position_update(sent_positions[0])
+    mock.trigger_position_update(position("ETHUSDT", BAD_MARK))
+    mock.trigger_position_update(sent_positions[1])
     mock.trigger_account_update(account(2))
     received = await read(call, 2, "4.2.1.x3")
     assert received == [account(1), account(2)], (
         f"expected only the two valid updates, got {[m.total_balance for m in received]}"
     )
-    errors = [r for r in connector.log_records() if r.get("level") == "error" and "1e-05" in json.dumps(r)]
-    assert errors, "expected an error-level log line naming the malformed value '1e-05'"
+    got_positions = await read(positions, 2, "4.2.1.x3 (positions)", expected=sent_positions)
+    forwarded = [n for n, p in enumerate(got_positions, 1) if p.mark_price == BAD_MARK]
+    assert not forwarded, (
+        f"under rule C12, expected the ETHUSDT position with mark_price {BAD_MARK!r} never forwarded, "
+        f"it came as position {forwarded[0]} of {len(got_positions)} read"
+    )
+    problem = sequence_problem(sent_positions, got_positions, noun="position")
+    assert problem is None, (
+        f"under rule C12, expected only the two valid positions (never the ETHUSDT one with mark_price "
+        f"{BAD_MARK!r}): {problem}"
+    )
+    for value in ("1e-05", BAD_MARK):
+        errors = [r for r in connector.log_records() if r.get("level") == "error" and value in json.dumps(r)]
+        assert errors, f"expected an error-level log line naming the malformed value {value!r}, got none"
+    positions.cancel()
 
 
 @pytest.mark.scenario("4.2.1.x4")
