@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 import uvicorn
 
@@ -97,3 +98,11 @@ class UnimplementedExchange(pb_grpc.ExchangeServiceServicer):
     ) -> AsyncIterator[pb.Position]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "SubscribePositions")
         yield pb.Position()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The controls go last, after the scenarios whose verdicts they may reuse (and after the fault
+    runs, which the timed control must not run beside)."""
+    controls = [item for item in items if item.name.startswith("test_reference_passes_the_same_selections[")]
+    items[:] = [item for item in items if item not in controls] + controls

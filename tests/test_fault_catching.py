@@ -3,7 +3,9 @@
 For each fault of specs/faulty/faults.yaml the suite runs as a subprocess against the fault's
 manifest (the reference's, with the connector replaced), with the fault's --scenario selectors; the
 run must fail, and every scenario of the fault's `caught_by` must be reported failed or error. The
-control: the reference passes the same selections. The runs go three at a time (one under
+control: the reference passes the same selections. In a session that itself runs those scenarios
+against the reference (a whole `./test`), their verdicts there are the control; otherwise it is a
+run of its own. The runs go three at a time (one under
 pytest-xdist, whose workers already share the machine), except a run whose selections judge time
 (§6, or a timing-bounded scenario): a second run beside it would be a busy neighbour, and its
 verdict INCONCLUSIVE. Such a fault's run goes alone, as soon as the runs beside it end; the
@@ -22,9 +24,15 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from harness.markers import scenario_ids
+from harness.outcomes import Status
+from harness.report import results as run_results
+from harness.stash import MANIFEST_KEY, RESULTS_KEY
 from harness.sut.manifest import DEFAULT_MANIFEST, load_manifest
 from specs.faulty.catalogue import Fault, is_timed, load_faults
 from specs.faulty.connector import FAULTS as CONNECTOR_FAULTS
@@ -176,7 +184,9 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 and hasattr(item, "callspec")
                 and "run" in item.callspec.params
             ]
-            for name in _queued_first([name for name in dict.fromkeys(wanted) if name != TIMED_CONTROL]):
+            covered = session_runs_against_the_reference(request.session, control_expectations(timed=False))
+            queued = [name for name in dict.fromkeys(wanted) if name != TIMED_CONTROL]
+            for name in _queued_first([name for name in queued if not (name == CONTROL and covered)]):
                 runs.submit(name)
         yield runs
     finally:
@@ -271,10 +281,40 @@ def test_suite_fails_the_faulty_connector(run: str, matrix: Matrix) -> None:
     )
 
 
+def session_runs_against_the_reference(session: pytest.Session, expected: list[str]) -> bool:
+    """This session's own tests judge every expected scenario against the reference."""
+    manifest = session.config.stash.get(MANIFEST_KEY, None)
+    if manifest is None or manifest.digest != load_manifest(DEFAULT_MANIFEST).digest:
+        return False
+    judged = {sid for item in session.items for sid in scenario_ids(item)}
+    return set(expected) <= judged
+
+
+def passed_in_this_session(config: pytest.Config, expected: list[str]) -> bool:
+    """This session already ran every expected scenario against the reference, and each passed.
+
+    A whole `./test` runs the catalogue against the reference before this module's controls (see
+    tests/conftest.py's pytest_collection_modifyitems): running those scenarios again in a subprocess would measure
+    the same reference twice. Anything less (another SUT, a selection without them, a scenario that
+    did not pass here) leaves the decision to the control's own run."""
+    results = config.stash.get(RESULTS_KEY, None)
+    manifest = config.stash.get(MANIFEST_KEY, None)
+    if results is None or manifest is None or manifest.digest != load_manifest(DEFAULT_MANIFEST).digest:
+        return False
+    statuses = results.scenario_status()
+    return all(sid in statuses and statuses[sid].outcome is Status.PASSED for sid in expected)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(MATRIX_TIMEOUT_S)
 @pytest.mark.parametrize("run", [CONTROL, TIMED_CONTROL])
-def test_reference_passes_the_same_selections(run: str, matrix: Matrix) -> None:
+def test_reference_passes_the_same_selections(
+    run: str, matrix: Matrix, request: pytest.FixtureRequest
+) -> None:
+    expected = control_expectations(timed=run == TIMED_CONTROL)
+    if passed_in_this_session(request.config, expected):
+        print(f"{run}: this session's own run of the reference passed all {len(expected)} scenarios")
+        return
     result = matrix.result(run)
     assert not result.timed_out, f"{result.describe()}; {result.output_tail()}"
     caught = result.caught() if result.report_path.is_file() else {}
@@ -283,7 +323,6 @@ def test_reference_passes_the_same_selections(run: str, matrix: Matrix) -> None:
         f"failed: {caught}; {result.output_tail()}"
     )
     statuses = result.statuses()
-    expected = control_expectations(timed=run == TIMED_CONTROL)
     not_passed = {
         sid: statuses.get(sid, ("not run", ""))[0]
         for sid in expected
@@ -292,3 +331,28 @@ def test_reference_passes_the_same_selections(run: str, matrix: Matrix) -> None:
     assert not not_passed, (
         f"expected the reference to pass every scenario a fault must fail, got {not_passed}"
     )
+
+
+def test_the_control_reuses_only_this_sessions_passes_against_the_reference(tmp_path: Path) -> None:
+    def session(manifest: Path, *outcomes: tuple[str, Status]) -> pytest.Config:
+        config = SimpleNamespace(stash=pytest.Stash())
+        config.stash[MANIFEST_KEY] = load_manifest(manifest)
+        config.stash[RESULTS_KEY] = run_results.RunResults(
+            outcomes=[
+                run_results.TestOutcome(f"specs/x.py::{sid}", [sid], status, "", 0.1)
+                for sid, status in outcomes
+            ]
+        )
+        return cast(pytest.Config, config)
+
+    reference = session(DEFAULT_MANIFEST, ("4.2.1.a", Status.PASSED), ("4.2.1.b", Status.PASSED))
+    assert passed_in_this_session(reference, ["4.2.1.a", "4.2.1.b"]), "expected both passes reused"
+    assert not passed_in_this_session(reference, ["4.2.1.a", "4.2.1.c"]), (
+        "expected a scenario not run here to need the control's run"
+    )
+    flaky = session(DEFAULT_MANIFEST, ("4.2.1.a", Status.PASSED), ("4.2.1.a", Status.INCONCLUSIVE))
+    assert not passed_in_this_session(flaky, ["4.2.1.a"]), (
+        "expected an inconclusive test to need the control's run"
+    )
+    faulty = session(write_manifest("drop-one-in-n", tmp_path), ("4.2.1.a", Status.PASSED))
+    assert not passed_in_this_session(faulty, ["4.2.1.a"]), "expected another SUT's passes never to count"
