@@ -5,7 +5,7 @@ manifest (the reference's, with the connector replaced), with the fault's --scen
 run must fail, and every scenario of the fault's `caught_by` must be reported failed or error. The
 control: the reference passes the same selections. In a session that itself runs those scenarios
 against the reference (a whole `./test`), their verdicts there are the control; otherwise it is a
-run of its own. The runs go three at a time (one under
+run of its own. The runs go five at a time (one under
 pytest-xdist, whose workers already share the machine), except a run whose selections judge time
 (§6, or a timing-bounded scenario): a second run beside it would be a busy neighbour, and its
 verdict INCONCLUSIVE. Such a fault's run goes alone, as soon as the runs beside it end; the
@@ -17,9 +17,12 @@ The runs' reports stay in $FAULT_REPORTS_DIR (one folder per run) when it is set
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,8 +51,9 @@ from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
 FAULTS = load_faults()
 IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE_FAULTS, **GO_FAULTS}
 CONTROL, TIMED_CONTROL = "control", "control-timed"
+SPECS = Path(__file__).resolve().parents[1] / "specs"
 RUN_TIMEOUT_S = 300.0
-PARALLEL_RUNS = 3  # most runs wait on programs and timeouts more than they compute
+PARALLEL_RUNS = 5  # the runs wait on programs and timeouts: 3 kept 2 cores at 0.8 busy
 MATRIX_TIMEOUT_S = 900  # a test may wait for the runs queued before its own
 
 
@@ -112,6 +116,7 @@ class Matrix:
     _runs: dict[str, Future[SuiteRun]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _gate: Gate = field(default_factory=lambda: Gate())
+    files_by_scenario: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="fault-run")
@@ -155,11 +160,56 @@ class Matrix:
         private_tmp = folder / "tmpdir"
         private_tmp.mkdir(parents=True, exist_ok=True)
         return run_suite(
-            name, manifest, fault.select, folder, timeout=RUN_TIMEOUT_S, env={"TMPDIR": str(private_tmp)}
+            name,
+            manifest,
+            fault.select,
+            folder,
+            timeout=RUN_TIMEOUT_S,
+            env={"TMPDIR": str(private_tmp)},
+            paths=self.paths_of(fault.select),
         )
+
+    def paths_of(self, selectors: Sequence[str]) -> list[str]:
+        """The test files that judge the selected scenarios, as this session collected them; the
+        whole of specs/ when some selector names a scenario whose tests the session does not hold.
+        A run that collects its few files rather than every module starts in half the time."""
+        files: set[str] = set()
+        for selector in selectors:
+            found = [
+                paths
+                for sid, paths in self.files_by_scenario.items()
+                if sid == selector or sid.startswith(selector + ".")
+            ]
+            if not found:
+                return ["specs"]
+            files.update(path for paths in found for path in paths)
+        return sorted(files)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def files_by_scenario(listing: Path) -> dict[str, set[str]]:
+    """Scenario ID -> the test files under specs/ that judge it, from one collection of the suite
+    (--list-scenarios); empty when that collection fails, and every run then collects all of specs/."""
+    command = [sys.executable, "-m", "pytest", "specs", "--collect-only", "-q", "-p", "no:randomly"]
+    child_env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+    done = subprocess.run(
+        [*command, "--list-scenarios", str(listing)],
+        cwd=SPECS.parent,
+        env=child_env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0 or not listing.is_file():
+        return {}
+    found: dict[str, set[str]] = {}
+    for record in json.loads(listing.read_text(encoding="utf-8")):
+        path = str(Path(record["path"]).relative_to(SPECS.parent))
+        for sid in record["scenarios"]:
+            found.setdefault(sid, set()).add(path)
+    return found
 
 
 def _queued_first(names: list[str]) -> list[str]:
@@ -174,6 +224,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("fault-runs")
     under_xdist = "PYTEST_XDIST_WORKER" in os.environ
     runs = Matrix(folder, 1 if under_xdist else PARALLEL_RUNS)
+    runs.files_by_scenario = files_by_scenario(folder / "listing.json")
     try:
         if not under_xdist:  # start every run this session will ask for, PARALLEL_RUNS at a time
             wanted = [

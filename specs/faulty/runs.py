@@ -76,8 +76,10 @@ class SuiteRun:
         return f"{self.name}: {how}, {self.duration_s:.1f} s, selectors {' '.join(self.selectors)}"
 
 
-def suite_command(manifest: Path, selectors: Sequence[str], folder: Path) -> list[str]:
-    command = [sys.executable, "-m", "pytest", "specs", "--sut", str(manifest)]
+def suite_command(
+    manifest: Path, selectors: Sequence[str], folder: Path, paths: Sequence[str] = ("specs",)
+) -> list[str]:
+    command = [sys.executable, "-m", "pytest", *paths, "--sut", str(manifest)]
     for selector in selectors:
         command += ["--scenario", selector]
     command += ["--report-dir", str(folder), "--basetemp", str(folder / "tmp"), "-p", "no:randomly", "-q"]
@@ -102,12 +104,14 @@ def run_suite(
     *,
     timeout: float,
     env: Mapping[str, str] | None = None,
+    paths: Sequence[str] = ("specs",),
 ) -> SuiteRun:
     """Run the suite's `selectors` against `manifest`, reports into `folder`; SIGINT after `timeout`
-    (the suite then stops its programs), SIGKILL if it is still running INTERRUPT_GRACE_S later."""
+    (the suite then stops its programs), SIGKILL if it is still running INTERRUPT_GRACE_S later.
+    `paths` are the test files or folders pytest collects (the selectors choose among them)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / REPORT_FILE).unlink(missing_ok=True)
-    command = suite_command(manifest, selectors, folder)
+    command = suite_command(manifest, selectors, folder, paths)
     # the run is a suite of its own: no options or xdist worker identity of an outer pytest
     child_env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     child_env.update(env or {})
