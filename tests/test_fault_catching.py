@@ -55,6 +55,7 @@ SPECS = Path(__file__).resolve().parents[1] / "specs"
 RUN_TIMEOUT_S = 300.0
 PARALLEL_RUNS = 5  # the runs wait on programs and timeouts: 3 kept 2 cores at 0.8 busy
 MATRIX_TIMEOUT_S = 900  # a test may wait for the runs queued before its own
+MATRIX_TESTS = ("test_suite_fails_the_faulty_connector", "test_reference_passes_the_same_selections")
 
 
 def control_selectors(timed: bool) -> list[str]:
@@ -218,12 +219,15 @@ def _queued_first(names: list[str]) -> list[str]:
     return sorted(names, key=lambda name: (name != CONTROL, name not in slow))
 
 
-@pytest.fixture(scope="module")
+# session-scoped: the controls run at the session's end, apart from the fault runs' tests, and must
+# find the runs already made rather than set up a second pool that starts them all again
+@pytest.fixture(scope="session")
 def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     chosen = os.environ.get("FAULT_REPORTS_DIR")
     folder = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("fault-runs")
     under_xdist = "PYTEST_XDIST_WORKER" in os.environ
     runs = Matrix(folder, 1 if under_xdist else PARALLEL_RUNS)
+    folder.mkdir(parents=True, exist_ok=True)
     runs.files_by_scenario = files_by_scenario(folder / "listing.json")
     try:
         if not under_xdist:  # start every run this session will ask for, PARALLEL_RUNS at a time
@@ -231,7 +235,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 str(item.callspec.params["run"])
                 for item in request.session.items
                 if isinstance(item, pytest.Function)
-                and item.module is request.module
+                and item.originalname in MATRIX_TESTS
                 and hasattr(item, "callspec")
                 and "run" in item.callspec.params
             ]
