@@ -18,6 +18,7 @@ GATED_MODULES = [
     "specs/integration/test_server_account.py",
     "specs/integration/test_server_positions.py",
     "specs/integration/test_connector_contract.py",
+    "specs/integration/test_connector_reflection.py",
     "specs/unit/test_compose_file.py",
     "specs/e2e/test_docker_compose.py",
     "specs/e2e/test_dashboard_browser.py",
@@ -66,9 +67,11 @@ def test_the_launcher_refuses_an_unclaimed_capability(tmp_path: Path) -> None:
     manifest = load_manifest(claims_nothing(tmp_path))
     launcher = ProgramLauncher(manifest, tmp_path / "programs")
     try:
-        for option in ({"tls": True}, {"token": True}):
+        for tls, token in ((True, False), (False, True)):
             with pytest.raises(CapabilityNotClaimed, match=r"must carry @pytest\.mark\.requires"):
-                launcher.start("exchange_connector", {"grpc_port": 1, "upstream": "127.0.0.1:1"}, **option)
+                launcher.start(
+                    "exchange_connector", {"grpc_port": 1, "upstream": "127.0.0.1:1"}, tls=tls, token=token
+                )
         assert launcher.programs == [], (
             "no program may start for a test that asked for an unclaimed capability"
         )

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import textwrap
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.doubles.mock_exchange import MockExchangeServer, MockExchangeViolation
+from harness.doubles.mock_handlers import StampClock
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
@@ -264,3 +266,50 @@ def test_a_port_in_use_is_named() -> None:
         ):
             MockExchangeServer(port=port).start()
     assert not [t for t in threading.enumerate() if t.name == "mock-exchange"], "expected no thread left"
+
+
+def test_the_stamp_clock_moves_and_paces_the_send_time() -> None:
+    since = 1_700_000_000_123_456_789
+    assert StampClock(0, 1.0, since).stamp_ns(since + 5) == since + 5
+    assert StampClock(-8_000_000_000, 1.0, since).stamp_ns(since + 10**9) == since - 7 * 10**9
+    # half pace: two seconds later the stamp has advanced one, nanoseconds kept
+    assert StampClock(0, 0.5, since).stamp_ns(since + 2 * 10**9) == since + 10**9
+
+
+@pytest.mark.asyncio
+async def test_stamp_on_send_stamps_with_the_offset(
+    mock_exchange: MockExchangeServer, stub: pb_grpc.ExchangeServiceAsyncStub
+) -> None:
+    call = stub.SubscribeAccount(pb.SubscribeAccountRequest())
+    await mock_exchange.wait_for_subscriptions_async("account", 1)
+    mock_exchange.stamp_on_send(offset=-8.0)
+    mock_exchange.trigger_account_update(account("1.00"))
+    [got] = await take(call, 1)
+    behind = time.time() - got.updated_at.ToNanoseconds() / 1e9
+    assert 7.5 < behind < 9.0, f"expected a stamp 8 s behind the send time, got {behind:.3f} s"
+    call.cancel()
+    with pytest.raises(ValueError, match="pace must be > 0"):
+        mock_exchange.stamp_on_send(pace=0.0)
+
+
+async def symbols_answered(stub: pb_grpc.ExchangeServiceAsyncStub, symbol: str) -> list[str]:
+    answer = await stub.GetPositions(pb.GetPositionsRequest(symbol=symbol), timeout=10)
+    return [p.symbol for p in answer.positions]
+
+
+@pytest.mark.asyncio
+async def test_held_calls_answer_once_released_oldest_first(
+    mock_exchange: MockExchangeServer, stub: pb_grpc.ExchangeServiceAsyncStub
+) -> None:
+    mock_exchange.hold_calls("GetPositions")
+    first = asyncio.create_task(symbols_answered(stub, "BTCUSDT"))
+    assert await asyncio.to_thread(mock_exchange.wait_until, lambda m: m.held_calls() == 1, 5.0)
+    second = asyncio.create_task(symbols_answered(stub, "ETHUSDT"))
+    assert await asyncio.to_thread(mock_exchange.wait_until, lambda m: m.held_calls() == 2, 5.0)
+    assert (await stub.GetAccount(pb.GetAccountRequest(), timeout=5)).total_balance == "10000.00"
+    assert mock_exchange.release_calls() == 1
+    assert await asyncio.wait_for(first, 5) == ["BTCUSDT"]
+    assert not second.done() and mock_exchange.held_calls() == 1
+    mock_exchange.hold_calls("GetPositions", enabled=False)  # releases the rest
+    assert await asyncio.wait_for(second, 5) == ["ETHUSDT"]
+    assert await symbols_answered(stub, "") == ["BTCUSDT", "ETHUSDT"]

@@ -26,6 +26,7 @@ from harness.doubles.mock_handlers import (
     TOPICS,
     MockBook,
     MockExchangeService,
+    StampClock,
     StreamEnd,
     check_topic,
     copy_message,
@@ -35,6 +36,7 @@ from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "opensqt.exchange.v1.ExchangeService"
+UNARY_METHODS = ("GetAccount", "GetPositions")
 # A client's keepalive pings are welcome at any rate, with or without data in flight: the mock
 # never tells a client off for pinging (real exchanges may; the connector's rules say how it copes).
 SERVER_OPTIONS = (
@@ -238,12 +240,20 @@ class MockExchangeServer:
                 self._book.positions = [*positions[:index], message, *positions[index + 1 :]]
             self._post(self._book.deliver, "positions", message)
 
-    def stamp_on_send(self, enabled: bool = True) -> None:
+    def stamp_on_send(self, enabled: bool = True, *, offset: float = 0.0, pace: float = 1.0) -> None:
         """Stamp each account's updated_at as the mock writes it to a stream (the exchange's send
         time), instead of keeping the time the test triggered it: latency then excludes the
-        harness's hand-off from the triggering thread to the mock's loop."""
+        harness's hand-off from the triggering thread to the mock's loop.
+
+        `offset`: seconds every stamp is moved, an exchange clock ahead of the connector's (> 0) or
+        behind it (< 0). `pace`: how fast the stamps advance against real time from this call on;
+        below 1 each stamp falls further behind its send time (by 1 - pace seconds a second), as
+        when the reader trails what the exchange writes, while the updates keep flowing."""
+        if pace <= 0:
+            raise ValueError(f"pace must be > 0 (stamps that advance), got {pace}")
+        clock = StampClock(round(offset * 1e9), pace, time.time_ns()) if enabled else None
         with self._book.lock:
-            self._book.stamp_on_send = enabled
+            self._book.stamp_on_send = clock
 
     def fail_calls(self, code: grpc.StatusCode | None, details: str = "") -> None:
         """While set, unary calls and new streams fail with `code`; None serves normally again."""
@@ -293,6 +303,29 @@ class MockExchangeServer:
         with self._book.lock:
             self._book.stall = enabled
 
+    def hold_calls(self, method: str = "GetPositions", enabled: bool = True) -> None:
+        """While set, calls of `method` (GetAccount or GetPositions) wait until release_calls() lets them
+        answer, oldest first (held_calls() counts those waiting). Turning it off releases them all."""
+        if method not in UNARY_METHODS:
+            raise ValueError(f"hold_calls: {method!r} is not one of {', '.join(UNARY_METHODS)}")
+        with self._book.lock:
+            if enabled:
+                self._book.hold.add(method)
+                return
+            self._book.hold.discard(method)
+        self.release_calls(method, count=None)
+
+    def release_calls(self, method: str = "GetPositions", count: int | None = 1) -> int:
+        """Let the oldest `count` held calls of `method` answer (None: all); how many were released."""
+        with self._book.lock:
+            waiting = [held for held in self._book.held if held.method == method]
+            chosen = waiting if count is None else waiting[:count]
+            for held in chosen:
+                self._book.held.remove(held)
+                self._post(held.release.set)
+            self._book.lock.notify_all()
+        return len(chosen)
+
     # ------------------------------------------------------------------ observation
 
     @property
@@ -338,6 +371,11 @@ class MockExchangeServer:
         """Held calls of `method` that ended because the client gave up (cancelled, or its deadline passed)."""
         with self._book.lock:
             return self._book.stall_ended[method]
+
+    def held_calls(self, method: str = "GetPositions") -> int:
+        """Calls of `method` that hold_calls() holds right now, waiting for their release."""
+        with self._book.lock:
+            return sum(1 for held in self._book.held if held.method == method)
 
     def wait_until(self, condition: Callable[[MockExchangeServer], bool], timeout: float) -> bool:
         """Block until `condition(self)` holds (re-checked whenever the book changes); False after `timeout` s."""
@@ -391,7 +429,7 @@ class MockExchangeServer:
             return list(self._book.violations)
 
     def reset_data(self) -> None:
-        """Back to the spec's account and positions, with no failure, stall or stamping set and no
+        """Back to the spec's account and positions, with no failure, stall, hold or stamping set and no
         violation recorded; the open streams stay, and the counts start again from them, as on a
         fresh mock the streams had just opened (a run that reuses one mock: --attach)."""
         book = self._book
@@ -400,7 +438,11 @@ class MockExchangeServer:
             book.positions = spec_positions()
             book.failure = None
             book.stall = False
-            book.stamp_on_send = False
+            book.stamp_on_send = None
+            book.hold.clear()
+            for held in book.held:  # a call still held answers now
+                self._post(held.release.set)
+            book.held.clear()
             book.violations.clear()
             book.calls.clear()
             book.stalled.clear()

@@ -48,6 +48,29 @@ class StreamEnd:
 
 
 @dataclass(eq=False)
+class HeldCall:
+    """A unary call the mock holds until the test releases it (its event is set on the mock's loop)."""
+
+    method: str
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class StampClock:
+    """How the mock stamps an account's updated_at as it writes it: the send time, moved `offset_ns`
+    (a clock ahead of the reader's, > 0, or behind it, < 0), and advancing `pace` times as fast as
+    real time from `since_ns` (below 1: each stamp falls further behind the send time, as when the
+    reader trails the writer). Stamps carry nanoseconds."""
+
+    offset_ns: int = 0
+    pace: float = 1.0
+    since_ns: int = 0
+
+    def stamp_ns(self, now_ns: int) -> int:
+        return self.since_ns + round(self.pace * (now_ns - self.since_ns)) + self.offset_ns
+
+
+@dataclass(eq=False)
 class Subscription:
     """One open stream: its topic, its symbol filter and the updates waiting to be written."""
 
@@ -68,10 +91,12 @@ class MockBook:
         self.account = spec_account()
         self.positions = spec_positions()
         self.failure: StreamEnd | None = None
-        self.stamp_on_send = False  # set updated_at of accounts as they are written (latency runs)
+        self.stamp_on_send: StampClock | None = None  # stamp accounts as they are written (latency, lag)
         self.stall = False  # unary calls wait until the client gives up (deadline or cancel)
         self.stalled: Counter[str] = Counter()  # unary calls held by the stall, by method
         self.stall_ended: Counter[str] = Counter()  # held calls the client gave up on (cancel or deadline)
+        self.hold: set[str] = set()  # unary methods whose calls wait until the test releases them
+        self.held: list[HeldCall] = []  # calls waiting for their release, oldest first
         self.streams: dict[str, set[Subscription]] = {topic: set() for topic in TOPICS}
         self.totals: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
@@ -148,6 +173,7 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
         try:
             await self._admit("GetAccount", context)
             await self._hold_if_stalled("GetAccount")
+            await self._hold_until_released("GetAccount")
             answer = self._book.current_account()
             self._book.log_call("GetAccount", context, "OK", "", 1)
             return answer
@@ -162,6 +188,7 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
         try:
             await self._admit("GetPositions", context, request.symbol)
             await self._hold_if_stalled("GetPositions")
+            await self._hold_until_released("GetPositions")
             answer = pb.GetPositionsResponse(positions=self._book.current_positions(request.symbol))
             self._book.log_call("GetPositions", context, "OK", "", 1)
             return answer
@@ -204,6 +231,24 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
                 book.lock.notify_all()
             raise
 
+    async def _hold_until_released(self, method: str) -> None:
+        """While the book holds `method`, a unary call waits until the test releases it, then answers
+        (a slow exchange the test controls, unlike the stall that never answers)."""
+        book = self._book
+        with book.lock:
+            if method not in book.hold:
+                return
+            held = HeldCall(method)
+            book.held.append(held)
+            book.lock.notify_all()
+        try:
+            await held.release.wait()
+        finally:  # released, or cancelled by its client: either way no longer held
+            with book.lock:
+                if held in book.held:
+                    book.held.remove(held)
+                book.lock.notify_all()
+
     async def _stream(self, method: str, topic: str, symbol: str, context: Context) -> None:
         written = 0
         try:
@@ -219,10 +264,11 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
                             await context.abort(item.code, item.details)
                         self._book.log_call(method, context, "OK", "", written)
                         return
-                    if self._book.stamp_on_send and isinstance(item, pb.Account):
+                    clock = self._book.stamp_on_send
+                    if clock is not None and isinstance(item, pb.Account):
                         # the exchange's send time, taken as the update leaves it (after the
                         # harness's own hand-off from the triggering thread)
-                        item.updated_at.GetCurrentTime()
+                        item.updated_at.FromNanoseconds(clock.stamp_ns(time.time_ns()))
                     await context.write(item)
                     written += 1
             finally:

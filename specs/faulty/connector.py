@@ -327,6 +327,59 @@ def share_busy_port() -> None:
     )
 
 
+@fault("no-reflection")
+def no_reflection() -> None:
+    """Server reflection is not registered (ExchangeServer(reflection=False)); the manifest still
+    claims `reflection`."""
+    init = ExchangeServer.__init__
+
+    def without_reflection(self: ExchangeServer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.reflection = False
+
+    ExchangeServer.__init__ = without_reflection  # type: ignore[method-assign]
+
+
+@fault("cancel-in-flight-on-sigterm")
+def cancel_in_flight_on_sigterm() -> None:
+    """On SIGTERM the call gate reports idle at once: calls in flight are cancelled, not answered."""
+    from implementation.connector_core.server import _Gate
+
+    async def idle_at_once(self: _Gate, timeout: float) -> bool:
+        return True
+
+    _Gate.wait_idle = idle_at_once  # type: ignore[method-assign]
+
+
+@fault("idle-when-first-call-leaves")
+def idle_when_first_call_leaves() -> None:
+    """During a shutdown the gate reports idle as soon as one call leaves: the others are cancelled."""
+    from implementation.connector_core.server import _Gate
+
+    def leave(self: _Gate) -> None:
+        self.active -= 1
+        if self._idle is not None:
+            self._idle.set()
+
+    _Gate.leave = leave  # type: ignore[method-assign]
+
+
+@fault("idle-waits-grace-period")
+def idle_waits_grace_period() -> None:
+    """An idle connector (no call in flight) waits its whole grace period (5 s) on SIGTERM before it exits."""
+    from implementation.connector_core.server import _Gate
+
+    wait_idle = _Gate.wait_idle
+
+    async def wait_out(self: _Gate, timeout: float) -> bool:
+        if self.active == 0:
+            await asyncio.sleep(timeout)
+            return True
+        return await wait_idle(self, timeout)
+
+    _Gate.wait_idle = wait_out  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------------ unary calls and values
 
 
@@ -534,6 +587,82 @@ def no_overload_shedding() -> None:
     from implementation.connector_core.freshness import Freshness
 
     Freshness.account_read = lambda self, account: self.heard()  # type: ignore[method-assign]
+
+
+def _stamp_s(account: pb.Account) -> float:
+    return account.updated_at.seconds + account.updated_at.nanos * 1e-9
+
+
+@fault("lag-never-counted")
+def lag_never_counted() -> None:
+    """The lag's floor is taken from the newest read's delay, not the most punctual one: every read
+    is its own best case, so the upstream lag is always 0 however far the stamps fall behind."""
+    from implementation.connector_core.freshness import Freshness
+
+    read = Freshness.account_read
+
+    def floor_is_newest(self: Freshness, account: pb.Account) -> None:
+        self._floor = float("inf")
+        read(self, account)
+
+    Freshness.account_read = floor_is_newest  # type: ignore[method-assign]
+
+
+@fault("repeated-stamp-counts-as-lag")
+def repeated_stamp_counts_as_lag() -> None:
+    """A stamp equal to the newest one counts (>= where the reference has >): an account sent again
+    unchanged looks ever later, so a quiet account that keeps being resent makes the view stale."""
+    from implementation.connector_core.freshness import Freshness
+
+    read = Freshness.account_read
+
+    def repeat_counts(self: Freshness, account: pb.Account) -> None:
+        if _stamp_s(account) == self._newest_stamp:
+            self._newest_stamp = float("-inf")
+        read(self, account)
+
+    Freshness.account_read = repeat_counts  # type: ignore[method-assign]
+
+
+@fault("clock-offset-counts-as-lag")
+def clock_offset_counts_as_lag() -> None:
+    """The lag is how far a new stamp is from the read time, either way, with no floor: an exchange
+    clock a constant few seconds ahead of or behind the connector's counts as lag."""
+    from implementation.connector_core.freshness import Freshness
+
+    read = Freshness.account_read
+
+    def absolute(self: Freshness, account: pb.Account) -> None:
+        newest = self._newest_stamp
+        read(self, account)
+        if self._newest_stamp != newest:
+            self.upstream_lag = abs(time.time() - self._newest_stamp)
+
+    Freshness.account_read = absolute  # type: ignore[method-assign]
+
+
+@fault("serving-again-while-frozen")
+def serving_again_while_frozen() -> None:
+    """After the watchdog gives a hung upstream up, the hub asks whether it is back by waiting for
+    its channel to be ready, not for an answer: a frozen exchange whose connection is still open
+    looks back at once, and health flaps to SERVING until the watchdog gives it up again."""
+    run = Hub._run_upstream
+    get_account = GrpcExchange.get_account
+
+    async def run_upstream(self: Hub) -> str:
+        try:
+            return await run(self)
+        finally:
+            self.exchange.__dict__["ready_is_answering"] = True
+
+    async def ready_or_answer(self: GrpcExchange) -> pb.Account:
+        if self.__dict__.pop("ready_is_answering", False):  # the hub's "is it back?" after an outage
+            await self.connect()
+            return pb.Account()
+        return await get_account(self)
+
+    Hub._run_upstream = run_upstream  # type: ignore[method-assign]
+    GrpcExchange.get_account = ready_or_answer  # type: ignore[method-assign]
 
 
 @fault("stall-drops-readers")

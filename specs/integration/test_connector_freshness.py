@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(
 HUNG_DETECTED_WITHIN_S = 10.0  # rule C31
 MAX_DATA_AGE_MS = 5000  # rule C30
 AGE_SLACK_MS = 600  # the connector rounds and checks on a tick; the suite reads on its own clock
+STAYS_DOWN_S = 3.0  # rule C31: health stays NOT_SERVING this long after detection, still frozen
 QUIET_FOR_S = 8.0  # rule C33: longer than the bound, so a connector that counts silence as age fails
 
 
@@ -61,6 +62,18 @@ async def _stream_status(call: Any, within: float) -> tuple[int, grpc.StatusCode
         return read, "still open"
 
 
+async def _stays_not_serving(connector: Connector, until: float) -> None:
+    """Health reads NOT_SERVING at every look until `until` (monotonic) while the upstream stays
+    frozen: a connection still open, or a channel that says it is ready, is not an answer."""
+    while (left := until - time.monotonic()) > 0:
+        health = await connector.health()
+        assert health == "NOT_SERVING", (
+            f"under rule C31, expected health to stay NOT_SERVING while the upstream stays frozen, got "
+            f"{health} {STAYS_DOWN_S - left:.1f} s after the hang was detected"
+        )
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.scenario("4.2.1.x20")
 async def test_hung_upstream_is_detected_and_streams_end(
     program_connector: Connector, metrics: MetricRecorder
@@ -78,11 +91,13 @@ async def test_hung_upstream_is_detected_and_streams_end(
         f"freezing, got {await connector.health()} after {time.monotonic() - frozen_at:.1f} s"
     )
     metrics.record("hung_upstream_detection_s", detected, "s")
+    detected_at = time.monotonic()
     _, code = await _stream_status(stream, max(0.5, HUNG_DETECTED_WITHIN_S - (time.monotonic() - frozen_at)))
     assert code is grpc.StatusCode.UNAVAILABLE, (
         f"expected the open stream to end with UNAVAILABLE within "
         f"{HUNG_DETECTED_WITHIN_S:g} s of the freeze, got {code}"
     )
+    await _stays_not_serving(connector, detected_at + STAYS_DOWN_S)
 
     connector.mock.thaw()
     back = await connector.wait_health("SERVING", 15.0)

@@ -40,6 +40,7 @@ class Upstream extends EventEmitter {
     this.accountProblem = null; // why the view cannot be vouched for (C12)
     this.lastSignOfLife = 0;
     this.minOffsetMs = null; // the most punctual read of this connection: read time - stamp
+    this.newestStampNs = -1n; // the newest account stamp of this connection, to the nanosecond
     this.lagMs = 0;
     this.backoffMs = BACKOFF_FIRST_MS;
     this.upSince = 0;
@@ -149,6 +150,7 @@ class Upstream extends EventEmitter {
     this.calls = [];
     this.state = 'down';
     this.minOffsetMs = null;
+    this.newestStampNs = -1n;
     this.lagMs = 0;
     metrics.upstreamConnections.set(0);
     const stale = why.startsWith("the connector's view is stale");
@@ -221,11 +223,16 @@ class Upstream extends EventEmitter {
   }
 
   // The upstream lag of C30: this read's delay by the exchange's stamp, less the most punctual one.
+  // Only a stamp newer than every one before on this connection counts: an account sent again
+  // unchanged keeps the stamp of its last change, which says nothing about how late the read is.
   measureLag(account, now) {
     const stamp = account.updated_at;
     if (!stamp) return;
     const stampMs = Number(stamp.seconds) * 1000 + Math.floor(Number(stamp.nanos || 0) / 1e6);
     if (!Number.isFinite(stampMs) || stampMs <= 0) return;
+    const stampNs = BigInt(String(stamp.seconds)) * 1000000000n + BigInt(Number(stamp.nanos || 0));
+    if (stampNs <= this.newestStampNs) return;
+    this.newestStampNs = stampNs;
     const offset = now - stampMs;
     if (this.minOffsetMs === null || offset < this.minOffsetMs) this.minOffsetMs = offset;
     this.lagMs = offset - this.minOffsetMs;

@@ -219,11 +219,10 @@ func Serve(opts Options) int {
 	healthMu.Unlock()
 	streams := hub.EndAll(codes.Unavailable, ShuttingDown, "shutdown")
 	time.AfterFunc(watchGrace, func() { close(stopWatches) })
-	cancel()
-	upstream.Stop()
-	hub.Close()
 
 	// GracefulStop waits for every RPC in flight; bounded by a timer, then Stop cuts the rest.
+	// The upstream stays connected meanwhile: a unary call in flight is still waiting for its
+	// answer from the exchange (rule C10).
 	stopped := make(chan struct{})
 	go func() {
 		server.GracefulStop()
@@ -239,6 +238,9 @@ func Serve(opts Options) int {
 		server.Stop()
 		<-stopped
 	}
+	cancel()
+	upstream.Stop()
+	hub.Close()
 	if metricsServer != nil {
 		shutdownCtx, done := context.WithTimeout(context.Background(), time.Second)
 		_ = metricsServer.Shutdown(shutdownCtx)

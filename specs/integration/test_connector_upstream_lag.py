@@ -1,0 +1,129 @@
+"""§4.2 extension 4.2.1.x35: the upstream lag of rule C30, measured by the exchange's stamps.
+
+The updates keep flowing (one every FLOW_EVERY_S), so the data age stays small throughout: only the
+lag can make the view stale. The mock exchange stamps each account as it writes it (stamp_on_send),
+with nanoseconds: stamps that advance slower than real time fall ever further behind the read (a
+growing lag), and stamps a constant offset ahead of or behind the connector's clock are no lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from harness.sut.connector import ConnectorFactory
+from opensqt.exchange.v1 import exchange_pb2 as pb
+from specs.integration.connector_program import Connector, get_account, stamped_account
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(40)]
+
+LAG_BOUND_S = 5.0  # rule C30
+FLOW_EVERY_S = 0.2  # well within the 1 s of silence after which a connector may ask (C33)
+FALLING_PACE = 0.01  # the stamps advance 10 ms a second: the lag grows 0.99 s a second
+LAG_PAST_BOUND_S = LAG_BOUND_S / (1 - FALLING_PACE)  # when the growing lag passes the bound
+STALE_WITHIN_S = LAG_PAST_BOUND_S + 3.0  # the watchdog's tick and the suite's polling
+STALE_NOT_BEFORE_S = LAG_PAST_BOUND_S - 1.5  # sooner, it is not the lag that made it stale
+REPEATED_FOR_S = LAG_PAST_BOUND_S + 1.5  # a repeated stamp counted as lag would pass the bound
+CLOCK_OFFSET_S = 8.0  # past the bound: an offset taken for lag makes the view stale at once
+OFFSET_FOR_S = 2.5
+LAG_WORDS = ("lag", "behind", "late")
+
+
+@contextlib.asynccontextmanager
+async def flowing(connector: Connector, same: pb.Account | None = None) -> AsyncIterator[None]:
+    """Account updates every FLOW_EVERY_S while the block runs: `same` each time (sent again
+    unchanged), or a new account each time."""
+
+    async def feed() -> None:
+        n = 0
+        while True:
+            n += 1
+            connector.mock.trigger_account_update(same if same is not None else stamped_account(n))
+            await asyncio.sleep(FLOW_EVERY_S)
+
+    task = asyncio.create_task(feed())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def outcome_text(account: Any, outcome: Any) -> str:
+    if account is not None:
+        return "OK"
+    return f"{outcome.code().name} ({outcome.details()!r})"
+
+
+async def stays_serving(connector: Connector, seconds: float, what: str) -> None:
+    """Health SERVING and GetAccount OK at every look for `seconds`, while the updates flow."""
+    stub = connector.stub()
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        health = await connector.health()
+        account, outcome = await get_account(stub)
+        assert health == "SERVING" and account is not None, (
+            f"under rule C30, expected health SERVING and GetAccount OK while {what}: that is no upstream "
+            f"lag; got {health} and {outcome_text(account, outcome)} after {elapsed:.1f} s"
+        )
+        await asyncio.sleep(0.25)
+
+
+@pytest.mark.scenario("4.2.1.x35")
+async def test_stamps_falling_behind_make_the_view_stale(connectors: ConnectorFactory) -> None:
+    connector = await connectors.start()
+    connector.mock.stamp_on_send(pace=FALLING_PACE)
+    async with flowing(connector):
+        stale_after = await connector.wait_health("NOT_SERVING", STALE_WITHIN_S)
+        assert stale_after is not None, (
+            f"under rule C30, expected NOT_SERVING within {STALE_WITHIN_S:.1f} s while the exchange's stamps "
+            f"fall {1 - FALLING_PACE:.2f} s further behind the reads each second (the lag passes "
+            f"{LAG_BOUND_S:g} s after {LAG_PAST_BOUND_S:.1f} s; updates flow, so the data age stays small), "
+            f"got {await connector.health()}"
+        )
+        account, outcome = await get_account(connector.stub())
+    assert stale_after >= STALE_NOT_BEFORE_S, (
+        f"under rule C30, expected NOT_SERVING only once the lag passes {LAG_BOUND_S:g} s (after "
+        f"{LAG_PAST_BOUND_S:.1f} s), got NOT_SERVING after {stale_after:.1f} s"
+    )
+    assert account is None and outcome.code() is grpc.StatusCode.UNAVAILABLE, (
+        f"under rule C30, expected GetAccount UNAVAILABLE while the upstream lag is past {LAG_BOUND_S:g} s, "
+        f"got {outcome_text(account, outcome)}"
+    )
+    details = outcome.details() or ""
+    assert any(word in details for word in LAG_WORDS), (
+        f"under rule C30, expected the UNAVAILABLE message to name the upstream lag (one of {LAG_WORDS}), "
+        f"got {details!r}"
+    )
+
+
+@pytest.mark.scenario("4.2.1.x35")
+async def test_an_account_sent_again_unchanged_is_no_lag(connectors: ConnectorFactory) -> None:
+    connector = await connectors.start()
+    # stamped once, then sent again and again with that stamp: its last change grows old
+    async with flowing(connector, same=stamped_account(1)):
+        await stays_serving(
+            connector,
+            REPEATED_FOR_S,
+            f"the exchange sends one account again unchanged (its stamp {REPEATED_FOR_S:.1f} s old by the end)",
+        )
+
+
+@pytest.mark.scenario("4.2.1.x35")
+@pytest.mark.parametrize("offset", [CLOCK_OFFSET_S, -CLOCK_OFFSET_S], ids=["ahead", "behind"])
+async def test_a_constant_clock_offset_is_no_lag(connectors: ConnectorFactory, offset: float) -> None:
+    connector = await connectors.start()
+    connector.mock.stamp_on_send(offset=offset)
+    side = "ahead of" if offset > 0 else "behind"
+    async with flowing(connector):
+        await stays_serving(
+            connector,
+            OFFSET_FOR_S,
+            f"the exchange's stamps run a constant {abs(offset):g} s {side} the clock",
+        )
