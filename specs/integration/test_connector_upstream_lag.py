@@ -31,7 +31,7 @@ STALE_WITHIN_S = LAG_PAST_BOUND_S + 3.0  # the watchdog's tick and the suite's p
 STALE_NOT_BEFORE_S = LAG_PAST_BOUND_S - 1.5  # sooner, it is not the lag that made it stale
 REPEATED_FOR_S = LAG_PAST_BOUND_S + 1.5  # a repeated stamp counted as lag would pass the bound
 CLOCK_OFFSET_S = 8.0  # past the bound: an offset taken for lag makes the view stale at once
-OFFSET_FOR_S = 2.5
+OFFSET_FOR_S = LAG_BOUND_S + 1.5  # an offset taken for lag fails at once; a lag that creeps from it, by then
 LAG_WORDS = ("lag", "behind", "late")
 
 
