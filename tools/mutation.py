@@ -58,6 +58,9 @@ VERDICT_KINDS = {
     "equivalent": "equivalent",
     "gap": "accepted gap",
     "needs-scenario": "needs a scenario",
+    # a survivor of the run that a scenario added since kills, checked by applying the mutant alone;
+    # the run's own score still counts it survived, until a run at a later commit measures it
+    "killed-since": "killed by a scenario added since",
 }
 BASELINE_TIMEOUT_S = 1200.0
 # Set in the environment of everything a run starts, so the programs a timed-out mutant left behind
@@ -731,7 +734,9 @@ def render(
         "- **Survivor ids** are `module:definition:operator:hash`, the hash of the operator and the "
         "changed text with no line number, so a verdict stays attached when other code moves. "
         "Verdicts: *equivalent* (no observable behaviour changes; argued), *accepted gap* (observable, "
-        "but not worth a scenario; why), *needs a scenario* (what would catch it)."
+        "but not worth a scenario; why), *needs a scenario* (what would catch it), *killed by a scenario "
+        "added since* (the mutant applied alone to a later commit fails that scenario; the run's score "
+        "still counts it as survived)."
     )
     add("")
     add("Command (the pilot below):")
