@@ -5,7 +5,7 @@ manifest (the reference's, with the connector replaced), with the fault's --scen
 run must fail, and every scenario of the fault's `caught_by` must be reported failed or error. The
 control: the reference passes the same selections. In a session that itself runs those scenarios
 against the reference (a whole `./test`), their verdicts there are the control; otherwise it is a
-run of its own. The runs go five at a time (one under
+run of its own. The runs go six at a time (one under
 pytest-xdist, whose workers already share the machine), except a run whose selections judge time
 (§6, or a timing-bounded scenario): a second run beside it would be a busy neighbour, and its
 verdict INCONCLUSIVE. Such a fault's run goes alone, as soon as the runs beside it end; the
@@ -53,7 +53,7 @@ IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE
 CONTROL, TIMED_CONTROL = "control", "control-timed"
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 RUN_TIMEOUT_S = 300.0
-PARALLEL_RUNS = 5  # the runs wait on programs and timeouts: 3 kept 2 cores at 0.8 busy
+PARALLEL_RUNS = 6  # the runs wait on programs and timeouts: 5 kept 2 cores about 1.1 busy
 MATRIX_TIMEOUT_S = 900  # a test may wait for the runs queued before its own
 MATRIX_TESTS = ("test_suite_fails_the_faulty_connector", "test_reference_passes_the_same_selections")
 
@@ -214,9 +214,11 @@ def files_by_scenario(listing: Path) -> dict[str, set[str]]:
 
 
 def _queued_first(names: list[str]) -> list[str]:
-    """Longest runs first, so the two lanes finish together."""
+    """The runs that go alone first, while no lane has work to drain for them; then the longest
+    runs, so the lanes finish together."""
+    alone = {name for name in names if name in FAULTS and any(is_timed(s) for s in FAULTS[name].select)}
     slow = {name for name in names if name == CONTROL or (name in FAULTS and FAULTS[name].slow)}
-    return sorted(names, key=lambda name: (name != CONTROL, name not in slow))
+    return sorted(names, key=lambda name: (name not in alone, name != CONTROL, name not in slow))
 
 
 # session-scoped: the controls run at the session's end, apart from the fault runs' tests, and must

@@ -48,6 +48,19 @@ def selectors(run: SuiteRun) -> str:
     return " ".join(f"`--scenario {s}`" for s in run.selectors)
 
 
+def most_at_once(runs: list[SuiteRun]) -> int:
+    """The most runs that were going at one moment, from their start times and durations."""
+    edges = sorted(
+        [(r.started_at, 1) for r in runs] + [(r.started_at + r.duration_s, -1) for r in runs],
+        key=lambda edge: (edge[0], edge[1]),  # an end before a start at the same moment
+    )
+    going = most = 0
+    for _, step in edges:
+        going += step
+        most = max(most, going)
+    return most
+
+
 def render(faults: dict[str, Fault], runs: dict[str, SuiteRun]) -> str:
     present = [runs[name] for name in runs]
     first = present[0].report() if present else {}
@@ -58,13 +71,14 @@ def render(faults: dict[str, Fault], runs: dict[str, SuiteRun]) -> str:
         else 0
     )
     when = datetime.fromtimestamp(min(r.started_at for r in present), timezone.utc) if present else None
+    at_once = most_at_once(present)
     out = [
         "# Fault catch table",
         "",
         "The suite is only as good as the faults it catches. Each row is a deliberately faulty",
         "program: the reference's exchange_connector, live_server or client driver with one fault",
-        "patched in (`specs/faulty/connector.py`, `live_server.py`, `driver.py`), or the Node",
-        "connector with one fault switched on (`specs/faulty/node.py`). It is run through the",
+        "patched in (`specs/faulty/connector.py`, `live_server.py`, `driver.py`), or the Node or Go",
+        "connector with one fault switched on (`specs/faulty/node.py`, `go.py`). It is run through the",
         "scenarios of its `--scenario` selection; the table lists every scenario that",
         "failed and the first reason the suite gave. `specs/faulty/faults.yaml` says which scenarios",
         "must catch each fault; `tests/test_fault_catching.py` fails when one of them does not, or",
@@ -78,7 +92,7 @@ def render(faults: dict[str, Fault], runs: dict[str, SuiteRun]) -> str:
     if when is not None:
         out += [
             f"Measured {when:%Y-%m-%d %H:%M} UTC, Python {env.get('python', '?')}, grpcio {env.get('grpcio', '?')}, "
-            f"{env.get('cpus', '?')} CPUs; {len(present)} runs, three at a time (a run that judges time alone), in {wall:.0f} s.",
+            f"{env.get('cpus', '?')} CPUs; {len(present)} runs, up to {at_once} at a time (a run that judges time alone), in {wall:.0f} s.",
             "",
         ]
     out += [
