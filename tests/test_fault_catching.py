@@ -171,9 +171,10 @@ class Matrix:
         )
 
     def paths_of(self, selectors: Sequence[str]) -> list[str]:
-        """The test files that judge the selected scenarios, as this session collected them; the
-        whole of specs/ when some selector names a scenario whose tests the session does not hold.
-        A run that collects its few files rather than every module starts in half the time."""
+        """The test files that judge the selected scenarios, from the suite's listing
+        (files_by_scenario); the whole of specs/ when some selector names a scenario the listing
+        does not hold. A run that collects its few files rather than every module starts in half
+        the time."""
         files: set[str] = set()
         for selector in selectors:
             found = [

@@ -1,18 +1,19 @@
 """The cross-stack matrix: {Python, Node, Go} exchange_connector x {Python, Node, Go} client driver.
 
-Each cell is a manifest written at test time: the cell's connector manifest (implementation/sut.toml,
-interop/node/sut.toml or interop/go/sut.toml, with its market_maker and live_server) with the cell's
-client driver (the reference's, the Node one of docs/examples/node-client-driver.toml, or the Go one
-of interop/go/sut.toml) and `client_library` claimed.
-The suite runs each cell as a subprocess, two at a time. In 4.1.1.x1 the cell's driver talks to the
-cell's connector, which is what the matrix proves; every cell runs it. The client sections (the
-driver against the suite's mock exchange) involve no connector, and the connector's basic scenarios
-(the suite's own client against it) no driver: each is judged once per stack, in the cell that pairs
-the stack with itself (python+python, node+node, go+go), and the six mixed cells run 4.1.1.x1 alone. A cell passes when the run does, with its known failures (if any) reported
-as such. Each cell's verdict goes into the test's report (its user properties) and into
-<report-dir>/interop-matrix/<cell>.json; docs/interop.md shows the table of a real run. Where Node.js
-is missing, the Node cells skip and say so; where the Go binaries are (no Go: tools/bootstrap.sh
-builds them into interop/go/bin), the Go cells.
+Each cell is a manifest written at test time: the cell's connector manifest
+(implementation/sut.toml, interop/node/sut.toml or interop/go/sut.toml, with its market_maker and
+live_server) with the cell's client driver (the reference's, the Node one of
+docs/examples/node-client-driver.toml, or the Go one of interop/go/sut.toml) and `client_library`
+claimed. The suite runs each cell as a subprocess, two at a time. In 4.1.1.x1 the cell's driver
+talks to the cell's connector, which is what the matrix proves; every cell runs it. The client
+sections (the driver against the suite's mock exchange) involve no connector, and the connector's
+basic scenarios (the suite's own client against it) no driver: each is judged once per stack, in the
+cell that pairs the stack with itself (python+python, node+node, go+go), and the six mixed cells run
+4.1.1.x1 alone. A cell passes when the run does, with its known failures (if any) reported as such.
+Each cell's verdict goes into the test's report (its user properties) and into
+<report-dir>/interop-matrix/<cell>.json; docs/interop.md shows the table of a real run. Where
+Node.js is missing, the Node cells skip and say so; where the Go binaries are (no Go:
+tools/bootstrap.sh builds them into interop/go/bin), the Go cells.
 """
 
 from __future__ import annotations

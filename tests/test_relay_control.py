@@ -1,16 +1,17 @@
 """The transparent-relay control: the reference connector behind a bytes-level relay
 (tests/relay/relay_connector.py) is still correct by the contract, so it must pass every black-box
-scenario that talks to the connector. A scenario that failed it would check how the reference
-writes its bytes (when headers go out, how frames are split), not what the contract says.
+scenario that talks to the connector. A scenario that failed it would check how the reference writes
+its bytes (when headers go out, how frames are split), not what the contract says.
 
-Left out, with the reason: §6-§7 and the timing-bounded scenarios of the other sections
-(4.2.1.x23, x27, x30: the relay adds a hop and a process on the same cores, so their bounds would
-measure the relay too), §3.1/§4.1 (the client library against the suite's mock exchange: no connector involved) and
-§5.2 (the Compose stack does not run the manifest's programs), and 4.2.1.x29 (rule C39 counts the
-calls the connector refuses; under a burst of new connections the relay's own failed connections
+Left out, with the reason: §6-§7 and the timing-bounded scenarios of the other sections (4.2.1.x23,
+x27, x30: the relay adds a hop and a process on the same cores, so their bounds would measure the
+relay too), §3.1/§4.1 (the client library against the suite's mock exchange: no connector involved)
+and §5.2 (the Compose stack does not run the manifest's programs), and 4.2.1.x29 (rule C39 counts
+the calls the connector refuses; under a burst of new connections the relay's own failed connections
 are UNAVAILABLE statuses the connector never sees). No scenario is listed as a known failure: the
-byte relay's buffers are bounded, so back-pressure (rules C13, C34) still reaches the connector. The inner run uses three xdist workers, as `./conform` does: its scenarios wait on programs more than they
-compute, and the outer run does nothing else meanwhile.
+byte relay's buffers are bounded, so back-pressure (rules C13, C34) still reaches the connector. The
+inner run uses three xdist workers, as `./conform` does: its scenarios wait on programs more than
+they compute, and the outer run does nothing else meanwhile.
 """
 
 from __future__ import annotations
