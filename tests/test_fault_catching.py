@@ -46,7 +46,7 @@ from specs.faulty.live_server import FAULTS as LIVE_SERVER_FAULTS
 from specs.faulty.manifests import MODULES, faulty_program, write_manifest
 from specs.faulty.node import FAULTS as NODE_FAULTS
 from specs.faulty.node import node_missing
-from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite
+from specs.faulty.runs import PYTEST_TESTS_FAILED, SuiteRun, run_suite, suite_env
 
 FAULTS = load_faults()
 IMPLEMENTED = {**CONNECTOR_FAULTS, **LIVE_SERVER_FAULTS, **DRIVER_FAULTS, **NODE_FAULTS, **GO_FAULTS}
@@ -195,11 +195,10 @@ def files_by_scenario(listing: Path) -> dict[str, set[str]]:
     """Scenario ID -> the test files under specs/ that judge it, from one collection of the suite
     (--list-scenarios); empty when that collection fails, and every run then collects all of specs/."""
     command = [sys.executable, "-m", "pytest", "specs", "--collect-only", "-q", "-p", "no:randomly"]
-    child_env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
     done = subprocess.run(
         [*command, "--list-scenarios", str(listing)],
         cwd=SPECS.parent,
-        env=child_env,
+        env=suite_env(),
         capture_output=True,
         timeout=120,
         check=False,
@@ -339,10 +338,15 @@ def test_suite_fails_the_faulty_connector(run: str, matrix: Matrix) -> None:
     )
 
 
+def judges_the_reference(config: pytest.Config) -> bool:
+    """This session's SUT is the reference (the default manifest, unchanged)."""
+    manifest = config.stash.get(MANIFEST_KEY, None)
+    return manifest is not None and manifest.digest == load_manifest(DEFAULT_MANIFEST).digest
+
+
 def session_runs_against_the_reference(session: pytest.Session, expected: list[str]) -> bool:
     """This session's own tests judge every expected scenario against the reference."""
-    manifest = session.config.stash.get(MANIFEST_KEY, None)
-    if manifest is None or manifest.digest != load_manifest(DEFAULT_MANIFEST).digest:
+    if not judges_the_reference(session.config):
         return False
     judged = {sid for item in session.items for sid in scenario_ids(item)}
     return set(expected) <= judged
@@ -356,8 +360,7 @@ def passed_in_this_session(config: pytest.Config, expected: list[str]) -> bool:
     the same reference twice. Anything less (another SUT, a selection without them, a scenario that
     did not pass here) leaves the decision to the control's own run."""
     results = config.stash.get(RESULTS_KEY, None)
-    manifest = config.stash.get(MANIFEST_KEY, None)
-    if results is None or manifest is None or manifest.digest != load_manifest(DEFAULT_MANIFEST).digest:
+    if results is None or not judges_the_reference(config):
         return False
     statuses = results.scenario_status()
     return all(sid in statuses and statuses[sid].outcome is Status.PASSED for sid in expected)

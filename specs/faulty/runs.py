@@ -96,6 +96,12 @@ def _interrupt(process: subprocess.Popen[bytes]) -> int:
         return process.wait()
 
 
+def suite_env() -> dict[str, str]:
+    """The environment of a suite run as a subprocess: a suite of its own, with no options or xdist
+    worker identity of an outer pytest."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+
+
 def run_suite(
     name: str,
     manifest: Path,
@@ -112,9 +118,7 @@ def run_suite(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / REPORT_FILE).unlink(missing_ok=True)
     command = suite_command(manifest, selectors, folder, paths)
-    # the run is a suite of its own: no options or xdist worker identity of an outer pytest
-    child_env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    child_env.update(env or {})
+    child_env = {**suite_env(), **(env or {})}
     started, started_at = time.monotonic(), time.time()
     timed_out = False
     with (folder / OUTPUT_FILE).open("wb") as output:
@@ -155,4 +159,13 @@ def load_run(folder: Path) -> SuiteRun:
     return SuiteRun(**data)
 
 
-__all__ = ["CAUGHT", "PYTEST_TESTS_FAILED", "REPORT_FILE", "RUN_FILE", "SuiteRun", "load_run", "run_suite"]
+__all__ = [
+    "CAUGHT",
+    "PYTEST_TESTS_FAILED",
+    "REPORT_FILE",
+    "RUN_FILE",
+    "SuiteRun",
+    "load_run",
+    "run_suite",
+    "suite_env",
+]
