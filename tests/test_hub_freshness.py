@@ -129,3 +129,42 @@ async def test_a_stall_of_the_connectors_own_loop_drops_nobody(hub: Hub, mock: M
         await asyncio.sleep(POLICY.tick * 2)  # the watchdog runs too
         assert [cast(pb.Account, await reader.next()).total_balance for _ in range(2)] == ["10000.00", "1.00"]
     assert hub.stats[ACCOUNT].dropped == 0 and hub.loop_stalls.stalls == 1
+
+
+async def test_overload_is_half_a_topics_subscribers_falling_ever_further_behind(
+    hub: Hub, mock: MockExchange
+) -> None:
+    async with contextlib.AsyncExitStack() as subscribed:
+        subs = [await subscribed.enter_async_context(hub.subscribe(ACCOUNT)) for _ in range(4)]
+        mock.trigger_account_update(spec_account())
+        await asyncio.sleep(0)
+        later = time.monotonic() + POLICY.subscriber_max_lag * 0.75  # past half the bound
+        assert all(sub.queued == 1 for sub in subs)
+        reason = hub.overload(later)
+        assert reason is not None and "4 of its 4 account subscribers" in reason
+        for sub in subs[:3]:  # three of them catch up: their queues shrink
+            await sub.next()
+        assert hub.overload(later) is None
+
+
+async def test_one_slow_reader_is_not_overload(hub: Hub, mock: MockExchange) -> None:
+    async with contextlib.AsyncExitStack() as subscribed:
+        slow, *readers = [await subscribed.enter_async_context(hub.subscribe(ACCOUNT)) for _ in range(4)]
+        mock.trigger_account_update(spec_account())
+        await asyncio.sleep(0)
+        for reader in readers:
+            await reader.next()
+        assert slow.queued == 1
+        assert hub.overload(time.monotonic() + POLICY.subscriber_max_lag * 0.75) is None
+
+
+async def test_a_shed_drops_the_laggiest_quarter_of_those_behind(hub: Hub, mock: MockExchange) -> None:
+    async with contextlib.AsyncExitStack() as subscribed:
+        subs = [await subscribed.enter_async_context(hub.subscribe(ACCOUNT)) for _ in range(8)]
+        mock.trigger_account_update(spec_account())
+        await asyncio.sleep(0)
+        for sub in subs[:7]:
+            await sub.next()
+        await asyncio.sleep(POLICY.subscriber_max_lag * 0.6)
+        assert hub.shed() == 1 and subs[7].ended  # the one behind, not a quarter of everyone
+        assert hub.subscriber_count(ACCOUNT) == 7

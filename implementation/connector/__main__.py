@@ -21,6 +21,7 @@ from implementation.adapters.grpc_upstream import UPSTREAM_KEEPALIVE_TIMEOUT_S, 
 from implementation.adapters.interface import Exchange
 from implementation.adapters.mock import MockExchange
 from implementation.adapters.sim import SimExchange
+from implementation.adapters.threaded import ThreadedExchange
 from implementation.connector.cli import PROGRAM, HealthSettings, ServeSettings, UsageError, parse
 from implementation.connector.health import check_health
 from implementation.connector.metrics import MetricsServer
@@ -36,18 +37,24 @@ _log = logging.getLogger(PROGRAM)
 def build_exchange(settings: ServeSettings) -> Exchange:
     """The exchange adapter the settings name."""
     if settings.exchange == "grpc":
-        assert settings.upstream is not None, "checked by the command line"
-        return GrpcExchange(
-            settings.upstream,
-            connect_timeout=settings.upstream_connect_timeout,
-            tls_ca=settings.upstream_ca,
-            tls_cert=settings.upstream_cert,
-            tls_key=settings.upstream_key,
-            token=settings.upstream_token,
-            call_timeout=settings.max_data_age,  # a call the upstream holds longer is a hung upstream
-            keepalive=settings.upstream_keepalive,
-            keepalive_timeout=min(UPSTREAM_KEEPALIVE_TIMEOUT_S, settings.max_data_age),
-        )
+        upstream = settings.upstream
+        assert upstream is not None, "checked by the command line"
+
+        def grpc_exchange() -> GrpcExchange:
+            return GrpcExchange(
+                upstream,
+                connect_timeout=settings.upstream_connect_timeout,
+                tls_ca=settings.upstream_ca,
+                tls_cert=settings.upstream_cert,
+                tls_key=settings.upstream_key,
+                token=settings.upstream_token,
+                call_timeout=settings.max_data_age,  # a call the upstream holds longer is a hung upstream
+                keepalive=settings.upstream_keepalive,
+                keepalive_timeout=min(UPSTREAM_KEEPALIVE_TIMEOUT_S, settings.max_data_age),
+            )
+
+        # the upstream read on a loop of its own, never in lockstep with the subscribers' writes
+        return ThreadedExchange(grpc_exchange)
     if settings.exchange == "mock":
         return MockExchange()
     return SimExchange(seed=settings.sim_seed, interval=settings.sim_interval, symbols=settings.sim_symbols)

@@ -8,13 +8,16 @@
   subscriber (positions: only those that want its symbol). An update that fails validation is
   logged and dropped, never forwarded.
 - A subscriber whose queue is full, or whose oldest undelivered update has waited longer than the
-  policy's `subscriber_max_lag` (counted from when the connector read it, less the upstream lag:
-  see freshness.py), is dropped at once: it is removed, its queue is freed, and its stream ends
-  with RESOURCE_EXHAUSTED (logged, counted). The fan-out never waits for anyone. A slow reader and
-  an overloaded connector look the same here, as growing lag, so overload sheds the laggiest
-  subscribers first (each as it passes the bound) and the upstream read, with fewer to serve,
-  catches up; while the upstream lag is past the bound, and for two bounds after a shed, new
-  subscribers are refused (UNAVAILABLE).
+  policy's `subscriber_max_lag` (counted from when the connector read it), is dropped at once: it
+  is removed, its queue is freed, and its stream ends with RESOURCE_EXHAUSTED (logged, counted).
+  The fan-out never waits for anyone.
+- Overload is told apart from a slow reader by how many fall behind, and whether they catch up.
+  A slow reader falls behind alone. A fan-out that cannot keep up leaves every subscriber of a
+  topic owed ever older updates: when at least half of a topic's subscribers have an update
+  waiting past half the lag bound and their queues did not shrink since the watchdog's last look
+  (a burst they are draining is not overload), the laggiest quarter of the subscribers behind is
+  shed, so the others catch up. Meanwhile, and for two bounds after a shed, new subscribers are refused
+  (UNAVAILABLE): the clients just shed would otherwise bring the overload straight back.
 - A watchdog runs beside the upstream streams: after `probe_after` seconds without an update it
   asks the exchange (GetAccount, the liveness read); when nothing at all was heard for `max_age`
   seconds the upstream counts as hung and is dropped like a failed one (below). While the
@@ -118,6 +121,7 @@ class Hub:
         # bound: the clients just shed resubscribe at once, and admitting them straight away would
         # bring the overload back (an oscillation whose peaks are the stale data shedding prevents).
         self._overloaded_until = 0.0
+        self._overload: str | None = None  # why the connector is overloaded, as the watchdog last saw
         self.loop_stalls = LoopStalls(grace=self._max_lag)
         self._hung: str | None = None  # why, until the upstream answers again
 
@@ -219,11 +223,9 @@ class Hub:
         stale = self.stale_reason()
         if stale is not None:
             raise SubscriptionEnded(grpc.StatusCode.UNAVAILABLE, f"the connector's view is stale: {stale}")
-        lag = self.freshness.upstream_lag
-        if lag > self._max_lag / 2:
+        if self._overload is not None:
             raise SubscriptionEnded(
-                grpc.StatusCode.UNAVAILABLE,
-                f"connector overloaded: it reads the upstream {lag:.2f} s behind the exchange; retry shortly",
+                grpc.StatusCode.UNAVAILABLE, f"connector overloaded: {self._overload}; retry shortly"
             )
         if (wait := self._overloaded_until - time.monotonic()) > 0:
             raise SubscriptionEnded(
@@ -278,13 +280,40 @@ class Hub:
             peer=sub.peer, queue_size=sub.capacity, queued=queued, lag_s=round(lag, 3),
         )  # fmt: skip
 
+    def overload(self, now: float) -> str | None:
+        """Why the connector is overloaded right now, or None: at least half of a topic's
+        subscribers (two at least) are owed an update older than half the lag bound, and are not
+        catching up (their queues no shorter than at the watchdog's last look). Call once per
+        watchdog tick: it takes the queues' lengths for the next look.
+
+        The upstream lag (C30) is not a sign of overload: the upstream is read on a loop of its
+        own (adapters/threaded.py) and never waits for the subscribers, so a lag there is the
+        exchange's own backlog in writing, which shedding clients would not shorten."""
+        half = self._max_lag / 2
+        reason = None
+        for topic in TOPICS:
+            subscribers = self._subscribers[topic]
+            behind = 0
+            for sub in subscribers:
+                if sub.lag(now) > half and sub.queued >= sub.mark:
+                    behind += 1
+                sub.mark = sub.queued
+            if reason is None and behind >= 2 and 2 * behind >= len(subscribers):
+                reason = (
+                    f"{behind} of its {len(subscribers)} {topic} subscribers wait ever longer "
+                    f"for updates more than {half:g} s old"
+                )
+        return reason
+
     def shed(self) -> int:
-        """Overloaded (the upstream read trails by half the lag bound): drop the laggiest quarter of
-        the subscribers, so the others and the upstream read catch up; how many were dropped."""
+        """Overloaded: drop the laggiest quarter of the subscribers that are behind (half the lag
+        bound), so the others and the upstream read catch up; how many were dropped."""
         now = time.monotonic()
+        half = self._max_lag / 2
         everyone = [sub for topic in TOPICS for sub in self._subscribers[topic]]
-        everyone.sort(key=lambda sub: (sub.lag(now), sub.queued), reverse=True)
-        laggiest = everyone[: (len(everyone) + 3) // 4]
+        behind = [sub for sub in everyone if sub.lag(now) > half] or everyone
+        behind.sort(key=lambda sub: (sub.lag(now), sub.queued), reverse=True)
+        laggiest = behind[: (len(everyone) + 3) // 4]
         for sub in laggiest:
             self._drop(sub, now)
         if laggiest:
@@ -325,13 +354,12 @@ class Hub:
         self._account = account
         freshness = self.freshness
         freshness.account_read(account)
-        now = freshness.last_heard
-        stamp = now - freshness.upstream_lag
+        now = freshness.last_heard  # each subscriber's lag counts from the read (C34)
         bound = math.inf if self.loop_stalls.excused(now) else self._max_lag
         late = [
             sub
             for sub in self._subscribers[ACCOUNT]
-            if not sub.put_nowait(account, stamp) or sub.lag(now) > bound
+            if not sub.put_nowait(account, now) or sub.lag(now) > bound
         ]
         for sub in late:
             self._drop(sub, now)
@@ -349,13 +377,12 @@ class Hub:
         freshness = self.freshness
         freshness.heard()
         now = freshness.last_heard
-        stamp = now - freshness.upstream_lag
         bound = math.inf if self.loop_stalls.excused(now) else self._max_lag
         late = [
             sub
             for sub in self._subscribers[POSITIONS]
             if (not sub.symbol or sub.symbol == symbol)
-            and (not sub.put_nowait(position, stamp) or sub.lag(now) > bound)
+            and (not sub.put_nowait(position, now) or sub.lag(now) > bound)
         ]
         for sub in late:
             self._drop(sub, now)
@@ -409,6 +436,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         self.freshness.reset()
         self._stale = None
+        self._overload = None
         streams: dict[str, asyncio.Task[Any]] = {
             ACCOUNT: loop.create_task(
                 self.exchange.run_account_stream(self.publish_account), name="upstream-account"
@@ -472,8 +500,10 @@ class Hub:
                         log_event(_log, "view_fresh", upstream_lag_s=round(freshness.upstream_lag, 3))
                     await self._tell_health()
                 # behind just after a stall of our own loop is a backlog to read, not an overload
-                settling = self.loop_stalls.settling(time.monotonic())
-                if freshness.upstream_lag > self._max_lag / 2 and not settling:
+                now = time.monotonic()
+                overload = self.overload(now)
+                self._overload = None if self.loop_stalls.settling(now) else overload
+                if self._overload is not None:
                     self.shed()
                 self.drop_lagging()
         finally:

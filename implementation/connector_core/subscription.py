@@ -3,7 +3,7 @@
 The fan-out never waits: put_nowait() answers False when the mailbox is full, and the hub then
 drops the subscriber. The reader awaits next(), which only suspends when the mailbox is empty
 (one future per wait, none per message while updates are queued). Each queued update carries the
-time it counts from (when the connector read it, less the upstream lag), so lag() says how long the
+time it counts from (when the connector read it), so lag() says how long the
 oldest update has waited for this subscriber: its stream loop takes the next one only once the
 transport accepted the one before, so a reader slower than the updates shows here as growing lag.
 """
@@ -39,7 +39,8 @@ class Subscription:
     block registers it (`on_enter`), leaving it in any way removes it (`on_exit`)."""
 
     __slots__ = (
-        "_end", "_items", "_on_enter", "_on_exit", "_stamps", "_waiter", "capacity", "peer", "symbol", "topic",
+        "_end", "_items", "_on_enter", "_on_exit", "_stamps", "_waiter", "capacity", "mark", "peer", "symbol",
+        "topic",
     )  # fmt: skip
 
     def __init__(
@@ -58,6 +59,7 @@ class Subscription:
         self.symbol = symbol  # positions only: "" = every symbol
         self.peer = peer
         self.capacity = capacity
+        self.mark = 0  # the queue's length when the hub's watchdog last looked (overload: catching up?)
         self._items: deque[Message] = deque()
         self._stamps: deque[float] = deque()  # time.monotonic() each queued update counts from
         self._waiter: asyncio.Future[None] | None = None
