@@ -75,12 +75,31 @@ async def stays_serving(connector: Connector, seconds: float, what: str) -> None
         await asyncio.sleep(0.25)
 
 
+async def read_until_ended(stream: Any, started: float) -> tuple[float, str]:
+    """Read a SubscribeAccount stream to its end: (seconds after `started`, its status and details)."""
+    try:
+        async for _ in stream:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        return time.monotonic() - started, f"{exc.code().name} ({exc.details()!r})"
+    return time.monotonic() - started, "OK (the stream ended)"
+
+
 @pytest.mark.scenario("4.2.1.x35")
 async def test_stamps_falling_behind_make_the_view_stale(connectors: ConnectorFactory) -> None:
     connector = await connectors.start()
     connector.mock.stamp_on_send(pace=FALLING_PACE)
+    # a subscriber that takes every update at once: the growing lag is the exchange's, not its own
+    stream = connector.stub().SubscribeAccount(pb.SubscribeAccountRequest())
+    await stream.initial_metadata()
+    started = time.monotonic()
+    reader = asyncio.create_task(read_until_ended(stream, started))
     async with flowing(connector):
         stale_after = await connector.wait_health("NOT_SERVING", STALE_WITHIN_S)
+        # at the staleness a connector may end its streams (UNAVAILABLE); a drop for lag before it is C34's
+        ended = reader.result() if reader.done() else None
+        stream.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
         assert stale_after is not None, (
             f"under rule C30, expected NOT_SERVING within {STALE_WITHIN_S:.1f} s while the exchange's stamps "
             f"fall {1 - FALLING_PACE:.2f} s further behind the reads each second (the lag passes "
@@ -88,6 +107,11 @@ async def test_stamps_falling_behind_make_the_view_stale(connectors: ConnectorFa
             f"got {await connector.health()}"
         )
         account, outcome = await get_account(connector.stub())
+    assert ended is None or not ended[1].startswith("RESOURCE_EXHAUSTED"), (
+        f"under rule C34, expected a subscriber that reads every update at once to stay subscribed while "
+        f"only the upstream lag grows (its 1 s lag bound counts from the connector's read, not the "
+        f"upstream lag before it), got its stream ended {ended[1]} after {ended[0]:.1f} s"
+    )
     assert stale_after >= STALE_NOT_BEFORE_S, (
         f"under rule C30, expected NOT_SERVING only once the lag passes {LAG_BOUND_S:g} s (after "
         f"{LAG_PAST_BOUND_S:.1f} s), got NOT_SERVING after {stale_after:.1f} s"
