@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,9 @@ def _silent_websocket(port: int) -> socket.socket:
 
 FLOOD_DIGITS = "7" * 60  # long decimal strings: each update is a few hundred bytes, the flood stays short
 FLOOD_BASE = 50000
+# The flood is paced: a burst of more than 1,024 updates at once would have the connector drop
+# live_server as a slow subscriber (rule C13), and the flood would never reach the WebSocket clients.
+FLOOD_CHUNK, FLOOD_CHUNK_EVERY_S = 100, 0.05  # 2,000 updates a second
 FEED_WAIT_S = 30.0
 
 
@@ -265,10 +269,21 @@ def test_websocket_client_that_never_reads_does_not_stall_another(live_stack: St
         ws_connect(stack.ws_url, open_timeout=5, close_timeout=2, max_size=None) as reader,
     ):
         reader.recv(timeout=10)  # the first message: the feed is live for this client
-        for index in range(count):
-            stack.mock.trigger_position_update(_flood_position(index))
+
+        def flood() -> None:
+            for index in range(count):
+                stack.mock.trigger_position_update(_flood_position(index))
+                if index % FLOOD_CHUNK == FLOOD_CHUNK - 1:
+                    time.sleep(FLOOD_CHUNK_EVERY_S)
+
+        # the reading client reads while the flood is sent, as a browser would
+        flooding = threading.Thread(target=flood, name="ws-flood", daemon=True)
         began = time.monotonic()
-        got_last, read = _read_until(reader, lambda text: last_mark in text, FEED_WAIT_S)
+        flooding.start()
+        try:
+            got_last, read = _read_until(reader, lambda text: last_mark in text, FEED_WAIT_S)
+        finally:
+            flooding.join()
         assert got_last, (
             f"expected a reading WebSocket client to receive the last of {count} position "
             f"updates within {FEED_WAIT_S:.0f} s while another client never reads, got {read} message(s) "

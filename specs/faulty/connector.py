@@ -582,15 +582,38 @@ def positions_pass_through() -> None:
 
 @fault("no-overload-shedding")
 def no_overload_shedding() -> None:
-    """The connector does not measure how far its upstream read trails the exchange: under overload
-    nobody is shed or refused, and every subscriber drifts into the past together."""
-    from implementation.connector_core.freshness import Freshness
+    """The upstream is read on the loop that writes to the subscribers, in lockstep with them, while
+    overload is judged only by what the subscribers are owed: under overload the backlog waits
+    unread in the upstream transport, where no mailbox shows it, so nobody is shed or refused and
+    every subscriber drifts into the past together."""
 
-    Freshness.account_read = lambda self, account: self.heard()  # type: ignore[method-assign]
+    def same_loop(make_exchange: Callable[[], Any]) -> Any:
+        return make_exchange()
+
+    setattr(connector_main, "ThreadedExchange", same_loop)  # noqa: B010 - a name the module imported
 
 
 def _stamp_s(account: pb.Account) -> float:
     return account.updated_at.seconds + account.updated_at.nanos * 1e-9
+
+
+@fault("upstream-lag-counts-against-subscribers")
+def upstream_lag_counts_against_subscribers() -> None:
+    """Each subscriber's lag counts from when the update should have been read (the read less the
+    upstream lag), not from the connector's read: while the exchange's stamps fall behind, every
+    subscriber is dropped for lag, however promptly it reads."""
+    init, put = Hub.__init__, Subscription.put_nowait
+    hubs: list[Hub] = []
+
+    def remembered(self: Hub, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        hubs.append(self)
+
+    def put_earlier(self: Subscription, message: Any, stamp: float = 0.0) -> bool:
+        return put(self, message, stamp - (hubs[-1].freshness.upstream_lag if hubs else 0.0))
+
+    Hub.__init__ = remembered  # type: ignore[method-assign]
+    Subscription.put_nowait = put_earlier  # type: ignore[method-assign]
 
 
 @fault("lag-never-counted")
@@ -653,7 +676,9 @@ def serving_again_while_frozen() -> None:
         try:
             return await run(self)
         finally:
-            self.exchange.__dict__["ready_is_answering"] = True
+            # the GrpcExchange itself, also when it runs on a thread of its own (ThreadedExchange)
+            exchange = self.exchange.__dict__.get("_inner") or self.exchange
+            exchange.__dict__["ready_is_answering"] = True
 
     async def ready_or_answer(self: GrpcExchange) -> pb.Account:
         if self.__dict__.pop("ready_is_answering", False):  # the hub's "is it back?" after an outage
@@ -1060,6 +1085,1006 @@ def invalid_data_logged_as_warning() -> None:
         log_event(HUB_LOG, "upstream_invalid_data", level=logging.WARNING, topic=topic, reason=str(exc))
 
     Hub._reject = staticmethod(reject)  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ credentials, TLS, reflection
+
+
+def _authorization_values(metadata: Any) -> list[str]:
+    """The `authorization` header values of a call, as text, in the order sent."""
+    return [
+        value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        for key, value in metadata or ()
+        if key == "authorization"
+    ]
+
+
+def _patch_presented_token(presented: Callable[[list[str]], str | None]) -> None:
+    """The bearer-token check reads the presented token through `presented` (given every
+    `authorization` value); the comparison and the refusals stay the reference's."""
+    from implementation.connector_core import auth
+
+    def presented_token(metadata: Any) -> str | None:
+        return presented(_authorization_values(metadata))
+
+    auth._presented_token = presented_token
+
+
+@fault("token-optional")
+def token_optional() -> None:
+    """A call with no `authorization` header at all is served: only a header that is present is
+    checked (the check was written for the value, not for its absence)."""
+    from implementation.connector_core import auth
+
+    intercept = auth.BearerTokenInterceptor.intercept_service
+
+    async def check_only_sent(self: Any, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        if not _authorization_values(details.invocation_metadata):
+            return await continuation(details)
+        return await intercept(self, continuation, details)
+
+    auth.BearerTokenInterceptor.intercept_service = check_only_sent  # type: ignore[method-assign,assignment]
+
+
+class _AnyTokenDigest:
+    """hmac's compare_digest as a presence test: any non-empty token passes."""
+
+    @staticmethod
+    def compare_digest(presented: bytes, expected: bytes) -> bool:
+        return bool(presented)
+
+
+@fault("any-token-served")
+def any_token_served() -> None:
+    """Any bearer token is served: the check makes sure one is there, never that it is the right one."""
+    from implementation.connector_core import auth
+
+    auth.hmac = _AnyTokenDigest  # type: ignore[attr-defined,assignment]
+
+
+@fault("refusal-not-about-token")
+def refusal_not_about_token() -> None:
+    """Calls without the right token are refused UNAUTHENTICATED with generic details that never
+    mention the token ("authentication required", "access denied")."""
+    from implementation.connector_core import auth
+
+    auth.MISSING = "authentication required"
+    auth.INVALID = "access denied"
+
+
+@fault("health-needs-token")
+def health_needs_token() -> None:
+    """Health checking sits behind the token like the ExchangeService (only reflection is exempt):
+    a probe without the token is refused UNAUTHENTICATED."""
+    from implementation.connector_core import auth
+
+    auth.EXEMPT_PREFIXES = tuple(p for p in auth.EXEMPT_PREFIXES if "health" not in p)  # type: ignore[assignment]
+
+
+@fault("right-token-refused")
+def right_token_refused() -> None:
+    """The expected token is kept as its SHA-256 hex digest (so the process holds no token) but the
+    presented token is compared unhashed: every token is refused, the right one too."""
+    import hashlib
+
+    from implementation.connector_core import auth
+
+    init = auth.BearerTokenInterceptor.__init__
+
+    def hashed(self: Any, token: str, *args: Any, **kwargs: Any) -> None:
+        init(self, token, *args, **kwargs)
+        self._expected = hashlib.sha256(token.encode()).hexdigest().encode()
+
+    auth.BearerTokenInterceptor.__init__ = hashed  # type: ignore[method-assign]
+
+
+def _one_header(values: list[str]) -> str | None:
+    """None without a header, "" (refused) for several: the reference's rule on repeated headers."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ""
+
+
+@fault("scheme-case-sensitive")
+def scheme_case_sensitive() -> None:
+    """The scheme must be written `Bearer` exactly: `bearer` and `BEARER` are refused."""
+
+    def presented(values: list[str]) -> str | None:
+        text = _one_header(values)
+        if not text:
+            return text
+        scheme, space, token = text.partition(" ")
+        return token if space and scheme == "Bearer" else ""
+
+    _patch_presented_token(presented)
+
+
+@fault("scheme-ignored")
+def scheme_ignored() -> None:
+    """The token is whatever follows the first space, or the whole value without one: the scheme is
+    never checked, so a bare token or `Basic <token>` is served."""
+
+    def presented(values: list[str]) -> str | None:
+        text = _one_header(values)
+        if not text:
+            return text
+        return text.split(" ", 1)[-1]
+
+    _patch_presented_token(presented)
+
+
+@fault("loose-whitespace")
+def loose_whitespace() -> None:
+    """The header is split on any whitespace: a leading or trailing space, or two spaces after the
+    scheme, still give the scheme and the token."""
+
+    def presented(values: list[str]) -> str | None:
+        text = _one_header(values)
+        if not text:
+            return text
+        words = text.split()
+        return words[1] if len(words) == 2 and words[0].lower() == "bearer" else ""
+
+    _patch_presented_token(presented)
+
+
+@fault("first-authorization-header")
+def first_authorization_header() -> None:
+    """Only the first `authorization` header is read; the others are ignored, so several headers are
+    served when the first holds the right token."""
+
+    def presented(values: list[str]) -> str | None:
+        if not values:
+            return None
+        scheme, space, token = values[0].partition(" ")
+        return token if space and scheme.lower() == "bearer" else ""
+
+    _patch_presented_token(presented)
+
+
+@fault("tls-demands-client-cert")
+def tls_demands_client_cert() -> None:
+    """With --tls-cert and --tls-key (no --tls-client-ca) the server still demands a client
+    certificate, trusting its own certificate as the client CA: no ordinary TLS client is served."""
+    from implementation.contract.tls import TlsServerConfig, read_pem
+
+    def mutual_always(self: TlsServerConfig) -> grpc.ServerCredentials:
+        key = read_pem(self.key_file, "TLS key")
+        cert = read_pem(self.cert_file, "TLS certificate")
+        client_ca = read_pem(self.client_ca_file, "TLS client CA") if self.client_ca_file else cert
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=True
+        )
+
+    TlsServerConfig.credentials = mutual_always  # type: ignore[method-assign]
+
+
+TLS_RECORD_HANDSHAKE = 0x16  # plaintext-beside-tls: the first byte of a TLS ClientHello
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _front_connection(conn: Any, tls: Any, backend: tuple[str, int]) -> None:
+    """One client of the port: TLS terminated here when it starts with a handshake, passed through
+    as it is otherwise; either way relayed to the plaintext server behind."""
+    import socket
+
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(conn.fileno(), ready)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    try:
+        first = conn.recv(1, socket.MSG_PEEK)
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        handshake = first[:1] == bytes([TLS_RECORD_HANDSHAKE])
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, conn, ssl=tls if handshake else None
+        )
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        back_reader, back_writer = await asyncio.open_connection(*backend)
+    except (OSError, ConnectionError):  # a failed handshake: that client is not served
+        conn.close()
+        return
+    await asyncio.gather(_pump(reader, back_writer), _pump(back_reader, writer))
+
+
+@fault("plaintext-beside-tls")
+def plaintext_beside_tls() -> None:
+    """The port speaks both (a cmux-style front, for local tools that do not do TLS): a client that
+    opens with a TLS handshake gets TLS with the configured certificate, any other is served in
+    plaintext. The ExchangeService itself listens in plaintext on a private loopback port."""
+    import dataclasses
+    import socket
+    import ssl
+
+    from implementation.connector.cli import ServeSettings
+    from implementation.connector_core.server import split_address
+
+    serve = connector_main.serve
+
+    async def serve_both(settings: ServeSettings) -> int:
+        if settings.tls is None:
+            return await serve(settings)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(settings.tls.cert_file, settings.tls.key_file)
+        tls.set_alpn_protocols(["h2"])
+        with socket.socket() as probe:  # a free loopback port for the server behind the front
+            probe.bind(("127.0.0.1", 0))
+            backend = ("127.0.0.1", int(probe.getsockname()[1]))
+        host, port = split_address(settings.listen)
+        front = socket.create_server((host.strip("[]"), port))
+        front.setblocking(False)
+        loop = asyncio.get_running_loop()
+        clients: set[asyncio.Task[None]] = set()
+
+        async def accept() -> None:
+            while True:
+                conn, _ = await loop.sock_accept(front)
+                task = loop.create_task(_front_connection(conn, tls, backend))
+                clients.add(task)
+                task.add_done_callback(clients.discard)
+
+        acceptor = loop.create_task(accept())
+        try:
+            behind = dataclasses.replace(settings, tls=None, listen=f"{backend[0]}:{backend[1]}")
+            return await serve(behind)
+        finally:
+            acceptor.cancel()
+            for task in list(clients):
+                task.cancel()
+            await asyncio.gather(acceptor, *clients, return_exceptions=True)
+            front.close()
+
+    connector_main.serve = serve_both
+
+
+@fault("upstream-cancelled-as-cancelled")
+def upstream_cancelled_as_cancelled() -> None:
+    """A unary call the exchange answers CANCELLED is taken for the call being cancelled: the adapter
+    raises asyncio's CancelledError, so the handler ends without a status and the client is never
+    answered UNAVAILABLE (it waits until its deadline)."""
+    from implementation.client_library.remote_exchange import RemoteError
+
+    get_account, get_positions = GrpcExchange.get_account, GrpcExchange.get_positions
+
+    async def account(self: GrpcExchange) -> pb.Account:
+        try:
+            return await get_account(self)
+        except RemoteError as exc:
+            if exc.code is grpc.StatusCode.CANCELLED:
+                raise asyncio.CancelledError(str(exc)) from None
+            raise
+
+    async def positions(self: GrpcExchange, symbol: str = "") -> list[pb.Position]:
+        try:
+            return await get_positions(self, symbol)
+        except RemoteError as exc:
+            if exc.code is grpc.StatusCode.CANCELLED:
+                raise asyncio.CancelledError(str(exc)) from None
+            raise
+
+    GrpcExchange.get_account = account  # type: ignore[method-assign]
+    GrpcExchange.get_positions = positions  # type: ignore[method-assign]
+
+
+def _patch_reflection(change: Callable[[tuple[str, ...], Any], tuple[tuple[str, ...], Any]]) -> None:
+    """Server reflection is enabled with the service names and descriptor pool `change` makes of
+    the reference's (its pool: None, the default one)."""
+    from grpc_reflection.v1alpha import reflection
+
+    enable = reflection.enable_server_reflection
+
+    def enable_changed(service_names: Sequence[str], server: Any, pool: Any = None) -> None:
+        names, changed_pool = change(tuple(service_names), pool)
+        enable(names, server, pool=changed_pool)
+
+    reflection.enable_server_reflection = enable_changed
+
+
+@fault("reflection-needs-token")
+def reflection_needs_token() -> None:
+    """Server reflection sits behind the token (only health is exempt): grpcurl list without the
+    token is refused UNAUTHENTICATED."""
+    from implementation.connector_core import auth
+
+    auth.EXEMPT_PREFIXES = tuple(p for p in auth.EXEMPT_PREFIXES if "reflection" not in p)  # type: ignore[assignment]
+
+
+@fault("reflection-lists-no-health")
+def reflection_lists_no_health() -> None:
+    """Reflection is enabled with the contract's service (and its own) only: its list leaves out
+    grpc.health.v1.Health, which the server still serves."""
+    _patch_reflection(lambda names, pool: (tuple(n for n in names if n != "grpc.health.v1.Health"), pool))
+
+
+STALE_CONTRACT_DROPS = "SubscribePositions"  # reflection-stale-contract: the RPC the older file lacks
+
+
+def _stale_contract_pool() -> Any:
+    """A descriptor pool holding the contract's file as it was before STALE_CONTRACT_DROPS was added
+    (and the files it imports)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: Any, edit: Callable[[Any], None] | None = None) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        if edit is not None:
+            edit(proto)
+        pool.AddSerializedFile(proto.SerializeToString())
+        added.add(file.name)
+
+    def drop_rpc(proto: Any) -> None:
+        for service in proto.service:
+            kept = [m for m in service.method if m.name != STALE_CONTRACT_DROPS]
+            del service.method[:]
+            service.method.extend(kept)
+
+    add(pb.DESCRIPTOR, drop_rpc)
+    return pool
+
+
+@fault("reflection-stale-contract")
+def reflection_stale_contract() -> None:
+    """Reflection answers from a descriptor set built from an older copy of the contract, from
+    before SubscribePositions: the file describing ExchangeService names three RPCs."""
+    _patch_reflection(lambda names, pool: (names, _stale_contract_pool()))
+
+
+# ------------------------------------------------------------------------------------ symbols, requests, metrics
+
+
+@fault("empty-symbol-refused")
+def empty_symbol_refused() -> None:
+    """The symbol is required: an empty one is refused INVALID_ARGUMENT instead of meaning every
+    symbol (GetPositions and SubscribePositions)."""
+    from implementation.connector_core import server
+
+    def required(symbol: str) -> str:
+        if not symbol:
+            raise InvalidRequest(
+                "symbol '' is not a valid instrument name (a symbol is required, e.g. 'BTCUSDT')"
+            )
+        return check_symbol(symbol)
+
+    server.check_symbol = required  # type: ignore[attr-defined]
+
+
+@fault("unknown-fields-refused")
+def unknown_fields_refused() -> None:
+    """Requests are parsed strictly: one carrying a field the contract does not know (a newer
+    client's) is refused INVALID_ARGUMENT as malformed instead of served."""
+    from google.protobuf import unknown_fields
+
+    from implementation.connector_core import service_handlers
+
+    parser = service_handlers._parser
+
+    def strict(method: str, kind: Any) -> Callable[[bytes], Any]:
+        parse = parser(method, kind)
+
+        def parse_strictly(data: bytes) -> Any:
+            request = parse(data)
+            if not isinstance(request, service_handlers.Malformed) and len(
+                unknown_fields.UnknownFieldSet(request)
+            ):
+                return service_handlers.Malformed(method, "fields the contract does not define")
+            return request
+
+        return parse_strictly
+
+    service_handlers._parser = strict
+
+
+@fault("data-age-metric-in-ms")
+def data_age_metric_in_ms() -> None:
+    """exchange_connector_data_age_seconds is filled in milliseconds (the header's unit): a view
+    0.3 s old reads 300 "seconds"."""
+    from prometheus_client.samples import Sample
+
+    from implementation.connector.metrics import HubCollector
+
+    collect = HubCollector.collect
+
+    def in_ms(self: HubCollector) -> Any:
+        for metric in collect(self):
+            if metric.name.endswith("data_age_seconds"):
+                metric.samples = [
+                    Sample(s.name, s.labels, s.value * 1000, s.timestamp, s.exemplar) for s in metric.samples
+                ]
+            yield metric
+
+    HubCollector.collect = in_ms  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ the hub: drops, leaks, gauge
+
+
+def _overflowing(hub: Hub, topic: str) -> list[Subscription]:
+    """The subscribers of `topic` whose queue is full: the next update overflows them."""
+    return [sub for sub in hub._subscribers[topic] if sub.queued >= sub.capacity]
+
+
+def _lagging(hub: Hub, topic: str, now: float) -> list[Subscription]:
+    """The subscribers of `topic` whose oldest queued update waited past the lag bound (none while
+    a stall of the connector's own loop excuses the wait)."""
+    if hub.loop_stalls.excused(now):
+        return []
+    return [sub for sub in hub._subscribers[topic] if sub.lag(now) > hub._max_lag]
+
+
+def _hand_over(sub: Subscription, message: pb.Account) -> None:
+    """Queue `message` on a subscription that has already ended: its stream sends it before the status."""
+    sub._items.append(message)
+    sub._stamps.append(time.monotonic())
+
+
+@fault("overflow-parting-update")
+def overflow_parting_update() -> None:
+    """A subscriber dropped for a full queue is handed the update that did not fit before its status
+    ("it ends on the newest state"): after the updates its transport took comes a jump ahead."""
+    publish = Hub.publish_account
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        full = _overflowing(self, ACCOUNT)
+        publish(self, account)
+        for sub in full:
+            if sub.ended:
+                _hand_over(sub, account)
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+
+
+@fault("lag-drop-parting-update")
+def lag_drop_parting_update() -> None:
+    """A subscriber dropped for lag is handed the newest account before its status ("it ends on the
+    newest state"): after the updates its transport took comes a jump ahead."""
+    drop = Hub._drop
+
+    def drop_with_newest(self: Hub, sub: Subscription, now: float) -> None:
+        lagged = sub.queued < sub.capacity
+        drop(self, sub, now)
+        if lagged and sub.topic == ACCOUNT and self._account is not None:
+            _hand_over(sub, self._account)
+
+    Hub._drop = drop_with_newest  # type: ignore[method-assign]
+
+
+@fault("overflow-drop-uncounted")
+def overflow_drop_uncounted() -> None:
+    """exchange_connector_subscribers_dropped_total counts the subscribers dropped for lag only; one
+    dropped for a full queue is ended and logged but never counted."""
+    drop = Hub._drop
+
+    def uncounted(self: Hub, sub: Subscription, now: float) -> None:
+        overflowed = sub.queued >= sub.capacity
+        drop(self, sub, now)
+        if overflowed:
+            self.stats[sub.topic].dropped -= 1
+
+    Hub._drop = uncounted  # type: ignore[method-assign]
+
+
+@fault("lag-drop-uncounted")
+def lag_drop_uncounted() -> None:
+    """exchange_connector_subscribers_dropped_total counts the subscribers dropped for a full queue
+    only; one dropped for lag is ended and logged but never counted."""
+    drop = Hub._drop
+
+    def uncounted(self: Hub, sub: Subscription, now: float) -> None:
+        lagged = sub.queued < sub.capacity and sub.lag(now) > self._max_lag
+        drop(self, sub, now)
+        if lagged:
+            self.stats[sub.topic].dropped -= 1
+
+    Hub._drop = uncounted  # type: ignore[method-assign]
+
+
+@fault("drop-logged-at-info")
+def drop_logged_at_info() -> None:
+    """subscriber_dropped is logged at info level, like every other subscriber event, not warning."""
+    from implementation.connector_core import hub
+
+    log = hub.log_event  # type: ignore[attr-defined]
+
+    def at_info(
+        logger: logging.Logger, event: str, *, level: int | str = logging.INFO, **fields: Any
+    ) -> None:
+        log(logger, event, level=logging.INFO if event == "subscriber_dropped" else level, **fields)
+
+    hub.log_event = at_info  # type: ignore[attr-defined]
+
+
+@fault("overflow-loses-update")
+def overflow_loses_update() -> None:
+    """The fan-out first drops the subscribers whose queue is full, then returns: the update that
+    found a full queue reaches no other subscriber either."""
+    publish = Hub.publish_account
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        full = _overflowing(self, ACCOUNT)
+        if full:
+            now = time.monotonic()
+            for sub in full:
+                self._drop(sub, now)
+            return
+        publish(self, account)
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+
+
+@fault("lag-drop-loses-update")
+def lag_drop_loses_update() -> None:
+    """Lag is judged in the fan-out alone (the watchdog drops nobody), which first drops the
+    subscribers past the lag bound, then returns: the update that found one of them late reaches no
+    other subscriber either."""
+    publish = Hub.publish_account
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        now = time.monotonic()
+        late = _lagging(self, ACCOUNT, now)
+        if late:
+            for sub in late:
+                self._drop(sub, now)
+            return
+        publish(self, account)
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+    Hub.drop_lagging = lambda self: 0  # type: ignore[method-assign]
+
+
+@fault("dropped-stay-in-gauge")
+def dropped_stay_in_gauge() -> None:
+    """exchange_connector_subscribers is a count kept beside the registry: up when a subscriber is
+    added, down when its stream's exit finds it registered. A dropped subscriber was unregistered
+    by the drop, so its exit never brings the count down."""
+    held: dict[str, int] = {ACCOUNT: 0, POSITIONS: 0}
+    add, remove = Hub._add, Hub._remove
+
+    def counted_add(self: Hub, sub: Subscription) -> None:
+        add(self, sub)
+        held[sub.topic] += 1
+
+    def counted_remove(self: Hub, sub: Subscription, exc: BaseException | None) -> None:
+        if sub in self._subscribers[sub.topic]:
+            held[sub.topic] -= 1
+        remove(self, sub, exc)
+
+    def subscriber_count(self: Hub, topic: str) -> int:
+        return held[topic]
+
+    Hub._add = counted_add  # type: ignore[method-assign]
+    Hub._remove = counted_remove  # type: ignore[method-assign]
+    Hub.subscriber_count = subscriber_count  # type: ignore[method-assign]
+
+
+@fault("vanished-client-kept")
+def vanished_client_kept() -> None:
+    """A stream whose handler is cancelled (its client vanished) is not removed: cancellation is
+    taken for the server's own shutdown, which ends every subscriber anyway."""
+    remove = Hub._remove
+
+    def remove_unless_cancelled(self: Hub, sub: Subscription, exc: BaseException | None) -> None:
+        if not isinstance(exc, asyncio.CancelledError):
+            remove(self, sub, exc)
+
+    Hub._remove = remove_unless_cancelled  # type: ignore[method-assign]
+
+
+@fault("client-gone-not-logged")
+def client_gone_not_logged() -> None:
+    """A subscriber whose client vanished is removed silently: subscriber_removed is logged only for
+    streams the server ended."""
+    remove = Hub._remove
+
+    def remove_quietly(self: Hub, sub: Subscription, exc: BaseException | None) -> None:
+        if not isinstance(exc, asyncio.CancelledError):
+            remove(self, sub, exc)
+            return
+        self._subscribers[sub.topic].pop(sub, None)
+        sub.end(grpc.StatusCode.CANCELLED, "client gone", discard=True)
+
+    Hub._remove = remove_quietly  # type: ignore[method-assign]
+
+
+def _per_subscriber(acquire: Callable[[], Callable[[], None]]) -> None:
+    """Each subscriber holds what `acquire` returns the release of; it is released when the server
+    ends the stream, never when the handler is cancelled (a client that vanished)."""
+    held: dict[Subscription, Callable[[], None]] = {}
+    add, remove = Hub._add, Hub._remove
+
+    def add_holding(self: Hub, sub: Subscription) -> None:
+        add(self, sub)
+        held[sub] = acquire()
+
+    def remove_releasing(self: Hub, sub: Subscription, exc: BaseException | None) -> None:
+        remove(self, sub, exc)
+        if not isinstance(exc, asyncio.CancelledError) and (release := held.pop(sub, None)) is not None:
+            release()
+
+    Hub._add = add_holding  # type: ignore[method-assign]
+    Hub._remove = remove_releasing  # type: ignore[method-assign]
+
+
+@fault("thread-per-vanished-client")
+def thread_per_vanished_client() -> None:
+    """Every subscriber gets a helper thread that waits for its stream's end; a client that vanishes
+    leaves its thread waiting forever."""
+    import threading
+
+    def start_helper() -> Callable[[], None]:
+        done = threading.Event()
+        threading.Thread(target=done.wait, name="subscriber-helper", daemon=True).start()
+        return done.set
+
+    _per_subscriber(start_helper)
+
+
+@fault("fd-per-vanished-client")
+def fd_per_vanished_client() -> None:
+    """Every subscriber gets a wake-up socket pair; a client that vanishes leaves both open."""
+    import socket
+
+    def open_pair() -> Callable[[], None]:
+        first, second = socket.socketpair()
+
+        def close() -> None:
+            first.close()
+            second.close()
+
+        return close
+
+    _per_subscriber(open_pair)
+
+
+SEND_BUFFER_BYTES = 1 << 20  # memory-per-vanished-client: each subscriber's batching buffer
+
+
+@fault("memory-per-vanished-client")
+def memory_per_vanished_client() -> None:
+    """Every subscriber gets a 1 MiB send buffer kept in a registry; a client that vanishes leaves
+    its buffer there."""
+    buffers: list[bytearray] = []
+
+    def allocate() -> Callable[[], None]:
+        buffer = bytearray(b"\x5a") * SEND_BUFFER_BYTES  # written, so it is resident
+        buffers.append(buffer)
+        return lambda: buffers.remove(buffer)
+
+    _per_subscriber(allocate)
+
+
+@fault("metrics-on-ipv6-loopback")
+def metrics_on_ipv6_loopback() -> None:
+    """The metrics endpoint listens on the IPv6 loopback (::1, what `localhost` resolves to first),
+    whatever host --metrics-listen names: nothing answers on 127.0.0.1:{metrics_port}."""
+    from implementation.connector.metrics import MetricsServer
+    from implementation.connector_core.server import split_address
+
+    async def start(self: MetricsServer, address: str) -> int:
+        _, port = split_address(address)
+        self.port = await self._http.start("::1", port)
+        return self.port
+
+    MetricsServer.start = start  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ the upstream subscriptions
+
+UPSTREAM_POLL_S = 0.02  # how often the upstream-subscription faults look at the subscriber count
+IDLE_CLOSE_S = 0.2  # upstream-closed-when-idle: an upstream subscription nobody uses this long is closed
+StreamRunner = Callable[[Any, Callable[[Any], None]], Any]
+
+
+def _hub_of(callback: Callable[[Any], None]) -> Hub:
+    """The hub whose fan-out `callback` is (the hub passes its bound publish method)."""
+    hub = getattr(callback, "__self__", None)
+    if not isinstance(hub, Hub):
+        raise RuntimeError("an upstream stream's callback is not a hub's publish method")
+    return hub
+
+
+def _patch_upstream_streams(wrap: Callable[[StreamRunner, str], StreamRunner]) -> None:
+    """Both upstream streams of the threaded exchange adapter run through `wrap(run, topic)`."""
+    from implementation.adapters.threaded import ThreadedExchange
+
+    ThreadedExchange.run_account_stream = wrap(ThreadedExchange.run_account_stream, ACCOUNT)  # type: ignore[method-assign,assignment]
+    ThreadedExchange.run_position_stream = wrap(ThreadedExchange.run_position_stream, POSITIONS)  # type: ignore[method-assign,assignment]
+
+
+async def _until_subscribed(hub: Hub, topic: str) -> None:
+    # the hub signals no event for a first subscriber: the faults look at its count
+    while hub.subscriber_count(topic) == 0:  # noqa: ASYNC110
+        await asyncio.sleep(UPSTREAM_POLL_S)
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+@fault("upstream-on-demand")
+def upstream_on_demand() -> None:
+    """An upstream subscription is opened with its topic's first subscriber, not at start: a
+    connector nobody uses holds none."""
+
+    def wrap(run: StreamRunner, topic: str) -> StreamRunner:
+        async def on_demand(self: Any, callback: Callable[[Any], None]) -> None:
+            await _until_subscribed(_hub_of(callback), topic)
+            await run(self, callback)
+
+        return on_demand
+
+    _patch_upstream_streams(wrap)
+
+
+@fault("upstream-closed-when-idle")
+def upstream_closed_when_idle() -> None:
+    """An upstream subscription that no client has used for IDLE_CLOSE_S is closed (to spare the
+    exchange), and opened again with its topic's next subscriber."""
+
+    def wrap(run: StreamRunner, topic: str) -> StreamRunner:
+        async def closed_when_idle(self: Any, callback: Callable[[Any], None]) -> None:
+            hub = _hub_of(callback)
+            while True:
+                stream = asyncio.ensure_future(run(self, callback))
+                used = time.monotonic()
+                try:
+                    while not stream.done():
+                        await asyncio.wait({stream}, timeout=UPSTREAM_POLL_S)
+                        if hub.subscriber_count(topic):
+                            used = time.monotonic()
+                        elif time.monotonic() - used > IDLE_CLOSE_S:
+                            break
+                finally:
+                    if not stream.done():
+                        await _cancelled(stream)
+                if not stream.cancelled():
+                    return stream.result()  # type: ignore[no-any-return]
+                await _until_subscribed(hub, topic)
+
+        return closed_when_idle
+
+    _patch_upstream_streams(wrap)
+
+
+@fault("upstream-reopened-for-first-subscriber")
+def upstream_reopened_for_first_subscriber() -> None:
+    """A topic's first subscriber makes the connector open its upstream subscription again, so the
+    client starts from a fresh snapshot: the exchange sees a second subscription while it stays up."""
+    refresh: dict[str, asyncio.Event] = {}
+    add = Hub._add
+
+    def add_refreshing(self: Hub, sub: Subscription) -> None:
+        first = self.subscriber_count(sub.topic) == 0
+        add(self, sub)
+        if first and sub.topic in refresh:
+            refresh[sub.topic].set()
+
+    def wrap(run: StreamRunner, topic: str) -> StreamRunner:
+        async def reopened(self: Any, callback: Callable[[Any], None]) -> None:
+            while True:
+                wanted = refresh[topic] = asyncio.Event()
+                stream = asyncio.ensure_future(run(self, callback))
+                waiting = asyncio.ensure_future(wanted.wait())
+                try:
+                    await asyncio.wait({stream, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    await _cancelled(waiting)
+                    if not stream.done():
+                        await _cancelled(stream)
+                if not stream.cancelled():
+                    return stream.result()  # type: ignore[no-any-return]
+
+        return reopened
+
+    Hub._add = add_refreshing  # type: ignore[method-assign]
+    _patch_upstream_streams(wrap)
+
+
+# ------------------------------------------------------------------------------------ symbols, freshness, hangs, start-up
+
+
+@fault("refused-symbol-held")
+def refused_symbol_held() -> None:
+    """SubscribePositions registers its subscriber before it checks the symbol (so no update is
+    missed meanwhile); a refused symbol aborts the call without unregistering it."""
+
+    async def subscribe_positions(
+        self: ExchangeService, request: pb.SubscribePositionsRequest, context: Any
+    ) -> None:
+        hub: Hub = self._hub
+        early = hub.subscribe(POSITIONS, symbol=request.symbol, peer=context.peer())
+        entered: Subscription | None = early
+        try:
+            await early.__aenter__()
+        except SubscriptionEnded:
+            entered = None  # not serving: the stream below refuses it the reference's way
+        try:
+            symbol = check_symbol(request.symbol)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if entered is not None:
+            await entered.__aexit__(None, None, None)
+        await self._stream(POSITIONS, symbol, context)
+
+    ExchangeService.SubscribePositions = subscribe_positions  # type: ignore[method-assign]
+
+
+@fault("unchanged-liveness-answer-ignored")
+def unchanged_liveness_answer_ignored() -> None:
+    """The liveness read's answer counts as a sign of life only when the account changed: a quiet
+    market's answer, the account as it was, leaves the data age growing until the view is stale."""
+
+    async def probe(self: Hub) -> None:
+        self.probes += 1
+        try:
+            answer = await self.exchange.get_account()
+        except Exception:
+            return
+        if answer != self._account:
+            self.freshness.caught_up()
+
+    Hub._probe = probe  # type: ignore[method-assign]
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+GIVEN_UP_S = 1e6  # hung-upstream-given-up: the wait before the next attempt, once given up
+
+
+@fault("hung-upstream-given-up")
+def hung_upstream_given_up() -> None:
+    """An upstream the watchdog found hung is given up for good: the connector never tries it again
+    and stays NOT_SERVING after the exchange answers again."""
+    from implementation.contract.backoff import ReconnectPolicy
+
+    run_upstream = Hub._run_upstream
+
+    async def give_up_when_hung(self: Hub) -> str:
+        reason = await run_upstream(self)
+        if self._hung is not None:  # the supervisor's next attempt waits (all but) forever
+            log_event(HUB_LOG, "upstream_given_up", level=logging.ERROR, reason=reason)
+            self.backoff = ReconnectPolicy(initial_backoff=GIVEN_UP_S, max_backoff=GIVEN_UP_S)
+        return reason
+
+    Hub._run_upstream = give_up_when_hung  # type: ignore[method-assign]
+
+
+@fault("account-stream-lost-after-hang")
+def account_stream_lost_after_hang() -> None:
+    """After the watchdog gave a hung upstream up, the reconnection waits for the frozen account
+    subscription to be acknowledged closed before opening a new one, which a thawed exchange never
+    does: SERVING again, but no account update reaches anyone."""
+    run_upstream = Hub._run_upstream
+
+    async def never_opened(callback: Callable[[pb.Account], None]) -> None:
+        await _forever()
+
+    async def run_after_hang(self: Hub) -> str:
+        if self.hung_upstreams:
+            self.exchange.run_account_stream = never_opened  # type: ignore[method-assign]
+        return await run_upstream(self)
+
+    Hub._run_upstream = run_after_hang  # type: ignore[method-assign]
+
+
+@fault("listen-after-upstream")
+def listen_after_upstream() -> None:
+    """The connector connects to its upstream before it listens: while the exchange does not answer,
+    its port stays closed (health cannot be asked)."""
+    start = ExchangeServer.start
+
+    async def start_when_connected(self: ExchangeServer, address: str = "127.0.0.1:0") -> int:
+        await self.hub.start()
+        await self.hub.wait_serving(timeout=float("inf"))
+        port = await start(self, address)
+        self.hub._healthy = False  # start() set health NOT_SERVING: tell it the hub's state again
+        await self.hub._tell_health()
+        return port
+
+    ExchangeServer.start = start_when_connected  # type: ignore[method-assign]
+
+
+@fault("empty-account-before-upstream")
+def empty_account_before_upstream() -> None:
+    """Until its upstream first connects, the connector's view is an empty Account ("zero until the
+    first update"): GetAccount answers it OK instead of UNAVAILABLE."""
+    connected: set[int] = set()
+    set_serving, current = Hub._set_serving, Hub.current_account
+
+    async def note_serving(self: Hub, serving: bool) -> None:
+        if serving:
+            connected.add(id(self))
+        await set_serving(self, serving)
+
+    def current_account(self: Hub) -> pb.Account | None:
+        if id(self) not in connected:
+            return pb.Account()
+        return current(self)
+
+    Hub._set_serving = note_serving  # type: ignore[method-assign]
+    Hub.current_account = current_account  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ stalls and signals
+
+
+@fault("stall-skips-backlog")
+def stall_skips_backlog() -> None:
+    """For the lag bound after a stall of its own, the connector catches up by replacing what waits
+    for each subscriber with the newest update: the backlog the stall left is skipped, not sent."""
+    publish = Hub.publish_account
+
+    def publish_account(self: Hub, account: pb.Account) -> None:
+        if self.loop_stalls.excused(time.monotonic()):
+            for sub in self._subscribers[ACCOUNT]:
+                sub._items.clear()
+                sub._stamps.clear()
+        publish(self, account)
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+
+
+@fault("sigterm-journal-deadlock")
+def sigterm_journal_deadlock() -> None:
+    """Each stop signal is noted in a shutdown journal under a lock that the shutdown itself holds
+    while it runs (writing the journal out first takes half a second): a SIGTERM landing during the
+    shutdown waits in its handler, on the main thread, for a lock only that thread can release. One
+    SIGTERM stops it; more hang it."""
+    import threading
+
+    journal: list[int] = []
+    lock = threading.Lock()
+    stop = ExchangeServer.stop
+
+    def stop_event() -> asyncio.Event:
+        event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(number: int, _frame: Any) -> None:
+            with lock:
+                journal.append(number)
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+        for number in stop_signals.STOP_SIGNALS:
+            signal.signal(number, on_signal)
+        return event
+
+    async def journalled_stop(self: ExchangeServer, grace: float | None = None) -> None:
+        with lock:  # the journal stays consistent while the shutdown runs
+            await asyncio.sleep(0.5)  # the journal written out first (a slow disk)
+            await stop(self, grace)
+
+    connector_main.stop_event = stop_event  # type: ignore[attr-defined]
+    ExchangeServer.stop = journalled_stop  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------------------ the program

@@ -1,4 +1,5 @@
-"""§4.2 extension: a burst of new calls is admitted or refused with a contract status (rule C39)."""
+"""§4.2 extension: a burst of new calls is admitted or refused with a contract status, and a call
+the exchange answers CANCELLED is refused UNAVAILABLE (rule C39)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ CHANNELS = 20
 CONNECT_TIMEOUT_S = 10.0
 CALL_TIMEOUT_S = 30.0
 SENT_SETTLE_S = 0.5
+UPSTREAM_CANCELLED_TIMEOUT_S = 3.0  # the exchange answers at once
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
@@ -74,4 +76,29 @@ async def test_a_burst_of_calls_is_admitted_or_refused_with_a_contract_status(
     assert counted >= refused, (
         f"expected exchange_connector_calls_refused_total to count the {refused} "
         f"refused calls, got {counted} ({seen})"
+    )
+
+
+@pytest.mark.scenario("4.2.1.x29")
+async def test_a_call_the_exchange_cancels_is_answered_unavailable(connector: ConnectorUnderTest) -> None:
+    """Rule C39: CANCELLED is for a call its own client cancelled. A GetPositions the connector
+    passes to its exchange, which answers CANCELLED, reaches the client as UNAVAILABLE."""
+    stub = pb_grpc.ExchangeServiceStub(connector.channel())
+    connector.mock.fail_calls(grpc.StatusCode.CANCELLED, "mock exchange: the call was cancelled")
+    try:
+        await stub.GetPositions(
+            pb.GetPositionsRequest(symbol="BTCUSDT"),
+            timeout=UPSTREAM_CANCELLED_TIMEOUT_S,
+            metadata=connector.metadata,
+        )
+    except grpc.aio.AioRpcError as error:
+        got = f"{error.code().name} {error.details()!r}"
+        code = error.code()
+    else:
+        got, code = "OK", grpc.StatusCode.OK
+    finally:
+        connector.mock.fail_calls(None)
+    assert code is grpc.StatusCode.UNAVAILABLE, (
+        f"under rule C39, expected GetPositions whose upstream call the exchange answered CANCELLED "
+        f"to get UNAVAILABLE, got {got}"
     )

@@ -154,10 +154,16 @@ def test_client_for_unreachable_address_times_out(
     )
 
 
+def errors_without_id(driver: DriverSession) -> list[Event]:
+    return [e for e in driver.events if e["event"] == "error" and "id" not in e]
+
+
 @pytest.mark.scenario("3.1.1.x1")
 def test_driver_answers_bad_commands_and_keeps_running(
     mock_exchange: MockExchangeServer, client_driver: DriverSession
 ) -> None:
+    closed = client_driver.call("close", 5.0, "D4")
+    client_driver.expect(closed, "closed", "D4", "to close with no client open (not out of order)")
     early = client_driver.call("get_account", 5.0, "D4")
     client_driver.expect(early, "error", "D4", "for get_account before connect")
     unknown = client_driver.call("fly_to_the_moon", 5.0, "D4")
@@ -169,7 +175,20 @@ def test_driver_answers_bad_commands_and_keeps_running(
         "an error without id for a line that is not JSON",
         "D4",
     )
-    for outcome, doing in ((early, "a call before connect"), (unknown, "an unknown command")):
+    # a command without an id is malformed: its error cannot name it either
+    client_driver.send_raw('{"cmd": "get_account"}')
+    client_driver.wait_for(
+        lambda e: len(errors_without_id(client_driver)) >= 2,
+        5.0,
+        "a second error without id, for a command without an id",
+        "D4",
+    )
+    nameless = errors_without_id(client_driver)[1]
+    for outcome, doing in (
+        (early, "a call before connect"),
+        (unknown, "an unknown command"),
+        (nameless, "a command without an id"),
+    ):
         assert outcome.get("kind") == "bad_command", (
             f"under rule D4, expected error kind bad_command for {doing}, got {outcome.get('kind')!r}"
         )
@@ -192,6 +211,12 @@ def test_get_account_returns_the_servers_account(
     connected(client_driver, mock_exchange, "3.1.2.a")
     answer = client_driver.call("get_account", 5.0, "D20", deadline_ms=2000)
     client_driver.expect(answer, "result", "D20", "from get_account")
+    names = {field.name for field in pb.Account.DESCRIPTOR.fields}
+    keys = sorted(set(answer.get("account") or {}) - names)
+    assert not keys, (
+        f"under rule D6, expected the account in canonical proto3 JSON with the .proto's field names "
+        f"{sorted(names)}, got the keys {keys}"
+    )
     received = to_message(answer.get("account"), pb.Account, "the account of get_account")
     for field in pb.Account.DESCRIPTOR.fields:
         expected, got = getattr(sent, field.name), getattr(received, field.name)

@@ -14,6 +14,10 @@ const LAG_LIMIT_MS = 1000;
 // flow control let through, so the age of the oldest pending one is how far the client trails.
 const WRITE_WINDOW = 8;
 const CHECK_EVERY_MS = 100;
+// Its own stall (C40): a lag check this much later than its interval, while the process used less
+// than a fifth of the gap's CPU, means the process stood still (SIGSTOP, a VM without CPU), not a
+// slow reader. Updates queued before it look old; for one lag limit after it nobody is dropped for lag.
+const STALL_AFTER_MS = 500;
 
 class Subscriber {
   constructor(hub, topic, call, symbol) {
@@ -92,6 +96,9 @@ class Hub {
     this.subscribers = { account: new Set(), positions: new Set() };
     this.upstreamLagMs = upstreamLagMs;
     this.overloaded = false;
+    this.lastCheck = Date.now();
+    this.lastCpu = process.cpuUsage();
+    this.excusedUntil = 0;
     this.timer = setInterval(() => this.checkLag(), CHECK_EVERY_MS);
     this.timer.unref();
     this.shedTimer = setInterval(() => this.shed(), SHED_EVERY_MS);
@@ -142,6 +149,16 @@ class Hub {
 
   checkLag() {
     const now = Date.now();
+    const cpu = process.cpuUsage();
+    const gap = now - this.lastCheck;
+    const cpuMs = (cpu.user - this.lastCpu.user + cpu.system - this.lastCpu.system) / 1000;
+    this.lastCheck = now;
+    this.lastCpu = cpu;
+    if (gap > CHECK_EVERY_MS + STALL_AFTER_MS && cpuMs < gap / 5) {
+      this.excusedUntil = now + LAG_LIMIT_MS;
+      log.warning('loop_stalled', { stalled_ms: gap - CHECK_EVERY_MS, cpu_ms: Math.round(cpuMs) });
+    }
+    if (now < this.excusedUntil) return;
     for (const set of Object.values(this.subscribers)) {
       for (const subscriber of set) {
         const waited = subscriber.oldestWaitMs(now);
