@@ -297,14 +297,17 @@ def shutdown_cancels_streams() -> None:
 
 @fault("second-sigterm-exits-1")
 def second_sigterm_exits_1() -> None:
-    """The first SIGTERM starts the graceful shutdown; a second one during it exits at once with code 1."""
+    """The first SIGTERM saves state for half a second, then starts the graceful shutdown; a second
+    one meanwhile or during it exits at once with code 1."""
     stop_signals.STOP_SIGNALS = (signal.SIGINT,)  # type: ignore[assignment]
     serve = connector_main.serve
     seen = itertools.count()
 
     def on_sigterm() -> None:
         if next(seen) == 0:
-            os.kill(os.getpid(), signal.SIGINT)  # the reference's own graceful path
+            # state saved first (half a second), then the reference's own graceful path
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.5, os.kill, os.getpid(), signal.SIGINT)
         else:
             os._exit(1)
 
@@ -1543,22 +1546,6 @@ def _hand_over(sub: Subscription, message: pb.Account) -> None:
     sub._stamps.append(time.monotonic())
 
 
-@fault("overflow-parting-update")
-def overflow_parting_update() -> None:
-    """A subscriber dropped for a full queue is handed the update that did not fit before its status
-    ("it ends on the newest state"): after the updates its transport took comes a jump ahead."""
-    publish = Hub.publish_account
-
-    def publish_account(self: Hub, account: pb.Account) -> None:
-        full = _overflowing(self, ACCOUNT)
-        publish(self, account)
-        for sub in full:
-            if sub.ended:
-                _hand_over(sub, account)
-
-    Hub.publish_account = publish_account  # type: ignore[method-assign]
-
-
 @fault("lag-drop-parting-update")
 def lag_drop_parting_update() -> None:
     """A subscriber dropped for lag is handed the newest account before its status ("it ends on the
@@ -1572,21 +1559,6 @@ def lag_drop_parting_update() -> None:
             _hand_over(sub, self._account)
 
     Hub._drop = drop_with_newest  # type: ignore[method-assign]
-
-
-@fault("overflow-drop-uncounted")
-def overflow_drop_uncounted() -> None:
-    """exchange_connector_subscribers_dropped_total counts the subscribers dropped for lag only; one
-    dropped for a full queue is ended and logged but never counted."""
-    drop = Hub._drop
-
-    def uncounted(self: Hub, sub: Subscription, now: float) -> None:
-        overflowed = sub.queued >= sub.capacity
-        drop(self, sub, now)
-        if overflowed:
-            self.stats[sub.topic].dropped -= 1
-
-    Hub._drop = uncounted  # type: ignore[method-assign]
 
 
 @fault("lag-drop-uncounted")
@@ -1617,24 +1589,6 @@ def drop_logged_at_info() -> None:
         log(logger, event, level=logging.INFO if event == "subscriber_dropped" else level, **fields)
 
     hub.log_event = at_info  # type: ignore[attr-defined]
-
-
-@fault("overflow-loses-update")
-def overflow_loses_update() -> None:
-    """The fan-out first drops the subscribers whose queue is full, then returns: the update that
-    found a full queue reaches no other subscriber either."""
-    publish = Hub.publish_account
-
-    def publish_account(self: Hub, account: pb.Account) -> None:
-        full = _overflowing(self, ACCOUNT)
-        if full:
-            now = time.monotonic()
-            for sub in full:
-                self._drop(sub, now)
-            return
-        publish(self, account)
-
-    Hub.publish_account = publish_account  # type: ignore[method-assign]
 
 
 @fault("lag-drop-loses-update")
