@@ -16,8 +16,8 @@
   topic owed ever older updates: when at least half of a topic's subscribers have an update
   waiting past half the lag bound and their queues did not shrink since the watchdog's last look
   (a burst they are draining is not overload), the laggiest quarter of the subscribers behind is
-  shed, so the others catch up. Meanwhile, and for two bounds after a shed, new subscribers are refused
-  (UNAVAILABLE): the clients just shed would otherwise bring the overload straight back.
+  shed, so the others catch up. Meanwhile, and for two bounds after a shed, new subscribers are
+  refused (UNAVAILABLE): the clients just shed would otherwise bring the overload straight back.
 - A watchdog runs beside the upstream streams: after `probe_after` seconds without an update it
   asks the exchange (GetAccount, the liveness read); when nothing at all was heard for `max_age`
   seconds the upstream counts as hung and is dropped like a failed one (below). While the
@@ -307,7 +307,8 @@ class Hub:
 
     def shed(self) -> int:
         """Overloaded: drop the laggiest quarter of the subscribers that are behind (half the lag
-        bound), so the others and the upstream read catch up; how many were dropped."""
+        bound), so the others catch up; how many were dropped. With nobody behind (a direct call),
+        the laggiest quarter of everyone."""
         now = time.monotonic()
         half = self._max_lag / 2
         everyone = [sub for topic in TOPICS for sub in self._subscribers[topic]]
