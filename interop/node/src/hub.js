@@ -99,6 +99,8 @@ class Hub {
     this.lastCheck = Date.now();
     this.lastCpu = process.cpuUsage();
     this.excusedUntil = 0;
+    this.lastShed = this.lastCheck;
+    this.lastShedCpu = this.lastCpu;
     this.timer = setInterval(() => this.checkLag(), CHECK_EVERY_MS);
     this.timer.unref();
     this.shedTimer = setInterval(() => this.shed(), SHED_EVERY_MS);
@@ -106,10 +108,19 @@ class Hub {
   }
 
   shed() {
+    const now = Date.now();
+    const cpu = process.cpuUsage();
+    const stalled = this.stalled(now - this.lastShed, cpu, this.lastShedCpu, SHED_EVERY_MS);
+    this.lastShed = now;
+    this.lastShedCpu = cpu;
+    // what the exchange sent during a stall of our own is read late: no overload, a backlog
+    if (stalled || now < this.excusedUntil) {
+      this.overloaded = false;
+      return;
+    }
     const lag = this.upstreamLagMs();
     this.overloaded = lag > OVERLOAD_LAG_MS;
     if (!this.overloaded) return;
-    const now = Date.now();
     const all = [...this.subscribers.account, ...this.subscribers.positions];
     const behind = all.filter((s) => s.queue.length + s.pending.length > 0);
     behind.sort((a, b) => b.oldestWaitMs(now) - a.oldestWaitMs(now));
@@ -147,17 +158,26 @@ class Hub {
     }
   }
 
+  // Whether a timer of `interval` ms that ticked `gap` ms after its last tick, while the process
+  // used the CPU from `last` to `cpu`, shows a stall of the process's own; one excuses lag for one
+  // lag limit. Each timer judges its own gap: after a stall the overdue ones fire in any order.
+  stalled(gap, cpu, last, interval) {
+    const cpuMs = (cpu.user - last.user + cpu.system - last.system) / 1000;
+    if (gap <= interval + STALL_AFTER_MS || cpuMs >= gap / 5) return false;
+    const now = Date.now();
+    if (now >= this.excusedUntil) log.warning('loop_stalled', { stalled_ms: gap - interval, cpu_ms: Math.round(cpuMs) });
+    this.excusedUntil = now + LAG_LIMIT_MS;
+    return true;
+  }
+
   checkLag() {
     const now = Date.now();
     const cpu = process.cpuUsage();
     const gap = now - this.lastCheck;
-    const cpuMs = (cpu.user - this.lastCpu.user + cpu.system - this.lastCpu.system) / 1000;
+    const last = this.lastCpu;
     this.lastCheck = now;
     this.lastCpu = cpu;
-    if (gap > CHECK_EVERY_MS + STALL_AFTER_MS && cpuMs < gap / 5) {
-      this.excusedUntil = now + LAG_LIMIT_MS;
-      log.warning('loop_stalled', { stalled_ms: gap - CHECK_EVERY_MS, cpu_ms: Math.round(cpuMs) });
-    }
+    this.stalled(gap, cpu, last, CHECK_EVERY_MS);
     if (now < this.excusedUntil) return;
     for (const set of Object.values(this.subscribers)) {
       for (const subscriber of set) {
