@@ -1593,16 +1593,20 @@ def drop_logged_at_info() -> None:
 
 @fault("lag-drop-loses-update")
 def lag_drop_loses_update() -> None:
-    """Lag is judged in the fan-out alone (the watchdog drops nobody), which first drops the
-    subscribers past the lag bound, then returns: the update that found one of them late reaches no
+    """The fan-out drops the subscribers it finds behind (past the lag bound or at the queue bound)
+    and returns (the watchdog drops nobody): the update that found one of them behind reaches no
     other subscriber either."""
     publish = Hub.publish_account
 
     def publish_account(self: Hub, account: pb.Account) -> None:
         now = time.monotonic()
-        late = _lagging(self, ACCOUNT, now)
-        if late:
-            for sub in late:
+        behind = [
+            sub
+            for sub in self._subscribers[ACCOUNT]
+            if sub in _lagging(self, ACCOUNT, now) or sub.queued >= sub.capacity
+        ]
+        if behind:
+            for sub in behind:
                 self._drop(sub, now)
             return
         publish(self, account)
@@ -2039,6 +2043,207 @@ def sigterm_journal_deadlock() -> None:
 
     connector_main.stop_event = stop_event  # type: ignore[attr-defined]
     ExchangeServer.stop = journalled_stop  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ service, health and upstream wiring
+
+
+@fault("service-under-old-package")
+def service_under_old_package() -> None:
+    """The ExchangeService is registered under the contract's pre-v1 package name
+    (`opensqt.exchange.ExchangeService`, from an old copy of the proto): health and reflection are
+    served as before, every call of the v1 contract answers UNIMPLEMENTED."""
+    from implementation.connector_core import server as server_module
+    from implementation.connector_core import service_handlers
+    from implementation.connector_core.service_handlers import CallStats
+
+    add_service = service_handlers.add_service
+
+    def add_under_old_name(servicer: Any, server: grpc.aio.Server, stats: CallStats) -> None:
+        name = service_handlers.SERVICE_NAME
+        service_handlers.SERVICE_NAME = "opensqt.exchange.ExchangeService"
+        try:
+            add_service(servicer, server, stats)
+        finally:
+            service_handlers.SERVICE_NAME = name
+
+    server_module.add_service = add_under_old_name  # type: ignore[attr-defined]
+
+
+@fault("no-health-service")
+def no_health_service() -> None:
+    """The health servicer is kept up to date (SERVING, NOT_SERVING) but never added to the server:
+    `grpc.health.v1.Health` answers UNIMPLEMENTED on the connector's port."""
+    from implementation.connector_core import server
+
+    server.health_pb2_grpc.add_HealthServicer_to_server = (  # type: ignore[attr-defined]
+        lambda servicer, grpc_server: None
+    )
+
+
+@fault("demo-account-until-first-update")
+def demo_account_until_first_update() -> None:
+    """Until the exchange's first account update, GetAccount answers the built-in simulator's demo
+    account (a development fallback left in) instead of asking the upstream: data of its own."""
+    from implementation.adapters.sim import SimExchange
+    from implementation.connector_core.server import DATA_AGE_KEY
+
+    demo = SimExchange(interval=None)
+    get_account = ExchangeService.GetAccount
+
+    async def demo_first(self: ExchangeService, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        hub: Hub = self._hub
+        if hub.serving and hub.stale_reason() is None and hub.current_account() is None:
+            await context.send_initial_metadata(((DATA_AGE_KEY, "0"),))
+            return demo.account()
+        return await get_account(self, request, context)
+
+    ExchangeService.GetAccount = demo_first  # type: ignore[method-assign]
+
+
+@fault("positions-stream-own-connection")
+def positions_stream_own_connection() -> None:
+    """The upstream positions stream is read over a channel of its own (so a busy account stream
+    never holds it up): a second connection to the exchange, since grpc shares a connection only
+    between channels of the same options."""
+    import copy
+
+    from implementation.client_library.remote_exchange import RemoteExchange
+
+    close = GrpcExchange.close
+    own: dict[int, RemoteExchange] = {}
+
+    def positions_remote(exchange: GrpcExchange) -> RemoteExchange:
+        remote = own.get(id(exchange))
+        if remote is None:
+            remote = copy.copy(exchange._remote)
+            remote._channel, remote._stub, remote._handles = None, None, set()
+            remote._channel_options = [*remote._channel_options, ("grpc.use_local_subchannel_pool", 1)]
+            own[id(exchange)] = remote
+        return remote
+
+    async def run_position_stream(self: GrpcExchange, callback: Any) -> None:
+        await positions_remote(self).relay_positions(callback, "")
+        raise self._ended("SubscribePositions")
+
+    async def close_both(self: GrpcExchange) -> None:
+        remote = own.pop(id(self), None)
+        if remote is not None:
+            await remote.close()
+        await close(self)
+
+    GrpcExchange.run_position_stream = run_position_stream  # type: ignore[method-assign]
+    GrpcExchange.close = close_both  # type: ignore[method-assign]
+
+
+@fault("pre-outage-positions")
+def pre_outage_positions() -> None:
+    """GetPositions answers are kept per symbol, and after an outage the connector answers them (a
+    warm start) until the positions stream sends its first update, whatever the exchange holds now."""
+    kept: dict[str, pb.GetPositionsResponse] = {}
+    served: set[int] = set()
+    warm = [False]
+    set_serving, publish = Hub._set_serving, Hub.publish_position
+    get_positions = ExchangeService.GetPositions
+
+    async def note(self: Hub, serving: bool) -> None:
+        if serving:
+            served.add(id(self))
+        elif id(self) in served:
+            warm[0] = True
+        await set_serving(self, serving)
+
+    def publish_position(self: Hub, position: pb.Position) -> None:
+        warm[0] = False
+        publish(self, position)
+
+    async def warm_start(
+        self: ExchangeService, request: pb.GetPositionsRequest, context: Any
+    ) -> pb.GetPositionsResponse:
+        hub: Hub = self._hub
+        if warm[0] and hub.serving and request.symbol in kept:
+            return kept[request.symbol]
+        answer: pb.GetPositionsResponse = await get_positions(self, request, context)
+        kept[request.symbol] = answer
+        return answer
+
+    Hub._set_serving = note  # type: ignore[method-assign]
+    Hub.publish_position = publish_position  # type: ignore[method-assign]
+    ExchangeService.GetPositions = warm_start  # type: ignore[method-assign]
+
+
+@fault("stale-refusal-unexplained")
+def stale_refusal_unexplained() -> None:
+    """GetAccount refuses a stale view with the generic upstream message ("the upstream exchange is
+    unavailable; retry shortly"), naming neither the data age nor the lag."""
+    get_account = ExchangeService.GetAccount
+
+    async def generic(self: ExchangeService, request: pb.GetAccountRequest, context: Any) -> pb.Account:
+        if self._hub.stale_reason() is not None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the upstream exchange is unavailable; retry shortly"
+            )
+        return await get_account(self, request, context)
+
+    ExchangeService.GetAccount = generic  # type: ignore[method-assign]
+
+
+@fault("lag-metric-reads-data-age")
+def lag_metric_reads_data_age() -> None:
+    """exchange_connector_upstream_lag_seconds is filled with the data age (the gauge above it,
+    copied): while updates flow it reads a few tenths of a second however far the read trails."""
+    from prometheus_client.samples import Sample
+
+    from implementation.connector.metrics import HubCollector
+
+    collect = HubCollector.collect
+
+    def lag_is_age(self: HubCollector) -> Any:
+        age = 0.0
+        for metric in collect(self):
+            if metric.name.endswith("data_age_seconds"):
+                age = metric.samples[0].value
+            elif metric.name.endswith("upstream_lag_seconds"):
+                metric.samples = [
+                    Sample(s.name, s.labels, age, s.timestamp, s.exemplar) for s in metric.samples
+                ]
+            yield metric
+
+    HubCollector.collect = lag_is_age  # type: ignore[method-assign]
+
+
+@fault("auth-before-parse")
+def auth_before_parse() -> None:
+    """A call without the right token is refused UNAUTHENTICATED before its request is looked at:
+    a malformed request without a token gets UNAUTHENTICATED, not INVALID_ARGUMENT."""
+    from implementation.connector_core import auth
+
+    def refusal(handler: Any, details: str, stats: Any) -> Any:
+        async def refuse(request: Any, context: Any) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, details)
+
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(refuse, **serializers)
+        return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+
+    auth._refusal = refusal
+
+
+@fault("token-refusals-unlogged")
+def token_refusals_unlogged() -> None:
+    """Refused tokens are counted in exchange_connector_auth_rejected_total but never logged."""
+    from implementation.connector_core import auth
+    from implementation.connector_core.auth import BearerTokenInterceptor
+
+    def refuse(self: BearerTokenInterceptor, handler: Any, details: Any, reason: str, message: str) -> Any:
+        self.stats.auth_rejected[reason] += 1
+        return auth._refusal(handler, message, self.stats)
+
+    BearerTokenInterceptor._refuse = refuse  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------------------ the program

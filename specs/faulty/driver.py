@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -1524,6 +1525,181 @@ def token_never_sent() -> None:
         self._metadata = None
 
     RemoteExchange.__init__ = tokenless  # type: ignore[method-assign]
+
+
+@fault("silent-peer-as-deadline-exceeded")
+def silent_peer_as_deadline_exceeded() -> None:
+    """A connect timeout for which gRPC gives no cause (the peer accepted the connection and never
+    answered, so no connection error was seen) is reported as the handshake's deadline: kind rpc,
+    code DEADLINE_EXCEEDED, not a connect timeout."""
+    connecting = Driver._connecting
+
+    async def by_cause(self: Driver, command_id: str, client: RemoteExchange, started: float) -> None:
+        try:
+            await client.connect()
+        except ConnectTimeout as exc:
+            await self._drop(client)
+            if "last error" in str(exc):
+                self._error(command_id, "connect_timeout", str(exc), started)
+            else:
+                self._error(command_id, "rpc", str(exc), started, code="DEADLINE_EXCEEDED", details=str(exc))
+        except asyncio.CancelledError:
+            await connecting(self, command_id, client, started)
+        else:
+            self._emitter.emit("connected", command_id, took_ms=round(now_ms() - started, 3), tls=client.tls)
+
+    Driver._connecting = by_cause  # type: ignore[method-assign]
+
+
+READ_RETRIES = 4  # deadline-per-attempt: a timed-out read is tried again this many times
+READ_RETRY_PAUSE_S = 0.1  # deadline-per-attempt: the pause before each new attempt
+
+
+@fault("deadline-per-attempt")
+def deadline_per_attempt() -> None:
+    """Reads are idempotent, so one that times out is tried again (READ_RETRIES more times), each
+    attempt with the call's whole deadline: the caller hears of the deadline only after all of them."""
+    get_account, get_positions = RemoteExchange.get_account, RemoteExchange.get_positions
+
+    async def retried(attempt: Callable[[], Any]) -> Any:
+        for _ in range(READ_RETRIES):
+            try:
+                return await attempt()
+            except remote_exchange.RemoteDeadlineExceeded:
+                await asyncio.sleep(READ_RETRY_PAUSE_S)
+        return await attempt()
+
+    async def account(self: RemoteExchange, *, timeout: float | None = None) -> Any:
+        return await retried(lambda: get_account(self, timeout=timeout))
+
+    async def positions(self: RemoteExchange, symbol: str = "", *, timeout: float | None = None) -> Any:
+        return await retried(lambda: get_positions(self, symbol, timeout=timeout))
+
+    RemoteExchange.get_account = account  # type: ignore[method-assign]
+    RemoteExchange.get_positions = positions  # type: ignore[method-assign]
+
+
+@fault("resync-waits-for-replay")
+def resync_waits_for_replay() -> None:
+    """After a resubscription the library expects the server to send the last update from before
+    the break again, and skips every update until it has seen that one; a server that does not
+    replay it delivers nothing more."""
+    handle = StreamHandle._handle
+    reconnected = StreamHandle._reconnected
+    last: dict[int, Any] = {}
+    awaited: dict[int, Any] = {}
+
+    async def skipping(self: StreamHandle[Any], message: Any) -> None:
+        if id(self) in awaited:
+            if message == awaited[id(self)]:
+                del awaited[id(self)]
+            return
+        last[id(self)] = message
+        await handle(self, message)
+
+    async def expect_replay(self: StreamHandle[Any], failures: int, broken_at: float | None) -> None:
+        if id(self) in last:
+            awaited[id(self)] = last[id(self)]
+        await reconnected(self, failures, broken_at)
+
+    StreamHandle._handle = skipping  # type: ignore[method-assign]
+    StreamHandle._reconnected = expect_replay  # type: ignore[method-assign]
+
+
+@fault("listener-added-again-after-reconnect")
+def listener_added_again_after_reconnect() -> None:
+    """The stream keeps a list of listeners and, once a resubscription delivers its first update,
+    restores its listener by adding it to that list again: every later update is delivered twice."""
+    handle = StreamHandle._handle
+    reconnected = StreamHandle._reconnected
+    listeners: dict[int, int] = {}
+    restoring: set[int] = set()
+
+    async def to_listeners(self: StreamHandle[Any], message: Any) -> None:
+        for _ in range(listeners.get(id(self), 1)):
+            await handle(self, message)
+        if id(self) in restoring:
+            restoring.discard(id(self))
+            listeners[id(self)] = listeners.get(id(self), 1) + 1
+
+    async def restore(self: StreamHandle[Any], failures: int, broken_at: float | None) -> None:
+        restoring.add(id(self))
+        await reconnected(self, failures, broken_at)
+
+    StreamHandle._handle = to_listeners  # type: ignore[method-assign]
+    StreamHandle._reconnected = restore  # type: ignore[method-assign]
+
+
+SERVER_DOWN_WAIT_S = 10.0  # server-down-waits-10s: the pause while the connection is down
+
+
+@fault("server-down-waits-10s")
+def server_down_waits_10s() -> None:
+    """While the connection is down (the server went away), a broken stream does not watch the
+    channel for the server's return: it gives the server a fixed SERVER_DOWN_WAIT_S before it tries
+    again, whatever the backoff hints say."""
+    pause = StreamHandle._pause
+
+    async def patient(self: StreamHandle[Any], delay: float) -> None:
+        channel = self._channel
+        if channel is None or channel.get_state() == grpc.ChannelConnectivity.READY:
+            await pause(self, delay)
+            return
+        await asyncio.sleep(SERVER_DOWN_WAIT_S)
+
+    StreamHandle._pause = patient  # type: ignore[method-assign]
+
+
+CONFLATE_S = 0.05  # symbol-stream-conflated: a symbol's update waits this long for a newer one
+
+
+@fault("symbol-stream-conflated")
+def symbol_stream_conflated() -> None:
+    """A position stream of one symbol keeps only that symbol's latest state: an update is held
+    CONFLATE_S and replaced by a newer one that arrives meanwhile, so a burst delivers its last only."""
+
+    def conflating(symbol: str, callback: Callable[[Any], object]) -> Callable[[Any], object]:
+        if not symbol:
+            return callback
+        slot: list[Any] = []
+
+        def flush() -> None:
+            if slot:
+                callback(slot.pop())
+
+        def deliver(message: Any) -> None:
+            if not slot:
+                asyncio.get_running_loop().call_later(CONFLATE_S, flush)
+            slot[:] = [message]
+
+        return deliver
+
+    _position_callbacks(conflating)
+
+
+@fault("untrusted-certificate-pinned")
+def untrusted_certificate_pinned() -> None:
+    """A TLS connect whose CA does not verify the server's certificate falls back to "trust on
+    first use": it fetches the certificate the server presents, trusts that one, and connects again."""
+    connect = RemoteExchange.connect
+
+    async def pinning(self: RemoteExchange) -> None:
+        try:
+            await connect(self)
+        except ConnectTimeout as exc:
+            if self._credentials is None or "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+                raise
+            host, _, port = self.address.rpartition(":")
+            presented = await asyncio.to_thread(
+                ssl.get_server_certificate, (host.strip("[]"), int(port)), timeout=self.connect_timeout
+            )
+            channel, self._channel, self._stub = self._channel, None, None
+            if channel is not None:
+                await channel.close()
+            self._credentials = grpc.ssl_channel_credentials(root_certificates=presented.encode())
+            await connect(self)
+
+    RemoteExchange.connect = pinning  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -250,6 +250,10 @@ async def test_every_topic_flows_and_unary_answers_are_current_after_recovery(
     )
     held = await stub.GetAccount(pb.GetAccountRequest(), timeout=CALL_TIMEOUT_S, metadata=connector.metadata)
     assert held == account(2), f"before the outage GetAccount must answer the latest account, got {held}"
+    # a client lists the positions before the outage too: the answer after it must not be this one
+    listed_before = await stub.GetPositions(
+        pb.GetPositionsRequest(), timeout=CALL_TIMEOUT_S, metadata=connector.metadata
+    )
 
     await asyncio.to_thread(mock.stop)
     during = account(3)
@@ -287,6 +291,12 @@ async def test_every_topic_flows_and_unary_answers_are_current_after_recovery(
         listed = await stub.GetPositions(
             pb.GetPositionsRequest(), timeout=CALL_TIMEOUT_S, metadata=connector.metadata
         )
+        if list(listed.positions) == list(listed_before.positions):
+            pytest.fail(
+                "GetPositions after the recovery answered the positions listed before the "
+                f"outage ({len(listed.positions)} positions), expected the exchange's current ones "
+                f"({', '.join(f'{p.symbol} mark {p.mark_price}' for p in moved)})"
+            )
         problem = sequence_problem(moved, list(listed.positions), noun="position")
         assert problem is None, (
             f"GetPositions after the recovery: expected the exchange's current positions, {problem}"

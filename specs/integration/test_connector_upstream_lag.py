@@ -4,6 +4,7 @@ The updates keep flowing (one every FLOW_EVERY_S), so the data age stays small t
 lag can make the view stale. The mock exchange stamps each account as it writes it (stamp_on_send),
 with nanoseconds: stamps that advance slower than real time fall ever further behind the read (a
 growing lag), and stamps a constant offset ahead of or behind the connector's clock are no lag.
+While the lag grows, exchange_connector_upstream_lag_seconds must report it (rule C32).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ REPEATED_FOR_S = LAG_PAST_BOUND_S + 1.5  # a repeated stamp counted as lag would
 CLOCK_OFFSET_S = 8.0  # past the bound: an offset taken for lag makes the view stale at once
 OFFSET_FOR_S = LAG_BOUND_S + 1.5  # an offset taken for lag fails at once; a lag that creeps from it, by then
 LAG_WORDS = ("lag", "behind", "late")
+LAG_METRIC_EVERY_S = 0.5
+LAG_METRIC_FROM_S = 2.5  # samples from then on (before the staleness) must show the lag growing
+LAG_METRIC_SLACK_S = 1.0  # an update every FLOW_EVERY_S, the scrape's own time
 
 
 @contextlib.asynccontextmanager
@@ -85,6 +89,38 @@ async def read_until_ended(stream: Any, started: float) -> tuple[float, str]:
     return time.monotonic() - started, "OK (the stream ended)"
 
 
+async def sample_lag_metric(connector: Connector, started: float, into: list[tuple[float, Any]]) -> None:
+    """(seconds after `started`, exchange_connector_upstream_lag_seconds or None) every
+    LAG_METRIC_EVERY_S until cancelled."""
+    while True:
+        into.append((time.monotonic() - started, await connector.metric("upstream_lag_seconds")))
+        await asyncio.sleep(LAG_METRIC_EVERY_S)
+
+
+def lag_metric_problem(samples: list[tuple[float, Any]], stale_after: float) -> str | None:
+    """What is wrong with the upstream-lag metric's samples taken while the lag grew (before the view
+    went stale), or None. The lag at t seconds is about (1 - FALLING_PACE) * t."""
+    judged = [(t, v) for t, v in samples if LAG_METRIC_FROM_S <= t < stale_after - LAG_METRIC_EVERY_S]
+    if not judged:
+        return None  # too few samples to judge (a slow scrape): C30's checks still hold
+    wrong = [
+        (t, v)
+        for t, v in judged
+        if v is None or not (1 - FALLING_PACE) * t - LAG_METRIC_SLACK_S <= v <= t + LAG_METRIC_SLACK_S
+    ]
+    if not wrong:
+        return None
+    shown = ", ".join(
+        f"after {t:.1f} s expected {(1 - FALLING_PACE) * t:.1f} s (within {LAG_METRIC_SLACK_S:g} s), "
+        f"got {'no sample' if v is None else f'{v:.3f}'}"
+        for t, v in wrong[:4]
+    )
+    return (
+        f"under rule C32, expected exchange_connector_upstream_lag_seconds to report the upstream lag while it grows "
+        f"(the exchange's stamps fall {1 - FALLING_PACE:.2f} s further behind the reads each second): {shown}"
+    )
+
+
 @pytest.mark.scenario("4.2.1.x35")
 async def test_stamps_falling_behind_make_the_view_stale(connectors: ConnectorFactory) -> None:
     connector = await connectors.start()
@@ -94,8 +130,12 @@ async def test_stamps_falling_behind_make_the_view_stale(connectors: ConnectorFa
     await stream.initial_metadata()
     started = time.monotonic()
     reader = asyncio.create_task(read_until_ended(stream, started))
+    lag_samples: list[tuple[float, Any]] = []
     async with flowing(connector):
+        sampler = asyncio.create_task(sample_lag_metric(connector, started, lag_samples))
         stale_after = await connector.wait_health("NOT_SERVING", STALE_WITHIN_S)
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
         # at the staleness a connector may end its streams (UNAVAILABLE); a drop for lag before it is C34's
         ended = reader.result() if reader.done() else None
         stream.cancel()
@@ -116,6 +156,8 @@ async def test_stamps_falling_behind_make_the_view_stale(connectors: ConnectorFa
         f"under rule C30, expected NOT_SERVING only once the lag passes {LAG_BOUND_S:g} s (after "
         f"{LAG_PAST_BOUND_S:.1f} s), got NOT_SERVING after {stale_after:.1f} s"
     )
+    problem = lag_metric_problem(lag_samples, stale_after)
+    assert problem is None, problem
     assert account is None and outcome.code() is grpc.StatusCode.UNAVAILABLE, (
         f"under rule C30, expected GetAccount UNAVAILABLE while the upstream lag is past {LAG_BOUND_S:g} s, "
         f"got {outcome_text(account, outcome)}"
