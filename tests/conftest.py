@@ -19,6 +19,7 @@ from implementation.adapters.mock import MockExchange
 from implementation.connector_core.hub import Hub
 from opensqt.exchange.v1 import exchange_pb2 as pb
 from opensqt.exchange.v1 import exchange_pb2_grpc as pb_grpc
+from tests import session_order
 
 
 @pytest_asyncio.fixture
@@ -102,7 +103,11 @@ class UnimplementedExchange(pb_grpc.ExchangeServiceServicer):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The controls go last, after the scenarios whose verdicts they may reuse (and after the fault
-    runs, which the timed control must not run beside)."""
-    controls = [item for item in items if item.name.startswith("test_reference_passes_the_same_selections[")]
-    items[:] = [item for item in items if item not in controls] + controls
+    """Alone first, then the rest beside the fault matrix, then the matrix's verdicts, then what
+    judges time alone (tests/session_order.py)."""
+    session_order.order(items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    session_order.before(item)

@@ -239,6 +239,7 @@ def record(name: str, row: dict[str, Any], config: pytest.Config) -> None:
     (target / f"{name}.json").write_text(json.dumps({"cell": name, **row}, indent=1) + "\n", encoding="utf-8")
 
 
+@pytest.mark.exclusive  # two suite runs at a time of its own
 @pytest.mark.timeout(600)  # a cell waits for the runs queued before its own; each takes under a minute
 @pytest.mark.parametrize(("connector", "driver"), CELLS, ids=[cell_name(c, d) for c, d in CELLS])
 def test_interop_cell(

@@ -29,7 +29,7 @@ SECTIONS = ("3.2", "4.2", "5.1")
 LEFT_OUT = ("specs/integration/test_connector_admission.py",)  # 4.2.1.x29
 KNOWN_FAILURES: dict[str, str] = {}
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive, pytest.mark.timeout(900)]
 
 
 def test_the_reference_behind_a_byte_relay_passes_every_connector_scenario(pytester: pytest.Pytester) -> None:
