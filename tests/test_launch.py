@@ -3,6 +3,7 @@ log event; the one-line reasons a start fails; SIGTERM, kill, and nothing left r
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import sys
@@ -203,7 +204,9 @@ def test_port_in_use_is_reported_and_nothing_is_started(launcher: ProgramLaunche
     assert not list((tmp_path / "run").glob("*/stderr.log")), "expected no process spawned"
 
 
-def test_nothing_listening_is_reported_as_connection_refused(launcher: ProgramLauncher) -> None:
+def test_nothing_listening_is_reported_as_connection_refused(
+    launcher: ProgramLauncher, tmp_path: Path
+) -> None:
     port = free_port()
     with pytest.raises(ProgramNotReady) as failure:
         launcher.start("exchange_connector", {"grpc_port": port}, extra_args=["silent"], ready_timeout=1.0)
@@ -212,10 +215,10 @@ def test_nothing_listening_is_reported_as_connection_refused(launcher: ProgramLa
         rf"exchange_connector: connection refused on 127\.0\.0\.1:{port} after 1\.\d s ", message
     ), f"expected 'connection refused' first, got {message!r}"
     assert "s (nothing listening); last log lines" in message and '"event": "starting"' in message
-    assert not _running_children(), f"expected the silent program killed, got {_running_children()}"
+    assert not (left := _running_children(tmp_path)), f"expected the silent program killed, got {left}"
 
 
-def test_not_serving_times_out_naming_the_health_status(launcher: ProgramLauncher) -> None:
+def test_not_serving_times_out_naming_the_health_status(launcher: ProgramLauncher, tmp_path: Path) -> None:
     with pytest.raises(ProgramNotReady) as failure:
         launcher.start(
             "exchange_connector", {"grpc_port": free_port()}, extra_args=["not-serving"], ready_timeout=3.0
@@ -224,7 +227,7 @@ def test_not_serving_times_out_naming_the_health_status(launcher: ProgramLaunche
     # 3 s: time enough, even on a loaded machine, for the program to be listening and answer
     assert re.match(r"exchange_connector: readiness timed out after 3\.\d s ", message), f"got {message!r}"
     assert "s (health NOT_SERVING); last log lines" in message, f"expected the health status, got {message!r}"
-    assert not _running_children(), f"expected the program killed, got {_running_children()}"
+    assert not (left := _running_children(tmp_path)), f"expected the program killed, got {left}"
 
 
 def test_http_readiness_waits_for_200_and_reports_the_last_answer(launcher: ProgramLauncher) -> None:
@@ -369,11 +372,17 @@ def _note_children_before_test() -> None:
     _CHILDREN_BEFORE_TEST.update(p.pid for p in psutil.Process().children(recursive=True))
 
 
-def _running_children() -> list[str]:
-    """Child processes started during this test and still running."""
+def _running_children(folder: Path) -> list[str]:
+    """Child processes started during this test from the program in `folder` and still running
+    (in a whole run, the fault matrix's runs go on beside the test: they are not its)."""
     children = psutil.Process().children(recursive=True)
-    return [
-        f"{p.pid} {p.cmdline()}"
-        for p in children
-        if p.pid not in _CHILDREN_BEFORE_TEST and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    ]
+    running = []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if (
+                child.pid not in _CHILDREN_BEFORE_TEST
+                and child.status() != psutil.STATUS_ZOMBIE
+                and any(str(folder) in arg for arg in child.cmdline())
+            ):
+                running.append(f"{child.pid} {child.cmdline()}")
+    return running

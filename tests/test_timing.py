@@ -142,6 +142,7 @@ def busy_neighbour() -> Iterator[int]:
         os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.exclusive  # the fault matrix's runs are the session's children: the watch counts them as its own
 @pytest.mark.timeout(30)
 def test_the_watch_sees_a_busy_neighbour(busy_neighbour: int) -> None:
     with HostWatch() as watch:
