@@ -156,7 +156,7 @@ def test_the_watch_sees_a_busy_neighbour(busy_neighbour: int) -> None:
 @pytest.mark.timeout(30)
 def test_the_watch_counts_the_tests_own_work_as_its_own() -> None:
     # a fixed amount of CPU work in a child, so the figure does not depend on what else runs
-    work = [sys.executable, "-c", "sum(i * i for i in range(4_000_000))"]
+    work = [sys.executable, "-c", "sum(i * i for i in range(12_000_000))"]  # about 0.6 s of a core
     with HostWatch() as watch:
         subprocess.run(work, check=True, timeout=20)
     assert watch.figures is not None
