@@ -262,9 +262,9 @@ func (h *Hub) Add(topic, symbol, peer string) *Subscriber {
 	s := &Subscriber{hub: h, Topic: topic, Symbol: symbol, Peer: peer, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	h.mu.Lock()
 	h.subs[topic][s] = struct{}{}
-	n := len(h.subs[topic])
+	// set under the lock: two Adds setting their counts after it could leave the smaller one last
+	h.metrics.Subscribers.WithLabelValues(topic).Set(float64(len(h.subs[topic])))
 	h.mu.Unlock()
-	h.metrics.Subscribers.WithLabelValues(topic).Set(float64(n))
 	h.log.Info("subscriber_added", "topic", topic, "peer", peer, "symbol", symbol)
 	return s
 }
@@ -279,12 +279,13 @@ func (h *Hub) forget(s *Subscriber, reason string) {
 	h.mu.Lock()
 	_, ok := h.subs[s.Topic][s]
 	delete(h.subs[s.Topic], s)
-	n := len(h.subs[s.Topic])
+	if ok {
+		h.metrics.Subscribers.WithLabelValues(s.Topic).Set(float64(len(h.subs[s.Topic])))
+	}
 	h.mu.Unlock()
 	if !ok {
 		return
 	}
-	h.metrics.Subscribers.WithLabelValues(s.Topic).Set(float64(n))
 	h.log.Info("subscriber_removed", "topic", s.Topic, "peer", s.Peer, "reason", reason)
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -247,5 +248,41 @@ func TestAStallPardonsOnlyItsOwnTime(t *testing.T) {
 	case <-s.Done():
 	default:
 		t.Fatal("expected a drop: the update waited 1.1 s besides the stall")
+	}
+}
+
+func TestSubscriberGaugeFollowsConcurrentAddsAndRemoves(t *testing.T) {
+	// each Add and Remove sets the gauge to the count it saw: set after the lock, a smaller count
+	// could land last and stay (C15)
+	hub := newTestHub(t)
+	gauge := hub.metrics.Subscribers.WithLabelValues(TopicPositions)
+	for round := 0; round < 200; round++ {
+		var wg sync.WaitGroup
+		subs := make([]*Subscriber, 8)
+		for i := range subs {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				subs[i] = hub.Add(TopicPositions, "", "peer")
+			}(i)
+		}
+		wg.Wait()
+		if got := testutil.ToFloat64(gauge); got != 8 {
+			t.Fatalf("round %d: expected the gauge at 8 after 8 concurrent adds, got %v", round, got)
+		}
+		for _, s := range subs[:5] {
+			wg.Add(1)
+			go func(s *Subscriber) {
+				defer wg.Done()
+				hub.Remove(s, "client gone")
+			}(s)
+		}
+		wg.Wait()
+		if got := testutil.ToFloat64(gauge); got != 3 {
+			t.Fatalf("round %d: expected the gauge at 3 after 5 concurrent removes, got %v", round, got)
+		}
+		for _, s := range subs[5:] {
+			hub.Remove(s, "client gone")
+		}
 	}
 }

@@ -160,8 +160,13 @@ func bearer(value, token string) bool {
 }
 
 func (s *Service) begin() func() {
-	s.Metrics.CallsInFlight.Set(float64(s.inFlight.Add(1)))
-	return func() { s.Metrics.CallsInFlight.Set(float64(s.inFlight.Add(-1))) }
+	// Inc and Dec, not Set: concurrent calls setting the counts they saw could leave a stale one last
+	s.inFlight.Add(1)
+	s.Metrics.CallsInFlight.Inc()
+	return func() {
+		s.inFlight.Add(-1)
+		s.Metrics.CallsInFlight.Dec()
+	}
 }
 
 type unaryWork func(ctx context.Context, request proto.Message) (any, error)
