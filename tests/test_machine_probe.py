@@ -9,6 +9,7 @@ import pytest
 from harness.perf import machine_probe
 
 
+@pytest.mark.exclusive  # it times the machine: alone, before the fault matrix starts
 def test_a_short_probe_times_about_a_millisecond_of_work_many_times() -> None:
     report = machine_probe.probe_steadiness(duration_s=0.3)
     assert 0.2 <= report.unit_ms <= 5.0, report

@@ -198,6 +198,7 @@ async def test_account_stream_skips_invalid_messages(
     )
 
 
+@pytest.mark.exclusive  # a 1 s bound, as 4.1.1.c/ac4: alone, before the fault matrix starts
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("when", ["immediately", "while-streaming", "owning-task"])
 async def test_account_stream_cancel_stops_within_one_second(

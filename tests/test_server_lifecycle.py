@@ -171,6 +171,7 @@ async def test_stop_releases_the_port(server: ExchangeServer) -> None:
 # ---------------------------------------------------------------------------------------------- 3.2.1.c
 
 
+@pytest.mark.exclusive  # time bounds, as 3.2.1.c: alone, before the fault matrix starts
 @pytest.mark.asyncio
 async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailable(
     server: ExchangeServer, mock: MockExchange
@@ -220,6 +221,7 @@ async def test_shutdown_goes_not_serving_first_then_ends_streams_with_unavailabl
         watch.cancel()
 
 
+@pytest.mark.exclusive  # time bounds, as 3.2.1.c: alone, before the fault matrix starts
 @pytest.mark.asyncio
 async def test_shutdown_grace_period_is_bounded(server: ExchangeServer, mock: MockExchange) -> None:
     await server.start()
