@@ -31,7 +31,7 @@ from tests.fault_matrix import (
 )
 
 ALONE_FIRST, BESIDE_THE_MATRIX, SHARED_RUNS, ALONE_LAST = range(4)
-_HAS_MATRIX = pytest.StashKey[bool]()
+_LOOKED = pytest.StashKey[bool]()  # the session's tests were looked at for the matrix's
 
 
 def part(item: pytest.Item) -> int:
@@ -68,9 +68,8 @@ def before(item: pytest.Item) -> None:
     """Called before each test: the first one past the first part starts the matrix's shared runs
     (when the session has tests of the matrix)."""
     session = item.session
-    if not session.config.stash.get(_HAS_MATRIX, True) or part(item) == ALONE_FIRST:
+    if session.config.stash.get(_LOOKED, False) or part(item) == ALONE_FIRST:
         return
-    has_matrix = any(matrix_run(other) is not None for other in session.items)
-    session.config.stash[_HAS_MATRIX] = False  # once is enough: later tests find it started
-    if has_matrix:
+    session.config.stash[_LOOKED] = True  # once is enough: later tests find the runs started
+    if any(matrix_run(other) is not None for other in session.items):
         start_shared_runs(session)
