@@ -66,6 +66,9 @@ class ConnectorUnderTest:
     metrics_port: int
     tls: TlsMaterial | None = None
     token: str | None = None
+    # started for this test, so its counters count from 0; False for the connector the user
+    # started (--attach), whose counters hold the whole run's
+    fresh: bool = True
     _channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
@@ -293,7 +296,7 @@ class ConnectorFactory:
             if wanted:
                 not_applicable(item, NotApplicable(attached.manifest.name, mode="attach", why=why))
         program = cast(RunningProgram, AttachedProgram(attached, item))
-        target = ConnectorUnderTest(program, attached.mock, attached.metrics_port)
+        target = ConnectorUnderTest(program, attached.mock, attached.metrics_port, fresh=False)
         self.started.append(target)
         for topic in subscriptions:
             try:

@@ -583,6 +583,74 @@ def positions_pass_through() -> None:
     SharedCalls.call = call  # type: ignore[method-assign]
 
 
+@fault("shared-callers-uncounted")
+def shared_callers_uncounted() -> None:
+    """A caller that joins a GetPositions already in flight shares it, but is not counted in
+    exchange_connector_get_positions_shared_total (the metric says sharing never happens)."""
+    from implementation.connector_core.shared_calls import SharedCalls
+
+    original = SharedCalls.call
+
+    async def call(self: Any, key: Any, start: Any) -> Any:
+        in_flight = self._in_flight.get(key)
+        if in_flight is None:
+            return await original(self, key, start)
+        return await asyncio.shield(in_flight)  # joined, uncounted
+
+    SharedCalls.call = call  # type: ignore[method-assign]
+
+
+@fault("upstream-calls-counted-on-answer")
+def upstream_calls_counted_on_answer() -> None:
+    """exchange_connector_upstream_get_positions_calls_total counts a GetPositions made to the
+    exchange only once it is answered: a call still in flight (or cancelled) is not counted."""
+    from implementation.connector_core.shared_calls import SharedCalls
+
+    original = SharedCalls.call
+
+    async def call(self: Any, key: Any, start: Any) -> Any:
+        async def counted_on_answer() -> Any:
+            self.started -= 1  # undo the count made as the call starts ...
+            answer = await start()
+            self.started += 1  # ... and count it once answered
+            return answer
+
+        return await original(self, key, counted_on_answer)
+
+    SharedCalls.call = call  # type: ignore[method-assign]
+
+
+@fault("upstream-connected-while-dialling")
+def upstream_connected_while_dialling() -> None:
+    """exchange_connector_upstream_connections reads 1 from the start, while the connector is still
+    dialling an upstream that does not answer (the gauge is set as the dial starts)."""
+    from implementation.connector_core.hub import Hub
+
+    original = Hub.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.upstream_connections = 1
+
+    Hub.__init__ = init  # type: ignore[method-assign]
+
+
+@fault("upstream-connections-stays-up")
+def upstream_connections_stays_up() -> None:
+    """exchange_connector_upstream_connections goes to 1 at the first connection and stays there:
+    a lost upstream is never taken off the gauge (its alert never fires)."""
+    from implementation.connector_core.hub import Hub
+
+    def read(self: Any) -> int:
+        return int(self.__dict__.get("_connections_shown", 0))
+
+    def write(self: Any, value: int) -> None:
+        if value or not read(self):
+            self.__dict__["_connections_shown"] = value
+
+    Hub.upstream_connections = property(read, write)  # type: ignore[assignment]
+
+
 @fault("no-overload-shedding")
 def no_overload_shedding() -> None:
     """The upstream is read on the loop that writes to the subscribers, in lockstep with them, while

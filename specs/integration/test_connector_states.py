@@ -154,7 +154,12 @@ async def test_not_serving_and_refusing_until_the_upstream_is_ready(
     refused_stream = await stream_error(
         stub.SubscribeAccount(pb.SubscribeAccountRequest(), metadata=connector.metadata)
     )
+    connections = await connector.required_metric("upstream_connections")
     problems = []
+    if connections != 0:
+        problems.append(
+            f"exchange_connector_upstream_connections before the upstream answers: expected 0, got {connections:g}"
+        )
     wrong = sorted({status for status in seen if status != "NOT_SERVING"})
     if wrong:
         problems.append(
@@ -188,6 +193,11 @@ async def test_not_serving_and_refusing_until_the_upstream_is_ready(
         )
         problem = first_problem(account(0), answered, "GetAccount once the upstream is ready")
         assert problem is None, f"expected the exchange's account, {problem}"
+        connections = await connector.required_metric("upstream_connections")
+        assert connections == 1, (
+            f"expected exchange_connector_upstream_connections to read 1 once the upstream is ready, "
+            f"got {connections:g}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- x32
@@ -266,6 +276,12 @@ async def test_every_topic_flows_and_unary_answers_are_current_after_recovery(
             assert ended.startswith("UNAVAILABLE"), (
                 f"a stream open when the exchange stopped: expected UNAVAILABLE, got {ended}"
             )
+    with verdicts.check("4.2.1.x32"):
+        connections = await connector.required_metric("upstream_connections")
+        assert connections == 0, (
+            f"expected exchange_connector_upstream_connections to read 0 while the exchange is down, "
+            f"got {connections:g}"
+        )
     await asyncio.to_thread(mock.start)
 
     with verdicts.check("4.2.1.x32"):
