@@ -7,7 +7,7 @@ own registry (several servers in one process never collide).
     exchange_connector_subscribers{topic}                  gauge: subscribers connected now
     exchange_connector_messages_sent_total{topic}          messages written to subscribers
     exchange_connector_subscribers_dropped_total{topic}    subscribers ended with RESOURCE_EXHAUSTED
-    exchange_connector_upstream_messages_total{topic}      valid updates received from the exchange
+    exchange_connector_upstream_messages_total{topic}      updates read from the exchange, malformed ones included
     exchange_connector_upstream_invalid_messages_total{topic}  updates rejected by validation
     exchange_connector_upstream_connections                gauge: 1 while the exchange connection is up
     exchange_connector_upstream_reconnects_total           upstream subscriptions reopened after a failure
@@ -88,7 +88,9 @@ class HubCollector(Collector):
             PREFIX + "subscribers_dropped", "subscribers ended with RESOURCE_EXHAUSTED", labels=["topic"]
         )
         received = CounterMetricFamily(
-            PREFIX + "upstream_messages", "valid updates received from the exchange", labels=["topic"]
+            PREFIX + "upstream_messages",
+            "updates read from the exchange, malformed ones included",
+            labels=["topic"],
         )
         invalid = CounterMetricFamily(
             PREFIX + "upstream_invalid_messages", "exchange updates rejected by validation", labels=["topic"]
@@ -98,7 +100,7 @@ class HubCollector(Collector):
             subscribers.add_metric([topic], hub.subscriber_count(topic))
             sent.add_metric([topic], stats.sent)
             dropped.add_metric([topic], stats.dropped)
-            received.add_metric([topic], stats.published)
+            received.add_metric([topic], stats.received)
             invalid.add_metric([topic], stats.invalid)
         yield from (subscribers, sent, dropped, received, invalid)
         yield GaugeMetricFamily(

@@ -72,8 +72,8 @@ _log = logging.getLogger("implementation.connector_core.hub")
 class TopicStats:
     """Counters of one topic, read by the metrics endpoint."""
 
-    published: int = 0  # valid upstream updates fanned out
-    invalid: int = 0  # upstream updates rejected by validation
+    received: int = 0  # updates read from the exchange, malformed ones included (C12)
+    invalid: int = 0  # of those, the ones rejected by validation (never fanned out)
     sent: int = 0  # messages written to subscribers (counted by the server's stream loop)
     dropped: int = 0  # subscribers ended with RESOURCE_EXHAUSTED
 
@@ -345,13 +345,13 @@ class Hub:
     def publish_account(self, account: pb.Account) -> None:
         """Fan one upstream account update out to every account subscriber (after validation)."""
         stats = self.stats[ACCOUNT]
+        stats.received += 1
         try:
             validate_account(account)
         except InvalidData as exc:
             self._account = None  # the exchange's state is in doubt: ask it again
             self._reject(ACCOUNT, stats, exc)
             return
-        stats.published += 1
         self._account = account
         freshness = self.freshness
         freshness.account_read(account)
@@ -368,12 +368,12 @@ class Hub:
     def publish_position(self, position: pb.Position) -> None:
         """Fan one upstream position update out to the subscribers of its symbol (after validation)."""
         stats = self.stats[POSITIONS]
+        stats.received += 1
         try:
             validate_position(position)
         except InvalidData as exc:
             self._reject(POSITIONS, stats, exc)
             return
-        stats.published += 1
         symbol = position.symbol
         freshness = self.freshness
         freshness.heard()

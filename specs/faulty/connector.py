@@ -651,6 +651,62 @@ def upstream_connections_stays_up() -> None:
     Hub.upstream_connections = property(read, write)  # type: ignore[assignment]
 
 
+@fault("malformed-not-counted-as-read")
+def malformed_not_counted_as_read() -> None:
+    """exchange_connector_upstream_messages_total counts only the updates that pass validation: a
+    malformed update read from the exchange is counted as invalid but not as read."""
+    from implementation.connector_core.hub import Hub
+
+    for name in ("publish_account", "publish_position"):
+        original = getattr(Hub, name)
+
+        def publish(self: Any, message: Any, original: Any = original, topic: str = name) -> None:
+            stats = self.stats["account" if topic == "publish_account" else "positions"]
+            invalid = stats.invalid
+            original(self, message)
+            if stats.invalid > invalid:
+                stats.received -= 1
+
+        setattr(Hub, name, publish)
+
+
+@fault("malformed-uncounted")
+def malformed_uncounted() -> None:
+    """A malformed update from the exchange is logged and dropped but never counted in
+    exchange_connector_upstream_invalid_messages_total."""
+    from implementation.connector_core.hub import Hub
+
+    original = Hub._reject
+
+    def reject(topic: str, stats: Any, exc: Any) -> None:
+        original(topic, stats, exc)
+        stats.invalid -= 1
+
+    Hub._reject = staticmethod(reject)  # type: ignore[method-assign]
+
+
+@fault("sent-counted-per-update")
+def sent_counted_per_update() -> None:
+    """exchange_connector_messages_sent_total counts each update fanned out once, however many
+    subscribers it is written to."""
+    from implementation.connector_core.hub import Hub, TopicStats
+
+    def read(self: Any) -> int:
+        return int(self.__dict__.get("_per_update", 0))
+
+    TopicStats.sent = property(read, lambda self, value: None)  # type: ignore[assignment]
+    original = Hub.publish_account
+
+    def publish_account(self: Any, account: Any) -> None:
+        stats = self.stats["account"]
+        invalid = stats.invalid
+        original(self, account)
+        if stats.invalid == invalid and self._subscribers["account"]:
+            stats.__dict__["_per_update"] = read(stats) + 1
+
+    Hub.publish_account = publish_account  # type: ignore[method-assign]
+
+
 @fault("no-overload-shedding")
 def no_overload_shedding() -> None:
     """The upstream is read on the loop that writes to the subscribers, in lockstep with them, while

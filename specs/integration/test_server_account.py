@@ -38,6 +38,7 @@ SLOW_CLIENT_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes
 CONCURRENCY_GAUGES = ("exchange_connector_tasks", "go_goroutines", "nodejs_active_handles")
 SETTLE_GAP_S = 0.3
 SETTLE_MAX_S = 3.0
+COUNTED_WITHIN_S = 2.0  # a write is counted once it completes, which may be just after the client read it
 
 
 def position(symbol: str, mark: str) -> pb.Position:
@@ -147,6 +148,8 @@ async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscriptio
 ) -> None:
     calls = [subscribe(connector, connector.channel()) for _ in range(10)]
     await connector.wait_subscribers("account", 10, "4.2.1.b")
+    # a labelled counter may show no sample before its first count: that reads as 0 (Prometheus)
+    written_before = await connector.metric("messages_sent_total", {"topic": "account"}) or 0.0
     sent = [account(n) for n in range(20)]
     for update in sent:
         connector.mock.trigger_account_update(update)
@@ -162,6 +165,19 @@ async def test_ten_clients_receive_every_broadcast_over_one_upstream_subscriptio
     )
     ever = (mock.total_subscriptions("account"), mock.total_subscriptions("positions"))
     assert ever == (1, 1), f"under rule C2, expected each upstream subscription opened once, got {ever}"
+    # every write counted once (rule C4): 20 updates to 10 subscribers; the count may trail the reads
+    deadline = time.monotonic() + COUNTED_WITHIN_S
+    while (
+        written := await connector.required_metric("messages_sent_total", {"topic": "account"})
+    ) - written_before < 200:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert written - written_before == 200 and (written_before == 0 or not connector.fresh), (
+        f'under rule C4, expected exchange_connector_messages_sent_total{{topic="account"}} to count the '
+        f"200 updates written (20 to each of 10 subscribers), from {0 if connector.fresh else written_before:g}, "
+        f"got {written:g} (from {written_before:g})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- c, x6
@@ -491,6 +507,7 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
         pb.SubscribePositionsRequest(symbol=""), metadata=connector.metadata
     )
     await connector.wait_subscribers("positions", 1, "4.2.1.x3")
+    counted_before = await upstream_counts(connector)
     mock = connector.mock
     mock.trigger_account_update(account(1))
     for field, bad in (("equity", "1e-05"), ("total_balance", "NaN"), ("margin_used", "")):
@@ -542,6 +559,41 @@ async def test_malformed_decimals_from_the_upstream_are_never_forwarded(
         errors = [r for r in connector.log_records() if r.get("level") == "error" and value in json.dumps(r)]
         assert errors, f"expected an error-level log line naming the malformed value {value!r}, got none"
     positions.cancel()
+    # read, malformed: 5 account updates (3 malformed), 3 positions (1 malformed)
+    counted = await upstream_counts(connector)
+    expected = {
+        ("account", "read"): 5,
+        ("account", "malformed"): 3,
+        ("positions", "read"): 3,
+        ("positions", "malformed"): 1,
+    }
+    if connector.fresh:  # a connector started for this test counts from 0
+        wrong = {key: got for key, got in counted_before.items() if got != 0}
+        assert not wrong, (
+            f"under rule C12, expected the upstream counters to read 0 before any update, got {wrong}"
+        )
+    grown = {key: counted[key] - counted_before[key] for key in counted}
+    wrong = [
+        f"{topic} {what}: {grown[(topic, what)]:g}, expected {n}"
+        for (topic, what), n in expected.items()
+        if grown[(topic, what)] != n
+    ]
+    assert not wrong, (
+        "under rule C12, exchange_connector_upstream_messages_total (read) and "
+        "exchange_connector_upstream_invalid_messages_total (malformed) counted: " + "; ".join(wrong)
+    )
+
+
+async def upstream_counts(connector: ConnectorUnderTest) -> dict[tuple[str, str], float]:
+    """The updates the connector counts as read from the exchange, and as malformed, by topic (rule C12)."""
+    counts: dict[tuple[str, str], float] = {}
+    for topic in ("account", "positions"):
+        labels = {"topic": topic}
+        counts[(topic, "read")] = await connector.metric("upstream_messages_total", labels) or 0.0
+        counts[(topic, "malformed")] = (
+            await connector.metric("upstream_invalid_messages_total", labels) or 0.0
+        )
+    return counts
 
 
 @pytest.mark.scenario("4.2.1.x4")
