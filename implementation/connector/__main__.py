@@ -21,6 +21,7 @@ from implementation.adapters.grpc_upstream import UPSTREAM_KEEPALIVE_TIMEOUT_S, 
 from implementation.adapters.interface import Exchange
 from implementation.adapters.mock import MockExchange
 from implementation.adapters.sim import SimExchange
+from implementation.adapters.threaded import ThreadedExchange
 from implementation.connector.cli import PROGRAM, HealthSettings, ServeSettings, UsageError, parse
 from implementation.connector.health import check_health
 from implementation.connector.metrics import MetricsServer
@@ -39,20 +40,21 @@ def build_exchange(settings: ServeSettings) -> Exchange:
         upstream = settings.upstream
         assert upstream is not None, "checked by the command line"
 
-        # read on the loop that writes to the subscribers: a thread of its own would cost every
-        # update a hand-off between threads (docs/BENCHMARKS.md); a backlog behind the read shows
-        # as upstream lag, which the hub's overload check reads (hub.py)
-        return GrpcExchange(
-            upstream,
-            connect_timeout=settings.upstream_connect_timeout,
-            tls_ca=settings.upstream_ca,
-            tls_cert=settings.upstream_cert,
-            tls_key=settings.upstream_key,
-            token=settings.upstream_token,
-            call_timeout=settings.max_data_age,  # a call the upstream holds longer is a hung upstream
-            keepalive=settings.upstream_keepalive,
-            keepalive_timeout=min(UPSTREAM_KEEPALIVE_TIMEOUT_S, settings.max_data_age),
-        )
+        def grpc_exchange() -> GrpcExchange:
+            return GrpcExchange(
+                upstream,
+                connect_timeout=settings.upstream_connect_timeout,
+                tls_ca=settings.upstream_ca,
+                tls_cert=settings.upstream_cert,
+                tls_key=settings.upstream_key,
+                token=settings.upstream_token,
+                call_timeout=settings.max_data_age,  # a call the upstream holds longer is a hung upstream
+                keepalive=settings.upstream_keepalive,
+                keepalive_timeout=min(UPSTREAM_KEEPALIVE_TIMEOUT_S, settings.max_data_age),
+            )
+
+        # the upstream read on a loop of its own, never in lockstep with the subscribers' writes
+        return ThreadedExchange(grpc_exchange)
     if settings.exchange == "mock":
         return MockExchange()
     return SimExchange(seed=settings.sim_seed, interval=settings.sim_interval, symbols=settings.sim_symbols)

@@ -12,16 +12,12 @@
   is removed, its queue is freed, and its stream ends with RESOURCE_EXHAUSTED (logged, counted).
   The fan-out never waits for anyone.
 - Overload is told apart from a slow reader by how many fall behind, and whether they catch up.
-  A slow reader falls behind alone. The upstream is read on the loop that writes to the
-  subscribers (a thread of its own costs every update a hand-off), so a fan-out that cannot keep
-  up leaves the updates unread in the upstream transport: the upstream lag grows while the loop
-  is busy, and every subscriber is late by it. A backlog in the mailboxes shows the same thing
-  from the other side: at least half of a topic's subscribers owed an update older than half the
-  lag bound, their queues not shrinking since the watchdog's last look (a burst they are draining
-  is not overload). Either way the laggiest quarter of the subscribers (of those behind, if any)
-  is shed, so the others and the read catch up. Meanwhile, and for two bounds after a shed, new
-  subscribers are refused (UNAVAILABLE): the clients just shed would otherwise bring the overload
-  straight back. An upstream lag while the loop idles is the exchange's own, and sheds nobody.
+  A slow reader falls behind alone. A fan-out that cannot keep up leaves every subscriber of a
+  topic owed ever older updates: when at least half of a topic's subscribers have an update
+  waiting past half the lag bound and their queues did not shrink since the watchdog's last look
+  (a burst they are draining is not overload), the laggiest quarter of the subscribers behind is
+  shed, so the others catch up. Meanwhile, and for two bounds after a shed, new subscribers are
+  refused (UNAVAILABLE): the clients just shed would otherwise bring the overload straight back.
 - A watchdog runs beside the upstream streams: after `probe_after` seconds without an update it
   asks the exchange (GetAccount, the liveness read); when nothing at all was heard for `max_age`
   seconds the upstream counts as hung and is dropped like a failed one (below). While the
@@ -51,7 +47,7 @@ import grpc
 
 from implementation.adapters.interface import Exchange
 from implementation.connector_core.freshness import Freshness, FreshnessPolicy
-from implementation.connector_core.stall import BUSY_SHARE, LoopStalls
+from implementation.connector_core.stall import LoopStalls
 from implementation.connector_core.subscription import Subscription, SubscriptionEnded
 from implementation.contract.backoff import ReconnectPolicy
 from implementation.contract.errors import InvalidData
@@ -127,8 +123,6 @@ class Hub:
         self._overloaded_until = 0.0
         self._overload: str | None = None  # why the connector is overloaded, as the watchdog last saw
         self.loop_stalls = LoopStalls(grace=self._max_lag)
-        # (time.monotonic(), time.thread_time()) of the loop at the watchdog's last overload look
-        self._load_mark = (time.monotonic(), time.thread_time())
         self._hung: str | None = None  # why, until the upstream answers again
 
     # ------------------------------------------------------------------ observation
@@ -287,20 +281,16 @@ class Hub:
         )  # fmt: skip
 
     def overload(self, now: float) -> str | None:
-        """Why the connector is overloaded right now, or None. Call once per watchdog tick: it
-        takes the queues' lengths and the loop's CPU time for the next look. Two signs:
+        """Why the connector is overloaded right now, or None: at least half of a topic's
+        subscribers (two at least) are owed an update older than half the lag bound, and are not
+        catching up (their queues no shorter than at the watchdog's last look). Call once per
+        watchdog tick: it takes the queues' lengths for the next look.
 
-        - The upstream read trails: the upstream lag (C30) is past half the lag bound while the
-          loop was busy since the last look. The upstream is read on the loop that writes to the
-          subscribers, so when the writes cannot keep up the updates wait unread in the upstream
-          transport, where no mailbox shows them, and every subscriber is late by that lag. An
-          idle loop is not behind: a lag then is the exchange's own backlog (its stamps fall
-          behind), which shedding clients would not shorten (4.2.1.x35).
-        - The subscribers are owed: at least half of a topic's subscribers (two at least) wait for
-          an update older than half the lag bound, and are not catching up (their queues no
-          shorter than at the last look)."""
+        The upstream lag (C30) is not a sign of overload: the upstream is read on a loop of its
+        own (adapters/threaded.py) and never waits for the subscribers, so a lag there is the
+        exchange's own backlog in writing, which shedding clients would not shorten."""
         half = self._max_lag / 2
-        reason = self._reading_behind(now, half)
+        reason = None
         for topic in TOPICS:
             subscribers = self._subscribers[topic]
             behind = 0
@@ -315,22 +305,10 @@ class Hub:
                 )
         return reason
 
-    def _reading_behind(self, now: float, half: float) -> str | None:
-        """Why the upstream read is behind through the connector's own fault, or None."""
-        cpu = time.thread_time()
-        (seen, seen_cpu), self._load_mark = self._load_mark, (now, cpu)
-        busy = (cpu - seen_cpu) / (now - seen) if now > seen else 0.0
-        lag = self.freshness.upstream_lag
-        if lag > half and busy >= BUSY_SHARE:
-            return (
-                f"it reads the upstream {lag:.2f} s behind the exchange, its loop busy {busy:.0%} of the time"
-            )
-        return None
-
     def shed(self) -> int:
         """Overloaded: drop the laggiest quarter of the subscribers that are behind (half the lag
-        bound), so the others catch up; how many were dropped. With nobody behind (the read
-        trails, so no mailbox holds the backlog), the laggiest quarter of everyone."""
+        bound), so the others catch up; how many were dropped. With nobody behind (a direct call),
+        the laggiest quarter of everyone."""
         now = time.monotonic()
         half = self._max_lag / 2
         everyone = [sub for topic in TOPICS for sub in self._subscribers[topic]]

@@ -709,24 +709,19 @@ def sent_counted_per_update() -> None:
 
 @fault("no-overload-shedding")
 def no_overload_shedding() -> None:
-    """Overload is judged only by what the subscribers are owed, never by the upstream lag: the
-    upstream is read on the loop that writes to the subscribers, so under overload the backlog
-    waits unread in the upstream transport, where no mailbox shows it; nobody is shed or refused
-    and every subscriber drifts into the past together."""
-    Hub._reading_behind = lambda self, now, half: None  # type: ignore[method-assign]
+    """The upstream is read on the loop that writes to the subscribers, in lockstep with them, while
+    overload is judged only by what the subscribers are owed: under overload the backlog waits
+    unread in the upstream transport, where no mailbox shows it, so nobody is shed or refused and
+    every subscriber drifts into the past together."""
+
+    def same_loop(make_exchange: Callable[[], Any]) -> Any:
+        return make_exchange()
+
+    setattr(connector_main, "ThreadedExchange", same_loop)  # noqa: B010 - a name the module imported
 
 
 def _stamp_s(account: pb.Account) -> float:
     return account.updated_at.seconds + account.updated_at.nanos * 1e-9
-
-
-@fault("exchange-lag-sheds")
-def exchange_lag_sheds() -> None:
-    """Overload is read from the upstream lag alone, busy loop or idle: when the exchange's own
-    stamps fall behind, the connector sheds its subscribers, however promptly they read."""
-    from implementation.connector_core import hub as hub_module
-
-    hub_module.BUSY_SHARE = 0.0  # type: ignore[attr-defined]
 
 
 @fault("upstream-lag-counts-against-subscribers")
@@ -808,7 +803,9 @@ def serving_again_while_frozen() -> None:
         try:
             return await run(self)
         finally:
-            self.exchange.__dict__["ready_is_answering"] = True
+            # the GrpcExchange itself, also when it runs on a thread of its own (ThreadedExchange)
+            exchange = self.exchange.__dict__.get("_inner") or self.exchange
+            exchange.__dict__["ready_is_answering"] = True
 
     async def ready_or_answer(self: GrpcExchange) -> pb.Account:
         if self.__dict__.pop("ready_is_answering", False):  # the hub's "is it back?" after an outage
@@ -1894,9 +1891,11 @@ def _hub_of(callback: Callable[[Any], None]) -> Hub:
 
 
 def _patch_upstream_streams(wrap: Callable[[StreamRunner, str], StreamRunner]) -> None:
-    """Both upstream streams of the gRPC exchange adapter run through `wrap(run, topic)`."""
-    GrpcExchange.run_account_stream = wrap(GrpcExchange.run_account_stream, ACCOUNT)  # type: ignore[method-assign,assignment]
-    GrpcExchange.run_position_stream = wrap(GrpcExchange.run_position_stream, POSITIONS)  # type: ignore[method-assign,assignment]
+    """Both upstream streams of the threaded exchange adapter run through `wrap(run, topic)`."""
+    from implementation.adapters.threaded import ThreadedExchange
+
+    ThreadedExchange.run_account_stream = wrap(ThreadedExchange.run_account_stream, ACCOUNT)  # type: ignore[method-assign,assignment]
+    ThreadedExchange.run_position_stream = wrap(ThreadedExchange.run_position_stream, POSITIONS)  # type: ignore[method-assign,assignment]
 
 
 async def _until_subscribed(hub: Hub, topic: str) -> None:
