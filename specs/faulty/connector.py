@@ -657,17 +657,13 @@ def malformed_not_counted_as_read() -> None:
     malformed update read from the exchange is counted as invalid but not as read."""
     from implementation.connector_core.hub import Hub
 
-    for name in ("publish_account", "publish_position"):
-        original = getattr(Hub, name)
+    original = Hub._reject  # called for every malformed update, and only then
 
-        def publish(self: Any, message: Any, original: Any = original, topic: str = name) -> None:
-            stats = self.stats["account" if topic == "publish_account" else "positions"]
-            invalid = stats.invalid
-            original(self, message)
-            if stats.invalid > invalid:
-                stats.received -= 1
+    def reject(topic: str, stats: Any, exc: Any) -> None:
+        original(topic, stats, exc)
+        stats.received -= 1
 
-        setattr(Hub, name, publish)
+    Hub._reject = staticmethod(reject)  # type: ignore[method-assign]
 
 
 @fault("malformed-uncounted")
