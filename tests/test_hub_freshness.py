@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import grpc
@@ -165,3 +165,30 @@ async def test_a_shed_drops_the_laggiest_quarter_of_those_behind(hub: Hub, mock:
         await asyncio.sleep(POLICY.subscriber_max_lag * 0.6)
         assert hub.shed() == 1 and subs[7].ended  # the one behind, not a quarter of everyone
         assert hub.subscriber_count(ACCOUNT) == 7
+
+
+async def test_a_shed_keeps_only_the_subscribers_the_deliveries_can_serve(
+    hub: Hub, mock: MockExchange
+) -> None:
+    async with contextlib.AsyncExitStack() as subscribed:
+        readers = [await subscribed.enter_async_context(hub.subscribe(ACCOUNT)) for _ in range(2)]
+        stuck = [await subscribed.enter_async_context(hub.subscribe(ACCOUNT)) for _ in range(6)]
+        for n in range(10):
+            mock.trigger_account_update(spec_account(total_balance=f"{n}.00"))
+        await _within(lambda: sum(sub.queued for sub in stuck) == 60, 1.0, "the 10 updates queued for the 6")
+        for reader in readers:
+            for _ in range(10):
+                await reader.next()
+        # 20 of the 80 updates offered were taken: 70 % of a quarter of the demand serves 1 of
+        # the 8, so the watchdog's first shed ends all 6 behind, not a quarter of everyone
+        await _within(lambda: all(sub.ended for sub in stuck), POLICY.subscriber_max_lag, "the 6 behind shed")
+        assert hub.shed_rounds == 1 and hub.stats[ACCOUNT].dropped == 6
+        assert hub.subscriber_count(ACCOUNT) == 2 and not any(reader.ended for reader in readers)
+
+
+async def _within(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {what} within {timeout} s")
+        await asyncio.sleep(0.002)

@@ -14,9 +14,10 @@
 - Overload is told apart from a slow reader by how many fall behind, and whether they catch up.
   A slow reader falls behind alone. A fan-out that cannot keep up leaves every subscriber of a
   topic owed ever older updates: when at least half of a topic's subscribers have an update
-  waiting past half the lag bound and their queues did not shrink since the watchdog's last look
-  (a burst they are draining is not overload), the laggiest quarter of the subscribers behind is
-  shed, so the others catch up. Meanwhile, and for two bounds after a shed, new subscribers are
+  waiting past a quarter of the lag bound and their queues did not shrink since the watchdog's
+  last look (a burst they are draining is not overload), the laggiest of the subscribers behind
+  are shed, down to as many as the connector's recent deliveries can serve, so the others catch
+  up. Meanwhile, and for two bounds after a shed, new subscribers are
   refused (UNAVAILABLE): the clients just shed would otherwise bring the overload straight back.
 - A watchdog runs beside the upstream streams: after `probe_after` seconds without an update it
   asks the exchange (GetAccount, the liveness read); when nothing at all was heard for `max_age`
@@ -39,6 +40,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +65,13 @@ DEFAULT_QUEUE_SIZE = 1024
 UPSTREAM_STABLE_AFTER_S = 5.0
 SHUTTING_DOWN = "shutting down"
 OVERLOAD_COOLDOWN_FACTOR = 2.0  # after a shed, new subscribers wait this many lag bounds
+# A shed keeps as many subscribers as this share of what the connector delivered since the
+# watchdog's last look could serve at the rate they were offered updates: the rest of its capacity
+# drains the backlog the ones kept are owed.
+SHED_KEEP_SHARE = 0.7
+DELIVERY_WINDOW_LOOKS = 4  # the share delivered is taken over this many watchdog looks (one is noisy)
+# Behind: owed an update older than this share of the lag bound (overload's sign, what a shed drops).
+BEHIND_SHARE = 0.25
 
 ServingCallback = Callable[[bool], Awaitable[None]]
 _log = logging.getLogger("implementation.connector_core.hub")
@@ -122,6 +131,8 @@ class Hub:
         # bring the overload back (an oscillation whose peaks are the stale data shedding prevents).
         self._overloaded_until = 0.0
         self._overload: str | None = None  # why the connector is overloaded, as the watchdog last saw
+        # (offered, taken) updates of the subscribers between the watchdog's last looks
+        self._deliveries: deque[tuple[int, int]] = deque(maxlen=DELIVERY_WINDOW_LOOKS)
         self.loop_stalls = LoopStalls(grace=self._max_lag)
         self._hung: str | None = None  # why, until the upstream answers again
 
@@ -282,39 +293,67 @@ class Hub:
 
     def overload(self, now: float) -> str | None:
         """Why the connector is overloaded right now, or None: at least half of a topic's
-        subscribers (two at least) are owed an update older than half the lag bound, and are not
-        catching up (their queues no shorter than at the watchdog's last look). Call once per
-        watchdog tick: it takes the queues' lengths for the next look.
+        subscribers (two at least) are owed an update older than BEHIND_SHARE of the lag bound,
+        and are not catching up (their queues no shorter than at the watchdog's last look). Call
+        once per watchdog tick: it takes the queues' lengths, and what the subscribers were
+        offered and took, for the next look.
 
         The upstream lag (C30) is not a sign of overload: the upstream is read on a loop of its
         own (adapters/threaded.py) and never waits for the subscribers, so a lag there is the
         exchange's own backlog in writing, which shedding clients would not shorten."""
-        half = self._max_lag / 2
+        behind_after = self._max_lag * BEHIND_SHARE
         reason = None
         for topic in TOPICS:
             subscribers = self._subscribers[topic]
             behind = 0
             for sub in subscribers:
-                if sub.lag(now) > half and sub.queued >= sub.mark:
+                if sub.lag(now) > behind_after and sub.queued >= sub.mark:
                     behind += 1
                 sub.mark = sub.queued
             if reason is None and behind >= 2 and 2 * behind >= len(subscribers):
                 reason = (
                     f"{behind} of its {len(subscribers)} {topic} subscribers wait ever longer "
-                    f"for updates more than {half:g} s old"
+                    f"for updates more than {behind_after:g} s old"
                 )
+        self._look_at_deliveries()
         return reason
 
+    def _look_at_deliveries(self) -> None:
+        """Take what the stream loops were offered and took since the last look."""
+        offered = taken = 0
+        for topic in TOPICS:
+            for sub in self._subscribers[topic]:
+                offered += sub.offered - sub.offered_mark
+                taken += sub.taken - sub.taken_mark
+                sub.offered_mark, sub.taken_mark = sub.offered, sub.taken
+        self._deliveries.append((offered, taken))
+
+    def servable(self, subscribers: int) -> int | None:
+        """Of `subscribers` offered updates at the rate of the last looks, how many the connector's
+        deliveries over them could serve with SHED_KEEP_SHARE of its capacity; None before any
+        update was offered."""
+        offered = sum(look[0] for look in self._deliveries)
+        if offered == 0:
+            return None
+        taken = sum(look[1] for look in self._deliveries)
+        return int(SHED_KEEP_SHARE * subscribers * min(1.0, taken / offered))
+
     def shed(self) -> int:
-        """Overloaded: drop the laggiest quarter of the subscribers that are behind (half the lag
-        bound), so the others catch up; how many were dropped. With nobody behind (a direct call),
-        the laggiest quarter of everyone."""
+        """Overloaded: drop the laggiest of the subscribers that are behind (BEHIND_SHARE of the bound),
+        so the others catch up; how many were dropped. As many as it takes to leave only those the
+        last tick's deliveries could serve (SHED_KEEP_SHARE), a quarter of everyone at least: a
+        connector that sheds a quarter a tick while it serves a third of its subscribers lets
+        them all drift to the lag bound first. With nobody behind (a direct call), the laggiest
+        of everyone."""
         now = time.monotonic()
-        half = self._max_lag / 2
+        behind_after = self._max_lag * BEHIND_SHARE
         everyone = [sub for topic in TOPICS for sub in self._subscribers[topic]]
-        behind = [sub for sub in everyone if sub.lag(now) > half] or everyone
+        behind = [sub for sub in everyone if sub.lag(now) > behind_after] or everyone
         behind.sort(key=lambda sub: (sub.lag(now), sub.queued), reverse=True)
-        laggiest = behind[: (len(everyone) + 3) // 4]
+        count = (len(everyone) + 3) // 4
+        if (servable := self.servable(len(everyone))) is not None:
+            count = max(count, len(everyone) - max(1, servable))
+        laggiest = behind[:count]
         for sub in laggiest:
             self._drop(sub, now)
         if laggiest:

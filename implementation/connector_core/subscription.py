@@ -39,8 +39,8 @@ class Subscription:
     block registers it (`on_enter`), leaving it in any way removes it (`on_exit`)."""
 
     __slots__ = (
-        "_end", "_items", "_on_enter", "_on_exit", "_stamps", "_waiter", "capacity", "mark", "peer", "symbol",
-        "topic",
+        "_end", "_items", "_on_enter", "_on_exit", "_stamps", "_waiter", "capacity", "mark", "offered",
+        "offered_mark", "peer", "symbol", "taken", "taken_mark", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -60,6 +60,10 @@ class Subscription:
         self.peer = peer
         self.capacity = capacity
         self.mark = 0  # the queue's length when the hub's watchdog last looked (overload: catching up?)
+        # updates queued for it and taken by its stream loop, since it subscribed, and as the
+        # watchdog last saw them: what the connector delivered against what it was asked to
+        self.offered = self.taken = 0
+        self.offered_mark = self.taken_mark = 0
         self._items: deque[Message] = deque()
         self._stamps: deque[float] = deque()  # time.monotonic() each queued update counts from
         self._waiter: asyncio.Future[None] | None = None
@@ -85,6 +89,7 @@ class Subscription:
             return False
         self._items.append(message)
         self._stamps.append(stamp)
+        self.offered += 1
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -118,6 +123,7 @@ class Subscription:
                 if self._waiter is waiter:
                     self._waiter = None
         self._stamps.popleft()
+        self.taken += 1
         return items.popleft()
 
     def __aiter__(self) -> Subscription:

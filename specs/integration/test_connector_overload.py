@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -38,6 +39,7 @@ MAX_ANSWERED_AGE_S = 2.0  # rule C38
 PROBES = 5
 MIN_SERVED_SHARE = 2.0  # updates received, in subscribers' worth of the whole run: the flow goes on
 LOAD_PROCESSES = 4
+LOAD_NICENESS = 10
 # Ages past twice their bound are the connector's on any host: a busy neighbour added at most a
 # few tenths of a second to a correct connector's (2.3 s at worst, measured), while subscribers
 # that nobody sheds drift further into the past the longer the overload lasts.
@@ -76,14 +78,25 @@ async def _poll_get_account(connector: Connector, seconds: float) -> tuple[float
 
 
 async def _readers(address: str, seconds: float, subscribers: int) -> list[asyncio.subprocess.Process]:
-    """The probes' process first, then the load spread over LOAD_PROCESSES processes."""
+    """The probes' process first, then the load spread over LOAD_PROCESSES processes. The load
+    runs at a lower CPU priority (nice LOAD_NICENESS): it reads as fast as it is sent, so at equal
+    priority it takes most of the machine and starves the harness's own exchange, which then
+    offers the connector far fewer than RATE updates a second; the probes keep the priority of the
+    exchange and the connector, since the ages they read are the verdict."""
     per_process, extra = divmod(subscribers - PROBES, LOAD_PROCESSES)
     shares = [(PROBES, 0)] + [(0, per_process + (1 if n < extra else 0)) for n in range(LOAD_PROCESSES)]
     command = [sys.executable, "-m", "specs.integration.load_subscribers", address, str(seconds + 4.0)]
-    return [
-        await asyncio.create_subprocess_exec(*command, str(probes), str(load), stdout=asyncio.subprocess.PIPE)
-        for probes, load in shares
-    ]
+    readers = []
+    for probes, load in shares:
+        reader = await asyncio.create_subprocess_exec(
+            *command, str(probes), str(load), stdout=asyncio.subprocess.PIPE
+        )
+        if not probes:
+            # set from here, not in the child before exec: a fork of this process (which runs gRPC
+            # threads) must exec at once
+            os.setpriority(os.PRIO_PROCESS, reader.pid, LOAD_NICENESS)
+        readers.append(reader)
+    return readers
 
 
 async def _reports(readers: list[asyncio.subprocess.Process], timeout: float) -> list[dict[str, Any]]:
