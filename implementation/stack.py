@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -161,7 +160,7 @@ class Stack:
                   workdir / "live_server.log"),
         ]  # fmt: skip
 
-    def start(self, stopping: threading.Event) -> None:
+    def start(self, stopping: StopRequest) -> None:
         """Start the children one after the other, each once the one before is ready."""
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
@@ -177,7 +176,7 @@ class Stack:
             self._wait_ready(child, checks[child.name], stopping)
             print(f"  {child.name:<19} ready (pid {child.process.pid if child.process else '?'})", flush=True)
 
-    def _wait_ready(self, child: Child, ready: Callable[[Child], bool], stopping: threading.Event) -> None:
+    def _wait_ready(self, child: Child, ready: Callable[[Child], bool], stopping: StopRequest) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not stopping.is_set():
             if (code := child.exit_code) is not None:
@@ -188,7 +187,7 @@ class Stack:
                 raise StackError(child.failure(f"was not ready after {READY_TIMEOUT_S:g} s"))
             time.sleep(0.1)
 
-    def watch(self, stopping: threading.Event) -> None:
+    def watch(self, stopping: StopRequest) -> None:
         """Until asked to stop; StackError if a child dies meanwhile."""
         while not stopping.wait(0.25):
             for child in self.children:
@@ -208,6 +207,30 @@ class Stack:
             if code != 0 and running:
                 problems.append(child.failure(f"exited with code {code} on SIGTERM"))
         return problems
+
+
+class StopRequest:
+    """Set by SIGINT or SIGTERM. A plain flag, not a threading.Event: the handler runs on the main
+    thread between two bytecodes, possibly while that thread holds the Event's own lock inside
+    wait(), and Event.set() would then wait for it forever (a stack deaf to Ctrl-C)."""
+
+    POLL_S = 0.05
+
+    def __init__(self) -> None:
+        self._requested = False
+
+    def set(self) -> None:
+        self._requested = True
+
+    def is_set(self) -> bool:
+        return self._requested
+
+    def wait(self, timeout: float) -> bool:
+        """Whether a stop was requested within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, self.POLL_S))
+        return self._requested
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -239,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stack: --http-port and --grpc-port must differ", file=sys.stderr)
         return 2
 
-    stopping = threading.Event()
+    stopping = StopRequest()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stopping.set()
