@@ -29,6 +29,9 @@ CALLS = {"quick": 2_000, "full": 10_000}
 WARMUP = {"quick": 200, "full": 1_000}
 P50_TARGET_MS = 2.0
 P99_TARGET_MS = 5.0
+# A figure this many times its target, where the bare baseline met the target in the same run,
+# is the implementation's on any host (a busy host slows both alike).
+PLAINLY_PAST = 2.0
 
 
 @pytest.mark.scenario("6.1.1.a", "6.1.1.b")
@@ -70,10 +73,17 @@ def test_get_account_latency_p50_and_p99_over_loopback(
         ("6.1.1.b", "p99", p99, P99_TARGET_MS),
     ):
         bare_ms = bare.p_ms(int(label[1:]))
+        plainly = bare_ms < target and value > PLAINLY_PAST * target
         check_target(
             verdicts,
             scenario_id,
             value < target,
             f"GetAccount {label} below {target} ms over {measured.count} calls",
             f"{value:.3f} ms (bare grpcio baseline: {bare_ms:.3f} ms)",
+            host_met_it=(
+                f"past {PLAINLY_PAST:g}x the target while the bare baseline, called in turn with it on "
+                "this host, met it: no busy host explains that"
+            )
+            if plainly
+            else "",
         )
