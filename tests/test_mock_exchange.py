@@ -292,6 +292,21 @@ async def test_stamp_on_send_stamps_with_the_offset(
         mock_exchange.stamp_on_send(pace=0.0)
 
 
+@pytest.mark.asyncio
+async def test_write_behind_is_how_long_an_update_waited_in_the_mock(
+    mock_exchange: MockExchangeServer, stub: pb_grpc.ExchangeServiceAsyncStub
+) -> None:
+    call = stub.SubscribeAccount(pb.SubscribeAccountRequest())
+    await mock_exchange.wait_for_subscriptions_async("account", 1)
+    mock_exchange.trigger_account_update(account("1.00"))
+    mock_exchange._post(time.sleep, 0.3)  # the mock's loop is busy before its writer runs
+    await take(call, 1)
+    behind = mock_exchange.write_behind_max(reset=True)
+    assert 0.25 < behind < 2.0, f"expected the update to wait about 0.3 s in the mock, got {behind:.3f} s"
+    assert mock_exchange.write_behind_max() == 0.0
+    call.cancel()
+
+
 async def symbols_answered(stub: pb_grpc.ExchangeServiceAsyncStub, symbol: str) -> list[str]:
     answer = await stub.GetPositions(pb.GetPositionsRequest(symbol=symbol), timeout=10)
     return [p.symbol for p in answer.positions]

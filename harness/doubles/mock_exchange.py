@@ -362,6 +362,16 @@ class MockExchangeServer:
         with self._book.lock:
             return Counter(self._book.calls)
 
+    def write_behind_max(self, topic: str = "account", *, reset: bool = False) -> float:
+        """The longest an update of `topic` waited in the mock before it began writing it, in
+        seconds: the harness's own backlog, or a reader that held its stream back. `reset`: start
+        over from 0 after reading."""
+        with self._book.lock:
+            longest = self._book.write_behind_max[topic]
+            if reset:
+                self._book.write_behind_max[topic] = 0.0
+        return longest
+
     def stalled_calls(self, method: str = "GetAccount") -> int:
         """Unary calls of `method` the stall has held so far."""
         with self._book.lock:

@@ -77,7 +77,8 @@ class Subscription:
     topic: str
     symbol: str
     peer: str
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # (update or StreamEnd, time.monotonic() it was queued)
+    queue: asyncio.Queue[tuple[Any, float]] = field(default_factory=asyncio.Queue)
 
     def wants(self, message: Any) -> bool:
         return self.topic == "account" or not self.symbol or message.symbol == self.symbol
@@ -103,6 +104,12 @@ class MockBook:
         self.peers: list[str] = []
         self.violations: list[str] = []
         self.call_log: deque[dict[str, Any]] = deque(maxlen=2000)  # for --grpc-trace
+        self.write_behind_max: dict[str, float] = dict.fromkeys(TOPICS, 0.0)  # seconds, by topic
+
+    def note_write_behind(self, topic: str, seconds: float) -> None:
+        # a float max under the GIL, from the mock's one loop: no lock on the per-update path
+        if seconds > self.write_behind_max[topic]:
+            self.write_behind_max[topic] = seconds
 
     def log_call(self, method: str, context: Context, code: str, details: str, messages: int) -> None:
         metadata = [
@@ -153,14 +160,14 @@ class MockBook:
             subscriptions = list(self.streams[topic])
         for subscription in subscriptions:
             if subscription.wants(message):
-                subscription.queue.put_nowait(message)
+                subscription.queue.put_nowait((message, time.monotonic()))
 
     def end_all(self, code: grpc.StatusCode, details: str) -> None:
         """Queue the end of every open stream, after the updates queued before (on the server's loop)."""
         with self.lock:
             subscriptions = [s for topic in TOPICS for s in self.streams[topic]]
         for subscription in subscriptions:
-            subscription.queue.put_nowait(StreamEnd(code, details))
+            subscription.queue.put_nowait((StreamEnd(code, details), time.monotonic()))
 
 
 class MockExchangeService(pb_grpc.ExchangeServiceServicer):
@@ -258,7 +265,10 @@ class MockExchangeService(pb_grpc.ExchangeServiceServicer):
                 # headers at once: a client can tell the subscription is established before any update
                 await context.send_initial_metadata(())
                 while True:
-                    item = await subscription.queue.get()
+                    item, queued_at = await subscription.queue.get()
+                    # how far behind the mock writes what it was given: its own backlog, or a
+                    # reader holding the stream back (a write waits for HTTP/2 flow control)
+                    self._book.note_write_behind(topic, time.monotonic() - queued_at)
                     if isinstance(item, StreamEnd):
                         if item.code is not grpc.StatusCode.OK:
                             await context.abort(item.code, item.details)

@@ -110,6 +110,7 @@ async def _overload(connector: Connector, metrics: MetricRecorder, subscribers: 
     readers = await _readers(connector.address, seconds, subscribers)
     try:
         await connector.wait_metric("subscribers", {"topic": "account"}, subscribers * 0.8, 15.0)
+        connector.mock.write_behind_max(reset=True)
         sent, (oldest_answer, answered, refused) = await asyncio.gather(
             _trigger(connector, seconds), _poll_get_account(connector, seconds)
         )
@@ -120,18 +121,23 @@ async def _overload(connector: Connector, metrics: MetricRecorder, subscribers: 
                 reader.kill()
                 await reader.wait()
     delivered = probes["messages"] + sum(int(report["messages"]) for report in load)
+    # reported, not judged: how far behind the harness's exchange wrote (its own backlog, or the
+    # connector holding its upstream stream back), so a verdict can be read against the load offered
+    behind = connector.mock.write_behind_max()
     dropped = await connector.metric("subscribers_dropped_total", {"topic": "account"})
     metrics.record("overload_delivered_age_max_s", probes["age_max_s"], "s")
     metrics.record("overload_delivered_age_p99_s", probes["age_p99_s"], "s")
     metrics.record("overload_answered_age_max_s", oldest_answer, "s")
     metrics.record("overload_messages_delivered", delivered, "messages")
     metrics.record("overload_probe_reader_late_max_s", probes["loop_late_max_s"], "s")
+    metrics.record("overload_exchange_write_behind_max_s", behind, "s")
     summary = (
         f"{delivered} updates delivered of {sent} sent to {subscribers} subscribers, probes' age p50 "
         f"{probes['age_p50_s']:.2f} s, p99 {probes['age_p99_s']:.2f} s, max {probes['age_max_s']:.2f} s; "
         f"probe streams ended {probes['ended']}; dropped {dropped}; GetAccount {answered} OK (oldest "
         f"{oldest_answer:.2f} s), {refused} UNAVAILABLE; the probes' reader ran at most "
-        f"{probes['loop_late_max_s']:.2f} s late, on {probes['cpu_share']:.0%} of a core"
+        f"{probes['loop_late_max_s']:.2f} s late, on {probes['cpu_share']:.0%} of a core; the exchange "
+        f"wrote at most {behind:.2f} s behind"
     )
     assert delivered >= MIN_SERVED_SHARE * sent, (
         f"expected updates to keep flowing under overload (at least {MIN_SERVED_SHARE:g} subscribers' "
