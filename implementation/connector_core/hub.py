@@ -65,9 +65,9 @@ DEFAULT_QUEUE_SIZE = 1024
 UPSTREAM_STABLE_AFTER_S = 5.0
 SHUTTING_DOWN = "shutting down"
 OVERLOAD_COOLDOWN_FACTOR = 2.0  # after a shed, new subscribers wait this many lag bounds
-# A shed keeps as many subscribers as this share of what the connector delivered since the
-# watchdog's last look could serve at the rate they were offered updates: the rest of its capacity
-# drains the backlog the ones kept are owed.
+# A shed keeps as many subscribers as this share of what the connector delivered over the
+# watchdog's last looks could serve at the rate they were offered updates: the rest of its
+# capacity drains the backlog the ones kept are owed.
 SHED_KEEP_SHARE = 0.7
 DELIVERY_WINDOW_LOOKS = 4  # the share delivered is taken over this many watchdog looks (one is noisy)
 # Behind: owed an update older than this share of the lag bound (overload's sign, what a shed drops).
@@ -341,7 +341,7 @@ class Hub:
     def shed(self) -> int:
         """Overloaded: drop the laggiest of the subscribers that are behind (BEHIND_SHARE of the bound),
         so the others catch up; how many were dropped. As many as it takes to leave only those the
-        last tick's deliveries could serve (SHED_KEEP_SHARE), a quarter of everyone at least: a
+        last looks' deliveries could serve (SHED_KEEP_SHARE), a quarter of everyone at least: a
         connector that sheds a quarter a tick while it serves a third of its subscribers lets
         them all drift to the lag bound first. With nobody behind (a direct call), the laggiest
         of everyone."""

@@ -11,9 +11,10 @@ The harness proves its own capacity in the same run. The probes, whose small rec
 the age of what they receive the age of what the connector sends, read in a process of their own;
 the other subscribers are spread over LOAD_PROCESSES processes, so no one reading process carries
 the whole load (specs/integration/load_subscribers.py), at a lower CPU priority than the harness's
-exchange, so the exchange offers the connector the rate it claims. The probes' process measures how late its
-own loop ran: when an age past the bound could be its own backlog, the outcome is INCONCLUSIVE,
-naming what the harness measured, never FAIL. The ages and GetAccount's are time bounds a starved
+exchange, so the exchange offers the connector the rate it claims (how far behind it wrote is
+reported beside the verdict). The probes' process measures how late its own loop ran: when an age
+past the bound could be its own backlog, the outcome is INCONCLUSIVE, naming what the harness
+measured, never FAIL. The ages and GetAccount's are time bounds a starved
 host can break too (harness.timing retries them on an unsteady host).
 """
 
