@@ -303,32 +303,28 @@ class Hub:
         exchange's own backlog in writing, which shedding clients would not shorten."""
         behind_after = self._max_lag * BEHIND_SHARE
         reason = None
+        offered = taken = 0
         for topic in TOPICS:
             subscribers = self._subscribers[topic]
             behind = 0
             for sub in subscribers:
-                if sub.lag(now) > behind_after and sub.queued >= sub.mark:
+                queued = sub.queued
+                if sub.lag(now) > behind_after and queued >= sub.mark:
                     behind += 1
-                sub.mark = sub.queued
+                # what its stream loop took since the last look: what was queued, less the growth
+                added = sub.offered - sub.offered_mark
+                offered += added
+                taken += added - (queued - sub.mark)
+                sub.mark, sub.offered_mark = queued, sub.offered
             if reason is None and behind >= 2 and 2 * behind >= len(subscribers):
                 reason = (
                     f"{behind} of its {len(subscribers)} {topic} subscribers wait ever longer "
                     f"for updates more than {behind_after:g} s old"
                 )
-        self._look_at_deliveries()
+        self._deliveries.append((offered, taken))
         return reason
 
-    def _look_at_deliveries(self) -> None:
-        """Take what the stream loops were offered and took since the last look."""
-        offered = taken = 0
-        for topic in TOPICS:
-            for sub in self._subscribers[topic]:
-                offered += sub.offered - sub.offered_mark
-                taken += sub.taken - sub.taken_mark
-                sub.offered_mark, sub.taken_mark = sub.offered, sub.taken
-        self._deliveries.append((offered, taken))
-
-    def servable(self, subscribers: int) -> int | None:
+    def _servable(self, subscribers: int) -> int | None:
         """Of `subscribers` offered updates at the rate of the last looks, how many the connector's
         deliveries over them could serve with SHED_KEEP_SHARE of its capacity; None before any
         update was offered."""
@@ -351,7 +347,7 @@ class Hub:
         behind = [sub for sub in everyone if sub.lag(now) > behind_after] or everyone
         behind.sort(key=lambda sub: (sub.lag(now), sub.queued), reverse=True)
         count = (len(everyone) + 3) // 4
-        if (servable := self.servable(len(everyone))) is not None:
+        if (servable := self._servable(len(everyone))) is not None:
             count = max(count, len(everyone) - max(1, servable))
         laggiest = behind[:count]
         for sub in laggiest:

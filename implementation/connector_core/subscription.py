@@ -40,7 +40,7 @@ class Subscription:
 
     __slots__ = (
         "_end", "_items", "_on_enter", "_on_exit", "_stamps", "_waiter", "capacity", "mark", "offered",
-        "offered_mark", "peer", "symbol", "taken", "taken_mark", "topic",
+        "offered_mark", "peer", "symbol", "topic",
     )  # fmt: skip
 
     def __init__(
@@ -60,10 +60,9 @@ class Subscription:
         self.peer = peer
         self.capacity = capacity
         self.mark = 0  # the queue's length when the hub's watchdog last looked (overload: catching up?)
-        # updates queued for it and taken by its stream loop, since it subscribed, and as the
-        # watchdog last saw them: what the connector delivered against what it was asked to
-        self.offered = self.taken = 0
-        self.offered_mark = self.taken_mark = 0
+        # updates queued for it since it subscribed, and as the watchdog last saw them: with the
+        # queue's length, what its stream loop took against what it was offered
+        self.offered = self.offered_mark = 0
         self._items: deque[Message] = deque()
         self._stamps: deque[float] = deque()  # time.monotonic() each queued update counts from
         self._waiter: asyncio.Future[None] | None = None
@@ -123,7 +122,6 @@ class Subscription:
                 if self._waiter is waiter:
                     self._waiter = None
         self._stamps.popleft()
-        self.taken += 1
         return items.popleft()
 
     def __aiter__(self) -> Subscription:
